@@ -1,0 +1,69 @@
+//! Who is subscribing: token lookups against PostgreSQL ([`store`]) behind a coalescing
+//! cache ([`cache`]).
+//!
+//! The authenticated party is a [`Principal`]: an agent (user) in one account, or a contact
+//! session (a `contact_inboxes` row).
+
+pub mod cache;
+pub mod store;
+
+use std::sync::Arc;
+
+pub use cache::AuthCache;
+
+/// A database failure during authentication. Never cached, never turned into a reject: the
+/// client is told to reconnect instead.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("database unavailable: {0}")]
+pub struct AuthError(pub Arc<sqlx::Error>);
+
+/// What a user token resolves to within one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub user_id: i64,
+    /// `None` when the user does not belong to the account asked about.
+    pub membership: Option<Membership>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    pub administrator: bool,
+    /// `account_users.availability`: 0 online, 1 offline, 2 busy.
+    pub availability: i32,
+    pub auto_offline: bool,
+    /// Every inbox the user is a member of.
+    pub inbox_ids: Arc<[i64]>,
+}
+
+/// What a contact token resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContactRecord {
+    pub contact_inbox_id: i64,
+    pub contact_id: i64,
+    pub inbox_id: i64,
+    pub account_id: i64,
+}
+
+/// The authenticated party of one subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    User {
+        account_id: i64,
+        user_id: i64,
+        membership: Membership,
+    },
+    Contact(ContactRecord),
+}
+
+impl Principal {
+    pub fn account_id(&self) -> i64 {
+        match self {
+            Principal::User { account_id, .. } => *account_id,
+            Principal::Contact(contact) => contact.account_id,
+        }
+    }
+
+    pub fn is_user(&self) -> bool {
+        matches!(self, Principal::User { .. })
+    }
+}

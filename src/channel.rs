@@ -1,0 +1,158 @@
+//! RoomChannel, the only channel: identifier + token lookups → a [`Principal`] or a reject.
+//!
+//! - `user_id` present and not blank → a user subscription: the token must belong to that
+//!   user and the user must belong to `account_id`.
+//! - otherwise a contact subscription: the token must be a contact session's; `account_id`,
+//!   if given, must be the contact's account.
+//!
+//! Ids may arrive as JSON numbers or numeric strings.
+
+use serde_json::{Map, Value};
+
+use crate::auth::{AuthCache, AuthError, Principal};
+use crate::protocol::Identifier;
+
+pub const ROOM_CHANNEL: &str = "RoomChannel";
+
+/// The answer to a subscribe that is not a confirm.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubscribeError {
+    /// Send `reject_subscription`.
+    #[error("rejected: {0}")]
+    Reject(&'static str),
+    /// The database could not answer: tell the client to reconnect; never reject.
+    #[error(transparent)]
+    Unavailable(#[from] AuthError),
+}
+
+/// What the identifier of a RoomChannel subscription asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomParams {
+    pub pubsub_token: String,
+    pub account_id: Option<i64>,
+    pub user_id: Option<i64>,
+}
+
+/// An id given as a number or a numeric string. `Ok(None)` for absent, null or blank.
+fn id_param(params: &Map<String, Value>, key: &str) -> Result<Option<i64>, SubscribeError> {
+    match params.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or(SubscribeError::Reject("id is not an integer")),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| SubscribeError::Reject("id is not numeric")),
+        Some(_) => Err(SubscribeError::Reject("id has the wrong type")),
+    }
+}
+
+impl RoomParams {
+    pub fn parse(identifier: &Identifier) -> Result<RoomParams, SubscribeError> {
+        if identifier.channel != ROOM_CHANNEL {
+            return Err(SubscribeError::Reject("unknown channel"));
+        }
+        let pubsub_token = match identifier.params.get("pubsub_token") {
+            Some(Value::String(token)) if !token.is_empty() => token.clone(),
+            _ => return Err(SubscribeError::Reject("pubsub_token missing")),
+        };
+        Ok(RoomParams {
+            pubsub_token,
+            account_id: id_param(&identifier.params, "account_id")?,
+            user_id: id_param(&identifier.params, "user_id")?,
+        })
+    }
+
+    /// Checks the token against PostgreSQL (through the cache).
+    pub async fn authorize(&self, auth: &AuthCache) -> Result<Principal, SubscribeError> {
+        match self.user_id {
+            Some(user_id) => {
+                let account_id = self
+                    .account_id
+                    .ok_or(SubscribeError::Reject("account_id missing"))?;
+                let user = auth
+                    .user(&self.pubsub_token, account_id)
+                    .await?
+                    .ok_or(SubscribeError::Reject("unknown token"))?;
+                if user.user_id != user_id {
+                    return Err(SubscribeError::Reject("token belongs to another user"));
+                }
+                let membership = user
+                    .membership
+                    .ok_or(SubscribeError::Reject("user is not in the account"))?;
+                Ok(Principal::User {
+                    account_id,
+                    user_id,
+                    membership,
+                })
+            }
+            None => {
+                let contact = auth
+                    .contact(&self.pubsub_token)
+                    .await?
+                    .ok_or(SubscribeError::Reject("unknown token"))?;
+                if self
+                    .account_id
+                    .is_some_and(|account_id| account_id != contact.account_id)
+                {
+                    return Err(SubscribeError::Reject("contact is in another account"));
+                }
+                Ok(Principal::Contact(contact))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(raw: &str) -> Result<RoomParams, SubscribeError> {
+        RoomParams::parse(&Identifier::parse(raw).unwrap())
+    }
+
+    #[test]
+    fn ids_as_numbers_or_strings() {
+        let a =
+            params(r#"{"channel":"RoomChannel","pubsub_token":"t","account_id":1,"user_id":2}"#)
+                .unwrap();
+        let b = params(
+            r#"{"channel":"RoomChannel","pubsub_token":"t","account_id":"1","user_id":"2"}"#,
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.user_id, Some(2));
+    }
+
+    #[test]
+    fn blank_user_id_means_contact() {
+        for raw in [
+            r#"{"channel":"RoomChannel","pubsub_token":"t","user_id":""}"#,
+            r#"{"channel":"RoomChannel","pubsub_token":"t","user_id":null}"#,
+            r#"{"channel":"RoomChannel","pubsub_token":"t"}"#,
+        ] {
+            assert_eq!(params(raw).unwrap().user_id, None, "{raw}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_params() {
+        for raw in [
+            r#"{"channel":"OtherChannel","pubsub_token":"t"}"#,
+            r#"{"channel":"RoomChannel"}"#,
+            r#"{"channel":"RoomChannel","pubsub_token":""}"#,
+            r#"{"channel":"RoomChannel","pubsub_token":"t","user_id":"abc"}"#,
+            r#"{"channel":"RoomChannel","pubsub_token":"t","account_id":[1]}"#,
+            r#"{"channel":"RoomChannel","pubsub_token":"t","account_id":1.5}"#,
+        ] {
+            assert!(
+                matches!(params(raw), Err(SubscribeError::Reject(_))),
+                "{raw}"
+            );
+        }
+    }
+}

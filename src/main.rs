@@ -1,0 +1,75 @@
+//! `cable-gateway serve | migrate`: wiring, telemetry, run until SIGTERM / Ctrl-C.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use cable_gateway::config::{Cli, Command, LogFormat};
+use cable_gateway::{migrate, server};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn terminated() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Migrate(args) => {
+            init_tracing(LogFormat::Text);
+            match migrate::apply(&args.database_url).await {
+                Ok(applied) if applied.is_empty() => println!("migrations: nothing to apply"),
+                Ok(applied) => println!("migrations: applied {}", applied.join(", ")),
+                Err(e) => {
+                    eprintln!(
+                        "error: migrating {} failed: {e}. Check that PostgreSQL is running and DATABASE_URL is right.",
+                        server::redact(&args.database_url)
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Serve(config) => {
+            init_tracing(config.log_format);
+            let running = match server::start(*config).await {
+                Ok(running) => running,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // The readiness line scripts and tests wait for.
+            println!("cable-gateway listening on {}", running.addr);
+            let _ = std::io::stdout().flush();
+            terminated().await;
+            running.shutdown().await;
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Every metric, spelled once: Prometheus names with the `cable_` prefix, `_total` counters
+//! (the `_total` suffix is added by the exposition), `_seconds` durations.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub command: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections_open: Gauge,
+    pub connections: Counter,
+    pub connections_closed: Family<ReasonLabels, Counter>,
+    pub subscriptions_live: Gauge,
+    pub commands: Family<CommandLabels, Counter>,
+    pub invalid_frames: Family<ReasonLabels, Counter>,
+    pub auth_cache_hits: Counter,
+    pub auth_cache_misses: Counter,
+    pub auth_queries: Counter,
+    pub events_read: Counter,
+    pub events_skipped: Family<ReasonLabels, Counter>,
+    pub messages_sent: Counter,
+    pub delivery_latency: Histogram,
+    pub too_slow: Counter,
+    pub listener_reconnects: Counter,
+    pub outbox_lag: Histogram,
+    pub revocations: Counter,
+    pub presence_pushes: Counter,
+    pub events_pruned: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            connections_open: Gauge::default(),
+            connections: Counter::default(),
+            connections_closed: Family::default(),
+            subscriptions_live: Gauge::default(),
+            commands: Family::default(),
+            invalid_frames: Family::default(),
+            auth_cache_hits: Counter::default(),
+            auth_cache_misses: Counter::default(),
+            auth_queries: Counter::default(),
+            events_read: Counter::default(),
+            events_skipped: Family::default(),
+            messages_sent: Counter::default(),
+            delivery_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            too_slow: Counter::default(),
+            listener_reconnects: Counter::default(),
+            outbox_lag: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            revocations: Counter::default(),
+            presence_pushes: Counter::default(),
+            events_pruned: Counter::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "cable_connections_open",
+            "Open WebSocket connections",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "cable_connections",
+            "WebSocket connections accepted",
+            m.connections.clone(),
+        );
+        r.register(
+            "cable_connections_closed",
+            "Connections closed, by reason",
+            m.connections_closed.clone(),
+        );
+        r.register(
+            "cable_subscriptions_live",
+            "Confirmed subscriptions",
+            m.subscriptions_live.clone(),
+        );
+        r.register(
+            "cable_commands",
+            "Client commands, by kind and result",
+            m.commands.clone(),
+        );
+        r.register(
+            "cable_invalid_frames",
+            "Inbound frames that were not commands, by reason",
+            m.invalid_frames.clone(),
+        );
+        r.register(
+            "cable_auth_cache_hits",
+            "Token lookups answered by the cache",
+            m.auth_cache_hits.clone(),
+        );
+        r.register(
+            "cable_auth_cache_misses",
+            "Token lookups that loaded from PostgreSQL",
+            m.auth_cache_misses.clone(),
+        );
+        r.register(
+            "cable_auth_queries",
+            "Token queries sent to PostgreSQL",
+            m.auth_queries.clone(),
+        );
+        r.register(
+            "cable_events_read",
+            "Outbox events read",
+            m.events_read.clone(),
+        );
+        r.register(
+            "cable_events_skipped",
+            "Malformed outbox events skipped, by reason",
+            m.events_skipped.clone(),
+        );
+        r.register(
+            "cable_messages_sent",
+            "Event messages written to sockets",
+            m.messages_sent.clone(),
+        );
+        r.register(
+            "cable_delivery_latency_seconds",
+            "From event insert to socket write",
+            m.delivery_latency.clone(),
+        );
+        r.register(
+            "cable_too_slow_disconnects",
+            "Clients disconnected for not reading",
+            m.too_slow.clone(),
+        );
+        r.register(
+            "cable_listener_reconnects",
+            "LISTEN connection re-establishments",
+            m.listener_reconnects.clone(),
+        );
+        r.register(
+            "cable_outbox_lag_seconds",
+            "From event insert to being read from the outbox",
+            m.outbox_lag.clone(),
+        );
+        r.register(
+            "cable_revocations",
+            "Live subscriptions rejected because their token stopped being valid",
+            m.revocations.clone(),
+        );
+        r.register(
+            "cable_presence_pushes",
+            "presence.update snapshots pushed on change",
+            m.presence_pushes.clone(),
+        );
+        r.register(
+            "cable_events_pruned",
+            "Outbox rows deleted by retention",
+            m.events_pruned.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn command(&self, command: &'static str, result: &'static str) {
+        self.commands
+            .get_or_create(&CommandLabels { command, result })
+            .inc();
+    }
+
+    pub fn invalid_frame(&self, reason: &'static str) {
+        self.invalid_frames
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

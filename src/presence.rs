@@ -1,0 +1,242 @@
+//! Presence: who is online in each account, shared by every gateway process through the
+//! `cable_presence` table.
+//!
+//! - A subscriber is online from its subscribe until `CABLE_PRESENCE_TTL` after its last sign
+//!   of life. A live connection is a sign of life: every process refreshes `seen_at` for all
+//!   of its live subscriptions in one statement per heartbeat (TTL / 3), so a browser that
+//!   throttles background timers cannot flap an agent offline.
+//! - Answers (`presence.update` after a confirm, and to `update_presence`) are batched: the
+//!   principals asking are marked seen in one statement, then one snapshot query per account
+//!   is encoded once for user subscriptions and once for contact subscriptions.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::{json, Map, Value};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+use crate::auth::Principal;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::router::Subscription;
+use crate::session::Outbound;
+
+/// Whose presence a subscription keeps alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PresenceKey {
+    pub account_id: i64,
+    /// A user id, or a contact id (not the contact session's id).
+    pub id: i64,
+    pub is_user: bool,
+}
+
+impl From<&Principal> for PresenceKey {
+    fn from(principal: &Principal) -> Self {
+        match principal {
+            Principal::User {
+                account_id,
+                user_id,
+                ..
+            } => PresenceKey {
+                account_id: *account_id,
+                id: *user_id,
+                is_user: true,
+            },
+            Principal::Contact(contact) => PresenceKey {
+                account_id: contact.account_id,
+                id: contact.contact_id,
+                is_user: false,
+            },
+        }
+    }
+}
+
+/// `users` and `contacts` of one account's snapshot.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Snapshot {
+    pub users: BTreeMap<i64, &'static str>,
+    pub contacts: BTreeMap<i64, &'static str>,
+}
+
+impl Snapshot {
+    /// The body of a `presence.update` message (after a subscription's prefix).
+    pub fn body(&self, account_id: i64, for_user: bool) -> Bytes {
+        let users: Map<String, Value> = self
+            .users
+            .iter()
+            .map(|(id, s)| (id.to_string(), json!(s)))
+            .collect();
+        let mut data = json!({ "account_id": account_id, "users": users });
+        if for_user {
+            let contacts: Map<String, Value> = self
+                .contacts
+                .iter()
+                .map(|(id, s)| (id.to_string(), json!(s)))
+                .collect();
+            data["contacts"] = Value::Object(contacts);
+        }
+        let mut body = json!({ "event": "presence.update", "data": data }).to_string();
+        body.push('}');
+        body.into()
+    }
+}
+
+fn availability(value: i32) -> &'static str {
+    match value {
+        1 => "offline",
+        2 => "busy",
+        _ => "online",
+    }
+}
+
+pub struct Presence {
+    pool: PgPool,
+    ttl: Duration,
+    #[allow(dead_code)]
+    metrics: Arc<Metrics>,
+    answers: mpsc::UnboundedSender<Arc<Subscription>>,
+    queue: Mutex<Option<mpsc::UnboundedReceiver<Arc<Subscription>>>>,
+}
+
+impl Presence {
+    pub fn new(pool: PgPool, ttl: Duration, metrics: Arc<Metrics>) -> Presence {
+        let (answers, queue) = mpsc::unbounded_channel();
+        Presence {
+            pool,
+            ttl,
+            metrics,
+            answers,
+            queue: Mutex::new(Some(queue)),
+        }
+    }
+
+    /// Marks `sub`'s principal seen and answers it with a `presence.update`.
+    pub fn answer(&self, sub: Arc<Subscription>) {
+        let _ = self.answers.send(sub);
+    }
+
+    /// Refreshes `seen_at` of `keys` (one statement).
+    pub async fn mark_seen(&self, keys: &HashSet<PresenceKey>) -> Result<(), sqlx::Error> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let accounts: Vec<i64> = keys.iter().map(|k| k.account_id).collect();
+        let kinds: Vec<String> = keys
+            .iter()
+            .map(|k| if k.is_user { "u" } else { "c" }.to_string())
+            .collect();
+        let ids: Vec<i64> = keys.iter().map(|k| k.id).collect();
+        sqlx::query(
+            "INSERT INTO cable_presence (account_id, kind, principal_id, seen_at)
+             SELECT a, k, i, now() FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS t(a, k, i)
+             ON CONFLICT (account_id, kind, principal_id) DO UPDATE SET seen_at = excluded.seen_at",
+        )
+        .bind(accounts)
+        .bind(kinds)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The account's online set as of now.
+    pub async fn snapshot(&self, account_id: i64) -> Result<Snapshot, sqlx::Error> {
+        let rows: Vec<(String, i64, i32)> = sqlx::query_as(
+            "SELECT 'u'::text, au.user_id::bigint, au.availability::int
+               FROM account_users au
+              WHERE au.account_id = $1
+                AND (au.auto_offline = false OR EXISTS (
+                      SELECT 1 FROM cable_presence p
+                       WHERE p.account_id = $1 AND p.kind = 'u' AND p.principal_id = au.user_id
+                         AND p.seen_at > now() - make_interval(secs => $2)))
+             UNION ALL
+             SELECT 'c'::text, p.principal_id, 0
+               FROM cable_presence p
+              WHERE p.account_id = $1 AND p.kind = 'c' AND p.seen_at > now() - make_interval(secs => $2)",
+        )
+        .bind(account_id)
+        .bind(self.ttl.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut snapshot = Snapshot::default();
+        for (kind, id, value) in rows {
+            if kind == "u" {
+                snapshot.users.insert(id, availability(value));
+            } else {
+                snapshot.contacts.insert(id, "online");
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Answers a batch: one upsert, one snapshot per account, one encoding per audience.
+    async fn answer_batch(&self, batch: Vec<Arc<Subscription>>) {
+        let keys: HashSet<PresenceKey> = batch.iter().map(|s| s.presence).collect();
+        if let Err(e) = self.mark_seen(&keys).await {
+            tracing::warn!(error = %e, "presence: could not mark subscribers seen");
+        }
+        let mut bodies: HashMap<(i64, bool), Bytes> = HashMap::new();
+        let mut snapshots: HashMap<i64, Option<Snapshot>> = HashMap::new();
+        for sub in batch {
+            if !sub.is_active() {
+                continue;
+            }
+            let account_id = sub.presence.account_id;
+            if let std::collections::hash_map::Entry::Vacant(slot) = snapshots.entry(account_id) {
+                let snapshot = self.snapshot(account_id).await;
+                if let Err(e) = &snapshot {
+                    tracing::warn!(error = %e, account_id, "presence: snapshot failed");
+                }
+                slot.insert(snapshot.ok());
+            }
+            let Some(snapshot) = &snapshots[&account_id] else {
+                continue;
+            };
+            let body = bodies
+                .entry((account_id, sub.presence.is_user))
+                .or_insert_with(|| snapshot.body(account_id, sub.presence.is_user))
+                .clone();
+            sub.session.send(Outbound::Reply {
+                sub: sub.clone(),
+                body,
+            });
+        }
+    }
+
+    /// The presence task: answers, and the heartbeat for every live subscription.
+    pub async fn run(gateway: Arc<Gateway>) {
+        let presence = &gateway.presence;
+        let Some(mut queue) = presence.queue.lock().take() else {
+            return;
+        };
+        let period = (presence.ttl / 3).clamp(Duration::from_millis(100), Duration::from_secs(10));
+        let mut heartbeat = tokio::time::interval(period);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                first = queue.recv() => {
+                    let Some(first) = first else { return };
+                    let mut batch = vec![first];
+                    while batch.len() < 4096 {
+                        match queue.try_recv() {
+                            Ok(sub) => batch.push(sub),
+                            Err(_) => break,
+                        }
+                    }
+                    presence.answer_batch(batch).await;
+                }
+                _ = heartbeat.tick() => {
+                    let keys: HashSet<PresenceKey> =
+                        gateway.router.snapshot().iter().map(|(_, p, _)| PresenceKey::from(p)).collect();
+                    if let Err(e) = presence.mark_seen(&keys).await {
+                        tracing::warn!(error = %e, "presence: heartbeat failed");
+                    }
+                }
+            }
+        }
+    }
+}

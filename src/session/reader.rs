@@ -1,0 +1,303 @@
+//! The reader: owns the socket's read half and processes commands strictly in order, one
+//! at a time (a subscribe's token lookup finishes before the next command is looked at).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, WebSocketError, WebSocketRead};
+use tokio::io::AsyncRead;
+
+use super::outbox::{CloseReason, Outbound, SessionLink};
+use crate::channel::{RoomParams, SubscribeError};
+use crate::gateway::Gateway;
+use crate::protocol::reply;
+use crate::protocol::{Command, DisconnectReason, Identifier, IdentifierError};
+use crate::router::Subscription;
+
+/// The subscriptions of one connection, by raw identifier. Whatever is left in it when the
+/// connection ends is unregistered by [`SessionSubscriptions::clear`].
+pub struct SessionSubscriptions {
+    gateway: Arc<Gateway>,
+    by_identifier: HashMap<Arc<str>, Arc<Subscription>>,
+}
+
+impl SessionSubscriptions {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        SessionSubscriptions {
+            gateway,
+            by_identifier: HashMap::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_identifier.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_identifier.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        for (_, sub) in self.by_identifier.drain() {
+            self.gateway.router.unregister(sub.id, None);
+        }
+    }
+}
+
+/// A text message being assembled from fragments.
+enum Partial {
+    None,
+    Text(Vec<u8>),
+    Binary(usize),
+}
+
+pub struct Reader<R> {
+    ws: WebSocketRead<R>,
+    gateway: Arc<Gateway>,
+    link: SessionLink,
+    partial: Partial,
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    pub fn new(mut ws: WebSocketRead<R>, gateway: Arc<Gateway>, link: SessionLink) -> Self {
+        // fastwebsockets refuses a frame whose length is >= this.
+        ws.set_max_message_size(gateway.config.max_frame_size + 1);
+        ws.set_auto_close(false);
+        ws.set_auto_pong(true);
+        Reader {
+            ws,
+            gateway,
+            link,
+            partial: Partial::None,
+        }
+    }
+
+    /// Reads and handles frames until the connection should end, and says why.
+    pub async fn run(&mut self, subs: &mut SessionSubscriptions) -> CloseReason {
+        loop {
+            let link = &self.link;
+            let mut obligated = |frame: Frame<'_>| {
+                if frame.opcode == OpCode::Pong {
+                    link.send(Outbound::Pong(Bytes::copy_from_slice(&frame.payload)));
+                }
+                std::future::ready(Ok::<(), Infallible>(()))
+            };
+            let frame = match self.ws.read_frame(&mut obligated).await {
+                Ok(frame) => frame,
+                Err(WebSocketError::FrameTooLarge) => {
+                    self.gateway.metrics.invalid_frame("too_large");
+                    return CloseReason::Disconnect(DisconnectReason::InvalidRequest);
+                }
+                Err(e) => {
+                    tracing::debug!(session = self.link.state.id, error = %e, "read ended");
+                    return CloseReason::ConnectionLost;
+                }
+            };
+            let message = match (frame.opcode, frame.fin) {
+                (OpCode::Close, _) => {
+                    return CloseReason::ClientClosed(Bytes::copy_from_slice(&frame.payload))
+                }
+                (OpCode::Text, true) => Some(frame.payload.to_vec()),
+                (OpCode::Text, false) => {
+                    self.partial = Partial::Text(frame.payload.to_vec());
+                    None
+                }
+                (OpCode::Binary, fin) => {
+                    self.partial = if fin {
+                        Partial::None
+                    } else {
+                        Partial::Binary(frame.payload.len())
+                    };
+                    if fin {
+                        self.gateway.metrics.invalid_frame("binary");
+                    }
+                    None
+                }
+                (OpCode::Continuation, fin) => {
+                    match continue_message(&mut self.partial, &self.gateway, &frame.payload, fin) {
+                        Ok(message) => message,
+                        Err(reason) => return reason,
+                    }
+                }
+                _ => None,
+            };
+            let Some(message) = message else { continue };
+            let Ok(text) = String::from_utf8(message) else {
+                self.gateway.metrics.invalid_frame("invalid_utf8");
+                continue;
+            };
+            if let Some(reason) = self.handle_text(&text, subs).await {
+                return reason;
+            }
+        }
+    }
+
+    async fn handle_text(
+        &mut self,
+        text: &str,
+        subs: &mut SessionSubscriptions,
+    ) -> Option<CloseReason> {
+        let metrics = &self.gateway.metrics;
+        let command = match Command::parse(text) {
+            Ok(command) => command,
+            Err(e) => {
+                tracing::debug!(session = self.link.state.id, error = %e, "ignored frame");
+                metrics.invalid_frame(e.kind());
+                return None;
+            }
+        };
+        match command {
+            Command::Subscribe { identifier } => return self.subscribe(identifier, subs).await,
+            Command::Unsubscribe { identifier } => {
+                match subs.by_identifier.remove(identifier.as_str()) {
+                    Some(sub) => {
+                        self.gateway.router.unregister(sub.id, None);
+                        metrics.command("unsubscribe", "ok");
+                    }
+                    None => {
+                        tracing::debug!(
+                            session = self.link.state.id,
+                            "unsubscribe for an unknown identifier"
+                        );
+                        metrics.command("unsubscribe", "unknown_identifier");
+                    }
+                }
+            }
+            Command::Message { identifier, data } => {
+                match subs.by_identifier.get(identifier.as_str()) {
+                    Some(sub) => match data.get("action").and_then(|a| a.as_str()) {
+                        Some("update_presence") => {
+                            self.gateway.presence.answer(sub.clone());
+                            metrics.command("message", "ok");
+                        }
+                        _ => metrics.command("message", "unknown_action"),
+                    },
+                    None => {
+                        tracing::debug!(
+                            session = self.link.state.id,
+                            "message for an unknown identifier"
+                        );
+                        metrics.command("message", "unknown_identifier");
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    async fn subscribe(
+        &mut self,
+        raw: String,
+        subs: &mut SessionSubscriptions,
+    ) -> Option<CloseReason> {
+        let metrics = &self.gateway.metrics;
+        match subs
+            .by_identifier
+            .get(raw.as_str())
+            .map(|sub| sub.is_active())
+        {
+            Some(true) => {
+                // The official client re-sends subscribe until confirmed; a second confirm
+                // would make @anycable/core unsubscribe.
+                metrics.command("subscribe", "duplicate");
+                return None;
+            }
+            // Revoked meanwhile: this is a fresh attempt.
+            Some(false) => {
+                subs.by_identifier.remove(raw.as_str());
+            }
+            None => {}
+        }
+        let identifier = match Identifier::parse(&raw) {
+            Ok(identifier) => identifier,
+            Err(IdentifierError::NotAnObject) => {
+                metrics.invalid_frame("identifier_not_object");
+                return None;
+            }
+            Err(IdentifierError::NoChannel) => {
+                self.link.send(Outbound::Frame(reply::reject(&raw)));
+                metrics.command("subscribe", "rejected");
+                return None;
+            }
+        };
+        let outcome = match RoomParams::parse(&identifier) {
+            Ok(params) => params
+                .authorize(&self.gateway.auth)
+                .await
+                .map(|p| (params, p)),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((params, principal)) => {
+                let sub = Subscription::new(identifier.raw.clone(), self.link.clone(), &principal);
+                self.gateway.router.register(
+                    sub.clone(),
+                    principal,
+                    params.pubsub_token.into(),
+                    reply::confirm(&raw),
+                );
+                subs.by_identifier.insert(identifier.raw, sub.clone());
+                self.gateway.presence.answer(sub);
+                metrics.command("subscribe", "confirmed");
+                None
+            }
+            Err(SubscribeError::Reject(why)) => {
+                tracing::debug!(session = self.link.state.id, why, "subscription rejected");
+                self.link.send(Outbound::Frame(reply::reject(&raw)));
+                metrics.command("subscribe", "rejected");
+                None
+            }
+            Err(SubscribeError::Unavailable(e)) => {
+                tracing::warn!(session = self.link.state.id, error = %e, "database unavailable during subscribe; asking the client to reconnect");
+                metrics.command("subscribe", "unavailable");
+                Some(CloseReason::Disconnect(DisconnectReason::ServerRestart))
+            }
+        }
+    }
+}
+
+/// Adds a continuation frame; the whole message is bounded like a single frame.
+fn continue_message(
+    partial: &mut Partial,
+    gateway: &Gateway,
+    payload: &[u8],
+    fin: bool,
+) -> Result<Option<Vec<u8>>, CloseReason> {
+    let limit = gateway.config.max_frame_size;
+    let too_large = || {
+        gateway.metrics.invalid_frame("too_large");
+        CloseReason::Disconnect(DisconnectReason::InvalidRequest)
+    };
+    match partial {
+        Partial::None => {
+            gateway.metrics.invalid_frame("stray_continuation");
+            Ok(None)
+        }
+        Partial::Binary(len) => {
+            *len += payload.len();
+            if *len > limit {
+                return Err(too_large());
+            }
+            if fin {
+                *partial = Partial::None;
+                gateway.metrics.invalid_frame("binary");
+            }
+            Ok(None)
+        }
+        Partial::Text(buf) => {
+            if buf.len() + payload.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(payload);
+            if !fin {
+                return Ok(None);
+            }
+            match std::mem::replace(partial, Partial::None) {
+                Partial::Text(buf) => Ok(Some(buf)),
+                _ => unreachable!("matched Text above"),
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The writer task: owns the socket's write half, writes the welcome, every queued frame
+//! (batched into one write when several are waiting), a ping every 3 s, and the farewell.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
+
+use super::outbox::{CloseReason, Outbound, SessionState};
+use crate::metrics::Metrics;
+use crate::protocol::reply::{self, DisconnectReason, WELCOME};
+
+pub const PING_INTERVAL: Duration = Duration::from_secs(3);
+/// Stop adding queued frames to one write past this many bytes.
+const BATCH_BYTES: usize = 64 * 1024;
+/// A batch buffer larger than this is given back after use.
+const KEEP_CAPACITY: usize = 16 * 1024;
+/// How long the farewell (queued frames, disconnect, close) may take to write.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
+
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PONG: u8 = 0xA;
+
+/// Appends an unmasked, final frame header (server frames are never masked).
+fn push_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {
+    buf.push(0x80 | opcode);
+    if len < 126 {
+        buf.push(len as u8);
+    } else if len < 65536 {
+        buf.push(126);
+        buf.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        buf.push(127);
+        buf.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+fn push_text(buf: &mut Vec<u8>, payload: &[u8]) {
+    push_header(buf, OP_TEXT, payload.len());
+    buf.extend_from_slice(payload);
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+struct Writer<'a, W> {
+    sink: W,
+    buf: Vec<u8>,
+    metrics: &'a Metrics,
+    last_ping: u64,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<'_, W> {
+    fn push(&mut self, frame: Outbound) {
+        match frame {
+            Outbound::Frame(bytes) => push_text(&mut self.buf, &bytes),
+            Outbound::Pong(bytes) => {
+                push_header(&mut self.buf, OP_PONG, bytes.len());
+                self.buf.extend_from_slice(&bytes);
+            }
+            Outbound::Reply { sub, body } => {
+                if sub.is_active() {
+                    push_header(&mut self.buf, OP_TEXT, sub.prefix.len() + body.len());
+                    self.buf.extend_from_slice(&sub.prefix);
+                    self.buf.extend_from_slice(&body);
+                }
+            }
+            Outbound::Event { sub, event } => {
+                if !sub.is_active() {
+                    return;
+                }
+                push_header(&mut self.buf, OP_TEXT, sub.prefix.len() + event.body.len());
+                self.buf.extend_from_slice(&sub.prefix);
+                self.buf.extend_from_slice(&event.body);
+                self.metrics.messages_sent.inc();
+                self.metrics
+                    .delivery_latency
+                    .observe((unix_now() - event.created_at).max(0.0));
+            }
+        }
+    }
+
+    fn push_ping(&mut self) {
+        // Strictly increasing even if the clock steps back or two pings share a second.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.last_ping = now.max(self.last_ping + 1);
+        push_text(&mut self.buf, &reply::ping(self.last_ping));
+    }
+
+    fn push_close(&mut self, payload: &[u8]) {
+        push_header(&mut self.buf, OP_CLOSE, payload.len());
+        self.buf.extend_from_slice(payload);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let result = self.sink.write_all(&self.buf).await;
+        self.buf.clear();
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        }
+        result
+    }
+}
+
+/// Runs until the session closes. The welcome is written before anything else, so replies
+/// to commands sent before it arrive after it.
+pub async fn run<W: AsyncWrite + Unpin>(
+    sink: W,
+    mut queue: mpsc::Receiver<Outbound>,
+    state: &SessionState,
+    mut shutdown: watch::Receiver<bool>,
+    metrics: &Metrics,
+) {
+    let mut w = Writer {
+        sink,
+        buf: Vec::new(),
+        metrics,
+        last_ping: 0,
+    };
+    push_text(&mut w.buf, WELCOME.as_bytes());
+    if w.flush().await.is_err() {
+        state.close(CloseReason::ConnectionLost);
+        return;
+    }
+    let mut ping = interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    let reason = loop {
+        tokio::select! {
+            biased;
+            reason = state.closed() => break reason,
+            _ = shutdown.wait_for(|stop| *stop) => {
+                state.close(CloseReason::Disconnect(DisconnectReason::ServerRestart));
+                continue;
+            }
+            frame = queue.recv() => match frame {
+                Some(frame) => {
+                    w.push(frame);
+                    while w.buf.len() < BATCH_BYTES {
+                        match queue.try_recv() {
+                            Ok(frame) => w.push(frame),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => break CloseReason::ConnectionLost,
+            },
+            _ = ping.tick() => w.push_ping(),
+        }
+        if w.buf.is_empty() {
+            continue;
+        }
+        // A client that stops reading blocks this write; `too_slow` must still end it.
+        let written = tokio::select! {
+            biased;
+            result = w.flush() => result.is_ok(),
+            reason = state.closed() => {
+                if reason == CloseReason::Disconnect(DisconnectReason::TooSlow) {
+                    return;
+                }
+                // Another reason: finish this write (the frame is half on the wire), then say goodbye.
+                matches!(timeout(FAREWELL_TIMEOUT, w.flush()).await, Ok(Ok(())))
+            }
+        };
+        if !written {
+            state.close(CloseReason::ConnectionLost);
+            return;
+        }
+    };
+
+    // The farewell.
+    match reason {
+        CloseReason::Disconnect(DisconnectReason::TooSlow) => {
+            w.buf.clear();
+            push_text(&mut w.buf, &reply::disconnect(DisconnectReason::TooSlow));
+            let _ = timeout(Duration::from_millis(100), w.flush()).await;
+        }
+        CloseReason::Disconnect(disconnect) => {
+            // Frames already queued (events already read) go out before the disconnect.
+            while let Ok(frame) = queue.try_recv() {
+                w.push(frame);
+            }
+            push_text(&mut w.buf, &reply::disconnect(disconnect));
+            w.push_close(&1000u16.to_be_bytes());
+            let _ = timeout(FAREWELL_TIMEOUT, w.flush()).await;
+        }
+        CloseReason::ClientClosed(payload) => {
+            let echo = if payload.len() >= 2 {
+                payload.slice(..2)
+            } else {
+                payload
+            };
+            w.push_close(&echo);
+            let _ = timeout(FAREWELL_TIMEOUT, w.flush()).await;
+        }
+        CloseReason::ConnectionLost => return,
+    }
+    let _ = timeout(FAREWELL_TIMEOUT, w.sink.shutdown()).await;
+}

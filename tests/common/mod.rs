@@ -1,0 +1,388 @@
+//! Test support: a fresh PostgreSQL database per test (migrated, demo data loaded), an
+//! in-process gateway on port 0, and a WebSocket client that speaks the protocol.
+//!
+//! Tests need `CABLE_PG_ADMIN_URL` (a superuser URL); `scripts/test` provides a private
+//! throwaway cluster.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use cable_gateway::config::ServeConfig;
+use cable_gateway::server::{self, Running};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single expected frame may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn admin_url() -> String {
+    std::env::var("CABLE_PG_ADMIN_URL").expect(
+        "CABLE_PG_ADMIN_URL is not set: run the suite with scripts/test (it starts a throwaway PostgreSQL)",
+    )
+}
+
+/// `postgres://u@h:p/db` with another database name.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("a database URL has a path");
+    format!("{base}/{database}")
+}
+
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    /// A new database with the migrations applied and fixtures/demo.sql loaded.
+    pub async fn new() -> TestDb {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "cable_t_{}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_url())
+            .await
+            .expect("admin connection");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        admin.close().await;
+        let url = with_database(&admin_url(), &name);
+        cable_gateway::migrate::apply(&url)
+            .await
+            .expect("migrations apply");
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .connect(&url)
+            .await
+            .expect("test pool");
+        let demo =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/demo.sql"))
+                .unwrap();
+        sqlx::raw_sql(&demo)
+            .execute(&pool)
+            .await
+            .expect("demo fixtures load");
+        TestDb { name, url, pool }
+    }
+
+    pub fn config(&self) -> ServeConfig {
+        let mut config = ServeConfig::new(&self.url);
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        sqlx::raw_sql(sql)
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Inserts an outbox row; `extra` sets optional columns, e.g. `json!({"inbox_id": 1})`.
+    pub async fn publish(&self, account_id: i64, event: &str, data: Value, extra: Value) -> i64 {
+        publish(&self.pool, account_id, event, data, extra).await
+    }
+}
+
+/// Inserts into cable_events through any executor (a transaction, too).
+pub async fn publish<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    account_id: i64,
+    event: &str,
+    data: Value,
+    extra: Value,
+) -> i64 {
+    let extra = |key: &str| extra.get(key).cloned().unwrap_or(Value::Null);
+    let ids: Option<Vec<i64>> = extra("contact_inbox_ids")
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_i64().unwrap()).collect());
+    sqlx::query_scalar(
+        "INSERT INTO cable_events (account_id, event, data, inbox_id, contact_inbox_ids, user_id, private,
+                                   actor_user_id, actor_contact_inbox_id, stream)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+    )
+    .bind(account_id)
+    .bind(event)
+    .bind(data)
+    .bind(extra("inbox_id").as_i64())
+    .bind(ids)
+    .bind(extra("user_id").as_i64())
+    .bind(extra("private").as_bool().unwrap_or(false))
+    .bind(extra("actor_user_id").as_i64())
+    .bind(extra("actor_contact_inbox_id").as_i64())
+    .bind(extra("stream").as_str().map(str::to_string))
+    .fetch_one(executor)
+    .await
+    .expect("publish")
+}
+
+/// Starts a gateway on the database, waiting until its event listener is live.
+pub async fn start(config: ServeConfig) -> Running {
+    let running = server::start(config).await.expect("gateway starts");
+    let mut live = running.gateway.listener_state();
+    tokio::time::timeout(WAIT, live.wait_for(|live| *live))
+        .await
+        .expect("listener live in time")
+        .unwrap();
+    running
+}
+
+/// Identifier of a user subscription.
+pub fn user(token: &str, account_id: i64, user_id: i64) -> String {
+    json!({"channel": "RoomChannel", "pubsub_token": token, "account_id": account_id, "user_id": user_id}).to_string()
+}
+
+/// Identifier of a contact subscription.
+pub fn contact(token: &str, account_id: Option<i64>) -> String {
+    match account_id {
+        Some(a) => {
+            json!({"channel": "RoomChannel", "pubsub_token": token, "account_id": a}).to_string()
+        }
+        None => json!({"channel": "RoomChannel", "pubsub_token": token}).to_string(),
+    }
+}
+
+pub fn subscribe(identifier: &str) -> Value {
+    json!({"command": "subscribe", "identifier": identifier})
+}
+
+pub fn unsubscribe(identifier: &str) -> Value {
+    json!({"command": "unsubscribe", "identifier": identifier})
+}
+
+pub fn perform(identifier: &str, action: &str) -> Value {
+    json!({"command": "message", "identifier": identifier, "data": json!({"action": action}).to_string()})
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+    /// The sub-protocol the server selected.
+    pub protocol: Option<String>,
+}
+
+impl Client {
+    /// Connects offering `actioncable-v1-json`, like the official client.
+    pub async fn connect(addr: std::net::SocketAddr) -> Client {
+        Client::connect_with(
+            addr,
+            &["actioncable-v1-json", "actioncable-unsupported"],
+            None,
+        )
+        .await
+        .expect("websocket connects")
+    }
+
+    pub async fn connect_with(
+        addr: std::net::SocketAddr,
+        protocols: &[&str],
+        origin: Option<&str>,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let mut request = format!("ws://{addr}/cable").into_client_request()?;
+        if !protocols.is_empty() {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_str(&protocols.join(", ")).unwrap(),
+            );
+        }
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("Origin", HeaderValue::from_str(origin).unwrap());
+        }
+        let (ws, response) = tokio_tungstenite::connect_async(request).await?;
+        let protocol = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.to_str().unwrap().to_string());
+        Ok(Client { ws, protocol })
+    }
+
+    /// Connects and reads the welcome.
+    pub async fn ready(addr: std::net::SocketAddr) -> Client {
+        let mut client = Client::connect(addr).await;
+        assert_eq!(client.next().await, json!({"type": "welcome"}));
+        client
+    }
+
+    pub async fn send(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// The next text frame, pings included. Panics on close or timeout.
+    pub async fn next_raw(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("connection open")
+                .expect("frame readable");
+            match message {
+                Message::Text(text) => {
+                    return serde_json::from_str(&text).expect("server frames are JSON")
+                }
+                Message::Close(frame) => panic!("connection closed: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame that is not a ping.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let frame = self.next_raw().await;
+            if frame["type"] != "ping" {
+                return frame;
+            }
+        }
+    }
+
+    /// The next frame that is neither a ping nor a presence.update message.
+    pub async fn next_significant(&mut self) -> Value {
+        loop {
+            let frame = self.next().await;
+            if frame["message"]["event"] != "presence.update" {
+                return frame;
+            }
+        }
+    }
+
+    /// Subscribes and expects the confirm.
+    pub async fn subscribe_ok(&mut self, identifier: &str) {
+        self.send(subscribe(identifier)).await;
+        assert_eq!(self.next_significant().await, confirm(identifier));
+    }
+
+    /// The next event message: (identifier, message), skipping pings and presence.
+    pub async fn event(&mut self) -> (String, Value) {
+        let frame = self.next_significant().await;
+        let identifier = frame["identifier"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not a message: {frame}"))
+            .to_string();
+        assert!(
+            frame.get("type").is_none(),
+            "expected a message, got {frame}"
+        );
+        (identifier, frame["message"].clone())
+    }
+
+    /// Reads until the socket closes; returns every text frame seen before the close.
+    pub async fn until_closed(&mut self) -> Vec<Value> {
+        let mut frames = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close in time")
+            {
+                Some(Ok(Message::Text(text))) => frames.push(serde_json::from_str(&text).unwrap()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return frames,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+pub fn confirm(identifier: &str) -> Value {
+    json!({"identifier": identifier, "type": "confirm_subscription"})
+}
+
+pub fn reject(identifier: &str) -> Value {
+    json!({"identifier": identifier, "type": "reject_subscription"})
+}
+
+/// A metric's value from the Prometheus exposition (sum over label sets matching `filter`).
+pub fn metric(running: &Running, name: &str, filter: &str) -> f64 {
+    running
+        .gateway
+        .metrics
+        .encode()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with(' ') || l[name.len()..].starts_with('{'))
+        })
+        .filter(|l| l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A raw HTTP/1.1 GET; returns (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A hand-made upgrade request (clients refuse some answers we must still give, such as a 101
+/// without a sub-protocol when one was offered). Returns the status and the lower-cased headers.
+pub async fn raw_upgrade(
+    addr: std::net::SocketAddr,
+    extra_headers: &str,
+) -> (u16, Vec<(String, String)>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /cable HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra_headers}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, stream.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n == 1, "connection closed during the handshake");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers)
+}
