@@ -60,6 +60,26 @@ pub struct ServeConfig {
     #[arg(long, env = "CABLE_MAX_FRAME_SIZE", default_value_t = 64 * 1024)]
     pub max_frame_size: usize,
 
+    /// Subscriptions one connection may hold; further subscribes are rejected. Default: 100
+    #[arg(long, env = "CABLE_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub max_subscriptions: usize,
+
+    /// Commands per second one connection may send on average (bursts of twice as many are
+    /// fine); faster ends the connection with `invalid_request`. Default: 50
+    #[arg(long, env = "CABLE_MAX_COMMAND_RATE", default_value_t = 50)]
+    pub max_command_rate: u32,
+
+    /// Rejected subscribes one connection may collect before it is disconnected with
+    /// `unauthorized` (token guessing). Default: 20
+    #[arg(long, env = "CABLE_MAX_REJECTS", default_value_t = 20)]
+    pub max_rejects: u32,
+
+    /// Open WebSocket connections this process accepts; more get HTTP 503. 0 derives it from
+    /// the file-descriptor limit (soft limit minus a reserve for the database and listener).
+    /// Default: 0
+    #[arg(long, env = "CABLE_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
     /// Frames that may wait for a slow client before it is disconnected with `too_slow`.
     /// Default: 1024
     #[arg(long, env = "CABLE_SEND_QUEUE", default_value_t = 1024)]

@@ -12,6 +12,9 @@ use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::router::Router;
 
+/// Descriptors kept free for the listener, the database pool, the LISTEN connection, logs.
+const FD_RESERVE: usize = 64;
+
 pub struct Gateway {
     pub config: ServeConfig,
     pub pool: PgPool,
@@ -24,17 +27,29 @@ pub struct Gateway {
     shutdown: watch::Sender<bool>,
     sessions: AtomicUsize,
     sessions_drained: Notify,
+    max_connections: usize,
 }
 
-/// Counts a live session; dropping it uncounts it.
-pub struct SessionGuard<'a>(&'a Gateway);
+/// A counted session slot; dropping it frees the slot.
+pub struct SessionGuard(Arc<Gateway>);
 
-impl Drop for SessionGuard<'_> {
+impl Drop for SessionGuard {
     fn drop(&mut self) {
         if self.0.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.sessions_drained.notify_waiters();
         }
     }
+}
+
+/// The file-descriptor soft limit of this process, if it can be read.
+pub fn fd_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into the struct we pass.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }
 
 impl Gateway {
@@ -47,8 +62,21 @@ impl Gateway {
             config.auth_negative_ttl,
             config.auth_cache_size,
         );
+        let max_connections = match (config.max_connections, fd_limit()) {
+            (0, Some(fds)) => (fds as usize)
+                .saturating_sub(FD_RESERVE + config.db_pool_size as usize)
+                .max(1),
+            (0, None) => usize::MAX,
+            (configured, _) => configured,
+        };
         Arc::new(Gateway {
-            presence: Presence::new(pool.clone(), config.presence_ttl, metrics.clone()),
+            max_connections,
+            presence: Presence::new(
+                pool.clone(),
+                config.presence_ttl,
+                config.presence_push_budget,
+                metrics.clone(),
+            ),
             router: Router::new(metrics.clone()),
             auth,
             metrics,
@@ -61,9 +89,20 @@ impl Gateway {
         })
     }
 
-    pub fn track_session(&self) -> SessionGuard<'_> {
-        self.sessions.fetch_add(1, Ordering::AcqRel);
-        SessionGuard(self)
+    /// Takes a session slot, or `None` when `max_connections` are open.
+    pub fn try_session(self: &Arc<Self>) -> Option<SessionGuard> {
+        let max = self.max_connections;
+        self.sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| SessionGuard(self.clone()))
+    }
+
+    /// The connection limit in force (configured, or derived from the descriptor limit).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
     }
 
     pub fn sessions(&self) -> usize {

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub connections: Counter,
     pub connections_closed: Family<ReasonLabels, Counter>,
+    pub connections_refused: Family<ReasonLabels, Counter>,
     pub subscriptions_live: Gauge,
     pub commands: Family<CommandLabels, Counter>,
     pub invalid_frames: Family<ReasonLabels, Counter>,
@@ -55,6 +56,7 @@ impl Metrics {
             connections_open: Gauge::default(),
             connections: Counter::default(),
             connections_closed: Family::default(),
+            connections_refused: Family::default(),
             subscriptions_live: Gauge::default(),
             commands: Family::default(),
             invalid_frames: Family::default(),
@@ -88,6 +90,11 @@ impl Metrics {
             "cable_connections_closed",
             "Connections closed, by reason",
             m.connections_closed.clone(),
+        );
+        r.register(
+            "cable_connections_refused",
+            "Upgrades refused, by reason",
+            m.connections_refused.clone(),
         );
         r.register(
             "cable_subscriptions_live",
@@ -175,6 +182,12 @@ impl Metrics {
     pub fn command(&self, command: &'static str, result: &'static str) {
         self.commands
             .get_or_create(&CommandLabels { command, result })
+            .inc();
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

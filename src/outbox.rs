@@ -253,7 +253,13 @@ pub async fn run(gateway: Arc<Gateway>, mut cursor: Cursor, doorbell: Arc<Notify
 pub async fn listen(gateway: Arc<Gateway>, doorbell: Arc<Notify>) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match listen_once(&gateway, &doorbell).await {
+        let result = listen_once(&gateway, &doorbell).await;
+        // Only consecutive failures grow the backoff: a connection that was live starts it
+        // over, or every drop of a healthy listener would wait longer (up to 30 s of 503).
+        if gateway.listener_live() {
+            backoff = BACKOFF_MIN;
+        }
+        match result {
             Ok(()) => backoff = BACKOFF_MIN,
             Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "LISTEN connection failed"),
         }
@@ -273,6 +279,9 @@ async fn listen_once(gateway: &Gateway, doorbell: &Notify) -> Result<(), tokio_p
     let pump = async {
         while let Some(message) = messages.next().await {
             match message {
+                Ok(AsyncMessage::Notification(n)) if n.channel() == crate::presence::CHANNEL => {
+                    gateway.presence.changed(n.payload())
+                }
                 Ok(AsyncMessage::Notification(_)) => doorbell.notify_one(),
                 Ok(_) => {}
                 Err(e) => return Err(e),
@@ -281,10 +290,17 @@ async fn listen_once(gateway: &Gateway, doorbell: &Notify) -> Result<(), tokio_p
         Ok(())
     };
     let setup = async {
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        client
+            .batch_execute(&format!(
+                "LISTEN {CHANNEL}; LISTEN {}",
+                crate::presence::CHANNEL
+            ))
+            .await?;
         gateway.set_listener_live(true);
         tracing::info!("LISTEN connection live");
+        // Catch up on whatever was announced while the connection was down.
         doorbell.notify_one();
+        gateway.presence.resync(&gateway.router);
         std::future::pending::<Result<(), tokio_postgres::Error>>().await
     };
     tokio::select! {

@@ -5,9 +5,19 @@
 //!   of life. A live connection is a sign of life: every process refreshes `seen_at` for all
 //!   of its live subscriptions in one statement per heartbeat (TTL / 3), so a browser that
 //!   throttles background timers cannot flap an agent offline.
+//! - Online means "has a row". A row is inserted by whichever process first sees the principal
+//!   and deleted by whichever process's sweeper first finds it past the TTL. PostgreSQL hands
+//!   each insert and each delete to exactly one statement, and that statement announces the
+//!   change (`NOTIFY cable_presence, '<account id>'`) in the same transaction: every change is
+//!   announced exactly once, however many processes run.
+//! - Every process LISTENs for those announcements and pushes a fresh snapshot to its own user
+//!   subscriptions of the account, coalesced to about one push per second per account and
+//!   bounded in bytes: after a push of B bytes (snapshot × recipients) the account's next push
+//!   waits max(1 s, B / `CABLE_PRESENCE_PUSH_BUDGET`). The snapshot is encoded once per push.
 //! - Answers (`presence.update` after a confirm, and to `update_presence`) are batched: the
 //!   principals asking are marked seen in one statement, then one snapshot query per account
-//!   is encoded once for user subscriptions and once for contact subscriptions.
+//!   is encoded once for user subscriptions and once for contact subscriptions. Answers are
+//!   never delayed by the push budget.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -18,11 +28,12 @@ use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::auth::Principal;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::router::Subscription;
+use crate::router::{Router, Subscription};
 use crate::session::Outbound;
 
 /// Whose presence a subscription keeps alive.
@@ -85,6 +96,11 @@ impl Snapshot {
     }
 }
 
+/// The channel presence changes are announced on (payload: the account id).
+pub const CHANNEL: &str = "cable_presence";
+/// How often changed accounts are checked for a due push.
+const PUSH_CHECK: Duration = Duration::from_millis(100);
+
 fn availability(value: i32) -> &'static str {
     match value {
         1 => "offline",
@@ -96,21 +112,25 @@ fn availability(value: i32) -> &'static str {
 pub struct Presence {
     pool: PgPool,
     ttl: Duration,
-    #[allow(dead_code)]
     metrics: Arc<Metrics>,
+    push_budget: u64,
     answers: mpsc::UnboundedSender<Arc<Subscription>>,
     queue: Mutex<Option<mpsc::UnboundedReceiver<Arc<Subscription>>>>,
+    /// Accounts whose online set changed and that await a push.
+    dirty: Mutex<HashSet<i64>>,
 }
 
 impl Presence {
-    pub fn new(pool: PgPool, ttl: Duration, metrics: Arc<Metrics>) -> Presence {
+    pub fn new(pool: PgPool, ttl: Duration, push_budget: u64, metrics: Arc<Metrics>) -> Presence {
         let (answers, queue) = mpsc::unbounded_channel();
         Presence {
             pool,
             ttl,
             metrics,
+            push_budget: push_budget.max(1),
             answers,
             queue: Mutex::new(Some(queue)),
+            dirty: Mutex::new(HashSet::new()),
         }
     }
 
@@ -120,6 +140,7 @@ impl Presence {
     }
 
     /// Refreshes `seen_at` of `keys` (one statement).
+    /// New rows (principals coming online) are announced on [`CHANNEL`].
     pub async fn mark_seen(&self, keys: &HashSet<PresenceKey>) -> Result<(), sqlx::Error> {
         if keys.is_empty() {
             return Ok(());
@@ -131,9 +152,13 @@ impl Presence {
             .collect();
         let ids: Vec<i64> = keys.iter().map(|k| k.id).collect();
         sqlx::query(
-            "INSERT INTO cable_presence (account_id, kind, principal_id, seen_at)
-             SELECT a, k, i, now() FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS t(a, k, i)
-             ON CONFLICT (account_id, kind, principal_id) DO UPDATE SET seen_at = excluded.seen_at",
+            "WITH seen AS (
+               INSERT INTO cable_presence (account_id, kind, principal_id, seen_at)
+               SELECT a, k, i, now() FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS t(a, k, i)
+               ON CONFLICT (account_id, kind, principal_id) DO UPDATE SET seen_at = excluded.seen_at
+               RETURNING account_id, (xmax = 0) AS inserted)
+             SELECT pg_notify('cable_presence', account_id::text)
+               FROM (SELECT DISTINCT account_id FROM seen WHERE inserted) AS online",
         )
         .bind(accounts)
         .bind(kinds)
@@ -141,6 +166,37 @@ impl Presence {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Deletes rows past the TTL and announces each account that lost someone. Returns how
+    /// many rows went.
+    pub async fn sweep(&self) -> Result<u64, sqlx::Error> {
+        let gone: Vec<(i64, String)> = sqlx::query_as(
+            "WITH gone AS (
+               DELETE FROM cable_presence WHERE seen_at < now() - make_interval(secs => $1)
+               RETURNING account_id)
+             SELECT account_id, pg_notify('cable_presence', account_id::text)::text FROM gone",
+        )
+        .bind(self.ttl.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(gone.len() as u64)
+    }
+
+    /// An announcement arrived: `payload` is the account id whose online set changed.
+    pub fn changed(&self, payload: &str) {
+        match payload.parse::<i64>() {
+            Ok(account_id) => {
+                self.dirty.lock().insert(account_id);
+            }
+            Err(_) => tracing::debug!(payload, "presence: ignoring a malformed announcement"),
+        }
+    }
+
+    /// Announcements may have been missed (the LISTEN connection was down): push every
+    /// account this process serves.
+    pub fn resync(&self, router: &Router) {
+        self.dirty.lock().extend(router.accounts());
     }
 
     /// The account's online set as of now.
@@ -151,15 +207,13 @@ impl Presence {
               WHERE au.account_id = $1
                 AND (au.auto_offline = false OR EXISTS (
                       SELECT 1 FROM cable_presence p
-                       WHERE p.account_id = $1 AND p.kind = 'u' AND p.principal_id = au.user_id
-                         AND p.seen_at > now() - make_interval(secs => $2)))
+                       WHERE p.account_id = $1 AND p.kind = 'u' AND p.principal_id = au.user_id))
              UNION ALL
              SELECT 'c'::text, p.principal_id, 0
                FROM cable_presence p
-              WHERE p.account_id = $1 AND p.kind = 'c' AND p.seen_at > now() - make_interval(secs => $2)",
+              WHERE p.account_id = $1 AND p.kind = 'c'",
         )
         .bind(account_id)
-        .bind(self.ttl.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
         let mut snapshot = Snapshot::default();
@@ -207,15 +261,72 @@ impl Presence {
         }
     }
 
-    /// The presence task: answers, and the heartbeat for every live subscription.
+    /// Pushes a fresh snapshot to this process's user subscriptions of every changed account
+    /// whose budget allows it now. Returns the accounts pushed.
+    async fn push_due(&self, router: &Router, next_push: &mut HashMap<i64, Instant>) -> usize {
+        let now = Instant::now();
+        let due: Vec<i64> = {
+            let mut dirty = self.dirty.lock();
+            let due: Vec<i64> = dirty
+                .iter()
+                .copied()
+                .filter(|a| next_push.get(a).is_none_or(|at| *at <= now))
+                .collect();
+            for account_id in &due {
+                dirty.remove(account_id);
+            }
+            due
+        };
+        next_push.retain(|_, at| *at > now);
+        let mut pushed = 0;
+        for account_id in due {
+            let mut recipients = Vec::new();
+            router.for_each_user_subscription(account_id, |sub| recipients.push(sub.clone()));
+            if recipients.is_empty() {
+                continue;
+            }
+            let snapshot = match self.snapshot(account_id).await {
+                Ok(snapshot) => snapshot,
+                Err(e) => {
+                    tracing::warn!(error = %e, account_id, "presence: push snapshot failed; will retry");
+                    self.dirty.lock().insert(account_id);
+                    continue;
+                }
+            };
+            let body = snapshot.body(account_id, true);
+            let bytes = (body.len() * recipients.len()) as f64;
+            for sub in recipients {
+                sub.session.send(Outbound::Reply {
+                    sub: sub.clone(),
+                    body: body.clone(),
+                });
+            }
+            let wait = Duration::from_secs_f64((bytes / self.push_budget as f64).max(1.0));
+            next_push.insert(account_id, Instant::now() + wait);
+            self.metrics.presence_pushes.inc();
+            pushed += 1;
+        }
+        pushed
+    }
+
+    /// The presence task: answers, the heartbeat for every live subscription, the sweeper and
+    /// the pushes.
     pub async fn run(gateway: Arc<Gateway>) {
         let presence = &gateway.presence;
         let Some(mut queue) = presence.queue.lock().take() else {
             return;
         };
-        let period = (presence.ttl / 3).clamp(Duration::from_millis(100), Duration::from_secs(10));
-        let mut heartbeat = tokio::time::interval(period);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let every = |period: Duration| {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        };
+        let ttl = presence.ttl;
+        let mut heartbeat =
+            every((ttl / 3).clamp(Duration::from_millis(100), Duration::from_secs(10)));
+        let mut sweep = every((ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1)));
+        let mut push = every(PUSH_CHECK);
+        let mut next_push = HashMap::new();
         loop {
             tokio::select! {
                 first = queue.recv() => {
@@ -235,6 +346,14 @@ impl Presence {
                     if let Err(e) = presence.mark_seen(&keys).await {
                         tracing::warn!(error = %e, "presence: heartbeat failed");
                     }
+                }
+                _ = sweep.tick() => {
+                    if let Err(e) = presence.sweep().await {
+                        tracing::warn!(error = %e, "presence: sweep failed");
+                    }
+                }
+                _ = push.tick() => {
+                    presence.push_due(&gateway.router, &mut next_push).await;
                 }
             }
         }

@@ -376,6 +376,11 @@ impl Router {
         }
     }
 
+    /// The accounts with at least one live subscription.
+    pub fn accounts(&self) -> Vec<i64> {
+        self.registry.read().accounts.keys().copied().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.registry.read().entries.len()
     }

@@ -120,7 +120,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     ];
     let (stop, stopped) = oneshot::channel();
     let accept = tokio::spawn(accept_loop(gateway.clone(), listener, stopped));
-    tracing::info!(%addr, "listening");
+    tracing::info!(
+        %addr,
+        fd_limit = crate::gateway::fd_limit(),
+        max_connections = gateway.max_connections(),
+        "listening"
+    );
     Ok(Running {
         addr,
         gateway,
@@ -234,11 +239,24 @@ fn upgrade(gateway: Arc<Gateway>, mut request: Request<Incoming>) -> Response<Fu
     let origin = request.headers().get(ORIGIN).and_then(|v| v.to_str().ok());
     if !crate::origin::allowed(&gateway.config.allowed_origins, origin) {
         tracing::debug!(origin, "upgrade refused: origin not allowed");
+        gateway.metrics.refused("origin");
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
     if gateway.is_shutting_down() {
+        gateway.metrics.refused("shutting_down");
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
+    let Some(slot) = gateway.try_session() else {
+        gateway.metrics.refused("connection_limit");
+        tracing::warn!(
+            limit = gateway.max_connections(),
+            "upgrade refused: connection limit reached"
+        );
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached\n",
+        );
+    };
     let actioncable = offers_actioncable(&request);
     let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(pair) => pair,
@@ -249,7 +267,7 @@ fn upgrade(gateway: Arc<Gateway>, mut request: Request<Incoming>) -> Response<Fu
     };
     tokio::spawn(async move {
         match upgraded.await {
-            Ok(ws) => crate::session::run(gateway, ws.into_inner()).await,
+            Ok(ws) => crate::session::run(gateway, ws.into_inner(), slot).await,
             Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
         }
     });

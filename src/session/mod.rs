@@ -20,16 +20,16 @@ use hyper_util::rt::TokioIo;
 
 pub use outbox::{CloseReason, Outbound, SessionLink, SessionState};
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, SessionGuard};
 use reader::{Reader, SessionSubscriptions};
 
 /// Serves one upgraded connection until it ends.
-pub async fn run(gateway: Arc<Gateway>, io: TokioIo<Upgraded>) {
+pub async fn run(gateway: Arc<Gateway>, io: TokioIo<Upgraded>, slot: SessionGuard) {
     let started = Instant::now();
     let metrics = gateway.metrics.clone();
     metrics.connections.inc();
     metrics.connections_open.inc();
-    let _open = gateway.track_session();
+    let _slot = slot;
 
     let (read, write) = tokio::io::split(io);
     let (link, queue) = SessionLink::new(gateway.config.send_queue, metrics.clone());

@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, WebSocketError, WebSocketRead};
 use tokio::io::AsyncRead;
 
 use super::outbox::{CloseReason, Outbound, SessionLink};
+use crate::auth::Principal;
 use crate::channel::{RoomParams, SubscribeError};
 use crate::gateway::Gateway;
 use crate::protocol::reply;
@@ -53,11 +55,50 @@ enum Partial {
     Binary(usize),
 }
 
+/// Commands per second, with bursts of twice the rate.
+struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32) -> RateLimit {
+        let rate = f64::from(rate.max(1));
+        RateLimit {
+            rate,
+            tokens: rate * 2.0,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate)
+            .min(self.rate * 2.0);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The first characters of a token, for logs: tokens are never logged in full.
+pub fn token_prefix(token: &str) -> String {
+    let prefix: String = token.chars().take(4).collect();
+    format!("{prefix}…")
+}
+
 pub struct Reader<R> {
     ws: WebSocketRead<R>,
     gateway: Arc<Gateway>,
     link: SessionLink,
     partial: Partial,
+    rate: RateLimit,
+    rejects: u32,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
@@ -66,11 +107,14 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         ws.set_max_message_size(gateway.config.max_frame_size + 1);
         ws.set_auto_close(false);
         ws.set_auto_pong(true);
+        let rate = RateLimit::new(gateway.config.max_command_rate);
         Reader {
             ws,
             gateway,
             link,
             partial: Partial::None,
+            rate,
+            rejects: 0,
         }
     }
 
@@ -124,6 +168,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 _ => None,
             };
             let Some(message) = message else { continue };
+            if !self.rate.allow() {
+                self.gateway.metrics.invalid_frame("rate_limited");
+                tracing::info!(session = self.link.state.id, "command rate exceeded");
+                return CloseReason::Disconnect(DisconnectReason::InvalidRequest);
+            }
             let Ok(text) = String::from_utf8(message) else {
                 self.gateway.metrics.invalid_frame("invalid_utf8");
                 continue;
@@ -187,6 +236,23 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         None
     }
 
+    /// Identifier → (token, identifier, principal), or why not.
+    async fn authorize(
+        gateway: &Gateway,
+        identifier: Result<Identifier, IdentifierError>,
+        held: usize,
+    ) -> Result<(String, Identifier, Principal), SubscribeError> {
+        let identifier = identifier.map_err(|_| SubscribeError::Reject("no channel"))?;
+        let params = RoomParams::parse(&identifier)?;
+        if held >= gateway.config.max_subscriptions {
+            return Err(SubscribeError::Reject(
+                "too many subscriptions on this connection",
+            ));
+        }
+        let principal = params.authorize(&gateway.auth).await?;
+        Ok((params.pubsub_token, identifier, principal))
+    }
+
     async fn subscribe(
         &mut self,
         raw: String,
@@ -211,31 +277,27 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             None => {}
         }
         let identifier = match Identifier::parse(&raw) {
-            Ok(identifier) => identifier,
             Err(IdentifierError::NotAnObject) => {
                 metrics.invalid_frame("identifier_not_object");
                 return None;
             }
-            Err(IdentifierError::NoChannel) => {
-                self.link.send(Outbound::Frame(reply::reject(&raw)));
-                metrics.command("subscribe", "rejected");
-                return None;
-            }
+            parsed => parsed,
         };
-        let outcome = match RoomParams::parse(&identifier) {
-            Ok(params) => params
-                .authorize(&self.gateway.auth)
-                .await
-                .map(|p| (params, p)),
-            Err(e) => Err(e),
-        };
+        let outcome = Self::authorize(&self.gateway, identifier, subs.len()).await;
         match outcome {
-            Ok((params, principal)) => {
+            Ok((token, identifier, principal)) => {
+                tracing::debug!(
+                    session = self.link.state.id,
+                    token = %token_prefix(&token),
+                    account_id = principal.account_id(),
+                    user = principal.is_user(),
+                    "subscription confirmed"
+                );
                 let sub = Subscription::new(identifier.raw.clone(), self.link.clone(), &principal);
                 self.gateway.router.register(
                     sub.clone(),
                     principal,
-                    params.pubsub_token.into(),
+                    token.into(),
                     reply::confirm(&raw),
                 );
                 subs.by_identifier.insert(identifier.raw, sub.clone());
@@ -247,7 +309,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 tracing::debug!(session = self.link.state.id, why, "subscription rejected");
                 self.link.send(Outbound::Frame(reply::reject(&raw)));
                 metrics.command("subscribe", "rejected");
-                None
+                self.rejects += 1;
+                (self.rejects > self.gateway.config.max_rejects)
+                    .then_some(CloseReason::Disconnect(DisconnectReason::Unauthorized))
             }
             Err(SubscribeError::Unavailable(e)) => {
                 tracing::warn!(session = self.link.state.id, error = %e, "database unavailable during subscribe; asking the client to reconnect");
