@@ -386,3 +386,86 @@ pub async fn raw_upgrade(
         .collect();
     (status, headers)
 }
+
+/// The real `cable-gateway` binary running as its own process (`serve --listen 127.0.0.1:0`),
+/// killed (SIGKILL) when dropped, so a failing test never leaves one behind.
+pub struct GatewayProcess {
+    pub child: tokio::process::Child,
+    pub addr: std::net::SocketAddr,
+    /// Kept open: the process may still write to its stdout.
+    _stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl GatewayProcess {
+    /// Starts the binary on `database_url` with extra environment variables and waits for its
+    /// readiness line, `cable-gateway listening on <addr>`.
+    pub async fn spawn(database_url: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        use tokio::io::AsyncBufReadExt;
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cable-gateway"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("DATABASE_URL", database_url)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("the gateway binary starts");
+        let mut stdout =
+            tokio::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let addr = tokio::time::timeout(WAIT, async {
+            while let Some(line) = stdout.next_line().await.expect("stdout readable") {
+                if let Some(addr) = line.strip_prefix("cable-gateway listening on ") {
+                    return addr.trim().parse().expect("a socket address");
+                }
+            }
+            panic!("the gateway exited before printing its listening line")
+        })
+        .await
+        .expect("the listening line in time");
+        GatewayProcess {
+            child,
+            addr,
+            _stdout: stdout,
+        }
+    }
+
+    /// Polls `/ready` until it answers 200 (the database answers and LISTEN is live).
+    pub async fn ready(&self) {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if http_get(self.addr, "/ready").await.0 == 200 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("/ready answers 200 in time");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the process is running")
+    }
+
+    /// Sends SIGTERM (through `kill`, no libc needed).
+    pub async fn terminate(&self) {
+        let status = tokio::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
