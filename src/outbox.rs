@@ -54,10 +54,12 @@ const PAGE: i64 = 1000;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// The snapshot of the previous read: everything visible in it has been dispatched.
+/// Where the reader is: the snapshot of the previous complete read (everything visible in it
+/// has been dispatched) and, while a read is under way, its snapshot and the last id dispatched.
 #[derive(Debug, Clone)]
 pub struct Cursor {
     snapshot: String,
+    in_progress: Option<(String, i64)>,
 }
 
 impl Cursor {
@@ -66,7 +68,10 @@ impl Cursor {
         let (snapshot,): (String,) = sqlx::query_as("SELECT pg_current_snapshot()::text")
             .fetch_one(pool)
             .await?;
-        Ok(Cursor { snapshot })
+        Ok(Cursor {
+            snapshot,
+            in_progress: None,
+        })
     }
 }
 
@@ -171,18 +176,20 @@ fn event_from(row: Row) -> Option<Event> {
 }
 
 /// Reads every row that became visible since `cursor` and hands each event to `dispatch`,
-/// then advances the cursor. On error the cursor is unchanged and the read can be retried;
-/// events of pages already dispatched are not dispatched again (`after` carries over).
+/// then advances the cursor. On error the read can simply be retried: the cursor remembers the
+/// page it was on, so nothing already dispatched is dispatched again.
 pub async fn read(
     pool: &PgPool,
     cursor: &mut Cursor,
     gateway: &Gateway,
     mut dispatch: impl FnMut(Event),
 ) -> Result<usize, sqlx::Error> {
-    let mut cur: Option<String> = None;
-    let mut after = 0i64;
     let mut total = 0;
     loop {
+        let (cur, after) = match &cursor.in_progress {
+            Some((cur, after)) => (Some(cur.clone()), *after),
+            None => (None, 0),
+        };
         let rows: Vec<Row> = sqlx::query_as(READ)
             .bind(&cursor.snapshot)
             .bind(&cur)
@@ -190,13 +197,13 @@ pub async fn read(
             .bind(PAGE)
             .fetch_all(pool)
             .await?;
+        let Some(snapshot) = rows.first().map(|row| row.0.clone()) else {
+            return Ok(total);
+        };
         let mut page = 0;
         for row in rows {
-            if cur.is_none() {
-                cur = Some(row.0.clone());
-            }
             let Some(id) = row.1 else { continue };
-            after = id;
+            cursor.in_progress = Some((snapshot.clone(), id));
             page += 1;
             gateway.metrics.events_read.inc();
             if let Some(reason) = malformed(&row) {
@@ -218,13 +225,12 @@ pub async fn read(
         }
         total += page;
         if page < PAGE as usize {
-            break;
+            // Complete: everything visible in `snapshot` has been dispatched.
+            cursor.snapshot = snapshot;
+            cursor.in_progress = None;
+            return Ok(total);
         }
     }
-    if let Some(cur) = cur {
-        cursor.snapshot = cur;
-    }
-    Ok(total)
 }
 
 /// The reader task: waits for the doorbell (or the poll interval), reads, dispatches.
