@@ -318,7 +318,7 @@ async fn listen_once(gateway: &Gateway, doorbell: &Notify) -> Result<(), tokio_p
 /// Deletes events older than the retention, every so often.
 pub async fn prune(gateway: Arc<Gateway>) {
     let retention = gateway.config.event_retention;
-    let period = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    let period = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;

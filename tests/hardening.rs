@@ -249,3 +249,32 @@ async fn a_database_outage_loses_nothing_and_rejects_no_one() {
     let mut newcomer = Client::ready(gw.addr).await;
     newcomer.subscribe_ok(&user("demo-user-bob", 1, 2)).await;
 }
+
+#[tokio::test]
+async fn events_past_the_retention_are_pruned() {
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.event_retention = Duration::from_secs(5);
+    let gw = start(config).await;
+    db.exec(
+        "INSERT INTO cable_events (account_id, event, data, created_at)
+         VALUES (1, 'old.event', '{}', now() - interval '1 hour'), (1, 'fresh.event', '{}', now())",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let events: Vec<String> = sqlx::query_scalar("SELECT event FROM cable_events ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+        if events == ["fresh.event"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old event still there: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await; // the pruner runs on its own clock
+    }
+    assert!(metric(&gw, "cable_events_pruned_total", "") >= 1.0);
+}

@@ -353,6 +353,20 @@ pg_cluster_stop() {
     return "$status"
 }
 
+# pg_cluster_pause / pg_cluster_resume — stop the running private cluster (fast mode: every
+# connection is cut) and start it again on the same port with the same data. For the outage
+# test that scripts/test runs while nothing else uses the cluster.
+pg_cluster_pause() {
+    [ -n "${PG_CLUSTER_DIR:-}" ] || { pg_die "no private cluster to pause"; return 1; }
+    pg__as_owner "$PG_BINDIR/pg_ctl" stop -D "$PG_CLUSTER_DIR/data" -m fast -w -s
+}
+
+pg_cluster_resume() {
+    [ -n "${PG_CLUSTER_DIR:-}" ] || { pg_die "no private cluster to resume"; return 1; }
+    pg__as_owner "$PG_BINDIR/pg_ctl" start -D "$PG_CLUSTER_DIR/data" -l "$PG_CLUSTER_DIR/server.log" \
+        -o "-p $PG_CLUSTER_PORT" -w -t "$PG_START_TIMEOUT" -s
+}
+
 # pg_url_with_db URL DBNAME — URL with its database (path) replaced by DBNAME.
 pg_url_with_db() {
     local url=$1 db=$2 query="" rest

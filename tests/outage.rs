@@ -1,0 +1,88 @@
+//! A real PostgreSQL outage: the cluster is stopped and started again while clients are
+//! subscribed. `scripts/test` runs this alone on its private cluster (stage 2b), because it
+//! takes the database away from everyone.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// Runs a function of scripts/lib/pg.sh against the private cluster.
+fn cluster(action: &str) {
+    let status = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("source scripts/lib/pg.sh && {action}"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("bash runs");
+    assert!(status.success(), "{action} failed");
+}
+
+#[tokio::test]
+#[ignore = "restarts the whole PostgreSQL cluster: scripts/test runs it alone on its private cluster"]
+async fn postgres_restart_loses_nothing_and_rejects_no_one() {
+    assert!(
+        std::env::var_os("CABLE_PG_RESTARTABLE").is_some(),
+        "run through scripts/test, which owns the cluster it restarts"
+    );
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.outbox_poll = Duration::from_millis(200);
+    let gw = start(config).await;
+    let mut client = Client::ready(gw.addr).await;
+    client.subscribe_ok(&user("demo-user-alice", 1, 1)).await;
+    for seq in 0..5 {
+        db.publish(1, "message.created", json!({"seq": seq}), json!({}))
+            .await;
+    }
+    db.pool.close().await;
+
+    cluster("pg_cluster_pause");
+    let mut live = gw.gateway.listener_state();
+    tokio::time::timeout(WAIT, live.wait_for(|live| !*live))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(http_get(gw.addr, "/ready").await.0, 503);
+    assert_eq!(http_get(gw.addr, "/health").await.0, 200);
+    let mut newcomer = Client::ready(gw.addr).await;
+    newcomer.send(subscribe(&user("demo-user-bob", 1, 2))).await;
+    // The pool keeps trying to connect for its acquire timeout (5 s): pings may come first.
+    let frames: Vec<_> = newcomer
+        .until_closed()
+        .await
+        .into_iter()
+        .filter(|f| f["type"] != "ping")
+        .collect();
+    assert_eq!(
+        frames,
+        vec![json!({"type": "disconnect", "reason": "server_restart", "reconnect": true})],
+        "a subscribe during the outage is told to reconnect, never rejected"
+    );
+
+    cluster("pg_cluster_resume");
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    for seq in 5..10 {
+        publish(&pool, 1, "message.created", json!({"seq": seq}), json!({})).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        let (_, message) = client.event().await;
+        seen.push(message["data"]["seq"].as_i64().unwrap());
+    }
+    assert_eq!(
+        seen,
+        (0..10).collect::<Vec<_>>(),
+        "every event exactly once, in order"
+    );
+    // The LISTEN connection comes back within its backoff (1 s → 30 s).
+    tokio::time::timeout(Duration::from_secs(45), live.wait_for(|live| *live))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(http_get(gw.addr, "/ready").await.0, 200);
+    let mut newcomer = Client::ready(gw.addr).await;
+    newcomer.subscribe_ok(&user("demo-user-bob", 1, 2)).await;
+}
