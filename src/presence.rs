@@ -4,7 +4,13 @@
 //! - A subscriber is online from its subscribe until `CABLE_PRESENCE_TTL` after its last sign
 //!   of life. A live connection is a sign of life: every process refreshes `seen_at` for all
 //!   of its live subscriptions in one statement per heartbeat (TTL / 3), so a browser that
-//!   throttles background timers cannot flap an agent offline.
+//!   throttles background timers cannot flap an agent offline. A connection is alive until
+//!   the moment it ends, not just until its last heartbeat: the presence task watches the
+//!   subscriptions it answered and, when one ends, refreshes its principal's row once more
+//!   (an update only; it never brings anyone online), so the TTL counts from the departure.
+//!   (Ends are noticed at each sweep, so this costs one scan of this process's subscriptions
+//!   per sweep period.) A process that dies without a word cannot do that; its subscribers
+//!   go offline up to one heartbeat period earlier than TTL after its death.
 //! - Online means "has a row". A row is inserted by whichever process first sees the principal
 //!   and deleted by whichever process's sweeper first finds it past the TTL. PostgreSQL hands
 //!   each insert and each delete to exactly one statement, and that statement announces the
@@ -101,6 +107,21 @@ pub const CHANNEL: &str = "cable_presence";
 /// How often changed accounts are checked for a due push.
 const PUSH_CHECK: Duration = Duration::from_millis(100);
 
+/// `keys` as the three parallel arrays the statements unnest, sorted by primary key: every
+/// process then locks rows in the same order, so concurrent heartbeats of overlapping sets
+/// (the same agent connected to two processes) cannot deadlock each other.
+fn columns(keys: &HashSet<PresenceKey>) -> (Vec<i64>, Vec<String>, Vec<i64>) {
+    let mut sorted: Vec<(i64, &'static str, i64)> = keys
+        .iter()
+        .map(|k| (k.account_id, if k.is_user { "u" } else { "c" }, k.id))
+        .collect();
+    sorted.sort_unstable();
+    let accounts = sorted.iter().map(|k| k.0).collect();
+    let kinds = sorted.iter().map(|k| k.1.to_string()).collect();
+    let ids = sorted.iter().map(|k| k.2).collect();
+    (accounts, kinds, ids)
+}
+
 fn availability(value: i32) -> &'static str {
     match value {
         1 => "offline",
@@ -145,12 +166,7 @@ impl Presence {
         if keys.is_empty() {
             return Ok(());
         }
-        let accounts: Vec<i64> = keys.iter().map(|k| k.account_id).collect();
-        let kinds: Vec<String> = keys
-            .iter()
-            .map(|k| if k.is_user { "u" } else { "c" }.to_string())
-            .collect();
-        let ids: Vec<i64> = keys.iter().map(|k| k.id).collect();
+        let (accounts, kinds, ids) = columns(keys);
         sqlx::query(
             "WITH seen AS (
                INSERT INTO cable_presence (account_id, kind, principal_id, seen_at)
@@ -159,6 +175,26 @@ impl Presence {
                RETURNING account_id, (xmax = 0) AS inserted)
              SELECT pg_notify('cable_presence', account_id::text)
                FROM (SELECT DISTINCT account_id FROM seen WHERE inserted) AS online",
+        )
+        .bind(accounts)
+        .bind(kinds)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Refreshes `seen_at` of the rows of `keys` that exist (one statement): the last sign of
+    /// life of subscriptions that just ended. Never inserts, so never announces.
+    pub async fn touch(&self, keys: &HashSet<PresenceKey>) -> Result<(), sqlx::Error> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let (accounts, kinds, ids) = columns(keys);
+        sqlx::query(
+            "UPDATE cable_presence p SET seen_at = now()
+               FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS t(a, k, i)
+              WHERE p.account_id = t.a AND p.kind = t.k::char(1) AND p.principal_id = t.i",
         )
         .bind(accounts)
         .bind(kinds)
@@ -327,6 +363,8 @@ impl Presence {
         let mut sweep = every((ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1)));
         let mut push = every(PUSH_CHECK);
         let mut next_push = HashMap::new();
+        // Subscriptions answered here, until they end (see the module doc).
+        let mut watched: HashMap<u64, Arc<Subscription>> = HashMap::new();
         loop {
             tokio::select! {
                 first = queue.recv() => {
@@ -336,6 +374,11 @@ impl Presence {
                         match queue.try_recv() {
                             Ok(sub) => batch.push(sub),
                             Err(_) => break,
+                        }
+                    }
+                    for sub in &batch {
+                        if sub.is_active() {
+                            watched.entry(sub.id).or_insert_with(|| sub.clone());
                         }
                     }
                     presence.answer_batch(batch).await;
@@ -348,6 +391,17 @@ impl Presence {
                     }
                 }
                 _ = sweep.tick() => {
+                    let mut departed = HashSet::new();
+                    watched.retain(|_, sub| {
+                        let live = sub.is_active();
+                        if !live {
+                            departed.insert(sub.presence);
+                        }
+                        live
+                    });
+                    if let Err(e) = presence.touch(&departed).await {
+                        tracing::warn!(error = %e, "presence: could not mark departures seen");
+                    }
                     if let Err(e) = presence.sweep().await {
                         tracing::warn!(error = %e, "presence: sweep failed");
                     }

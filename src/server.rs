@@ -23,7 +23,7 @@ use crate::config::ServeConfig;
 use crate::gateway::Gateway;
 use crate::migrate::{self, MigrateError};
 use crate::outbox;
-use crate::presence::Presence;
+use crate::presence::{Presence, PresenceKey};
 
 /// The only sub-protocol we speak.
 pub const SUBPROTOCOL: &str = "actioncable-v1-json";
@@ -160,6 +160,18 @@ async fn accept_loop(
         sessions = gateway.sessions(),
         "shutting down: telling clients to reconnect"
     );
+    // Clients are about to leave: their last sign of life is now, so the presence TTL counts
+    // from here (they reconnect elsewhere and are refreshed there).
+    let leaving = gateway
+        .router
+        .snapshot()
+        .iter()
+        .map(|(_, p, _)| PresenceKey::from(p))
+        .collect();
+    let touch = gateway.presence.touch(&leaving);
+    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), touch).await {
+        tracing::warn!(error = %e, "shutdown: could not refresh presence");
+    }
     gateway.begin_shutdown();
     if tokio::time::timeout(DRAIN_TIMEOUT, gateway.drained())
         .await
