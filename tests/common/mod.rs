@@ -400,6 +400,16 @@ impl GatewayProcess {
     /// Starts the binary on `database_url` with extra environment variables and waits for its
     /// readiness line, `cable-gateway listening on <addr>`.
     pub async fn spawn(database_url: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        GatewayProcess::spawn_with(database_url, env, std::process::Stdio::inherit()).await
+    }
+
+    /// Like [`GatewayProcess::spawn`], with the process's stderr (its logs) going to `stderr`;
+    /// with `Stdio::piped()` they are read from `child.stderr`.
+    pub async fn spawn_with(
+        database_url: &str,
+        env: &[(&str, &str)],
+        stderr: std::process::Stdio,
+    ) -> GatewayProcess {
         use tokio::io::AsyncBufReadExt;
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cable-gateway"));
         command
@@ -412,7 +422,7 @@ impl GatewayProcess {
             .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true);
         let mut child = command.spawn().expect("the gateway binary starts");
         let mut stdout =
