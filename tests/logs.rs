@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures_util::SinkExt;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
