@@ -7,6 +7,7 @@
 //! says goodbye (queued frames, `disconnect`, close frame), and one log line records the
 //! reason and duration.
 
+pub mod frame;
 pub mod outbox;
 pub mod reader;
 pub mod writer;
@@ -14,7 +15,6 @@ pub mod writer;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fastwebsockets::{Role, WebSocketRead};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 
@@ -32,29 +32,28 @@ pub async fn run(gateway: Arc<Gateway>, io: TokioIo<Upgraded>, slot: SessionGuar
     let _slot = slot;
 
     let (read, write) = tokio::io::split(io);
-    let (link, queue) = SessionLink::new(gateway.config.send_queue, metrics.clone());
+    let link = SessionLink::new(gateway.config.send_queue, metrics.clone());
     let state = link.state.clone();
 
-    let writer = {
-        let state = state.clone();
-        let shutdown = gateway.shutdown_signal();
-        let metrics = metrics.clone();
-        tokio::spawn(async move { writer::run(write, queue, &state, shutdown, &metrics).await })
-    };
-
-    let (ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    let ws: WebSocketRead<_> = ws;
-    let mut reader = Reader::new(ws, gateway.clone(), link);
+    // Reader and writer run concurrently in this one task (one task per connection, not two):
+    // neither is ever cancelled while the connection lives. The writer ends when the session
+    // is closed (by anyone) or the socket fails; the reader when the client leaves or
+    // misbehaves.
+    let writer = writer::run(write, &state, gateway.shutdown_signal(), &metrics);
+    tokio::pin!(writer);
+    let mut reader = Reader::new(read, gateway.clone(), link);
     let mut subs = SessionSubscriptions::new(gateway.clone());
-    let reason = tokio::select! {
-        reason = reader.run(&mut subs) => reason,
-        reason = state.closed() => reason,
+    let reader_ended = tokio::select! {
+        reason = reader.run(&mut subs) => Some(reason),
+        () = &mut writer => None,
     };
     let subscriptions = subs.len();
     subs.clear();
     drop(reader);
-    state.close(reason);
-    let _ = writer.await;
+    if let Some(reason) = reader_ended {
+        state.close(reason);
+        writer.await;
+    }
 
     let reason = state
         .close_reason()

@@ -1,10 +1,16 @@
 //! A session's bounded send queue and the handle everyone else reaches it through.
+//!
+//! The queue is a `VecDeque` behind a short lock plus a `Notify`, all in the session's one
+//! shared allocation: an idle connection holds no queue buffer at all (a tokio mpsc channel
+//! would keep a 32-slot block and its own allocation per connection).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::protocol::DisconnectReason;
@@ -54,16 +60,56 @@ pub struct SessionState {
     pub id: u64,
     reason: OnceLock<CloseReason>,
     notify: Notify,
+    queue: Mutex<VecDeque<Outbound>>,
+    queued: Notify,
+    capacity: usize,
 }
 
 impl SessionState {
-    pub fn new() -> Arc<SessionState> {
+    pub fn new(capacity: usize) -> Arc<SessionState> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(SessionState {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             reason: OnceLock::new(),
             notify: Notify::new(),
+            queue: Mutex::new(VecDeque::new()),
+            queued: Notify::new(),
+            capacity: capacity.max(1),
         })
+    }
+
+    /// Queues a frame; `false` when the queue is full.
+    fn push(&self, frame: Outbound) -> bool {
+        {
+            let mut queue = self.queue.lock();
+            if queue.len() >= self.capacity {
+                return false;
+            }
+            queue.push_back(frame);
+        }
+        self.queued.notify_one();
+        true
+    }
+
+    /// Moves every queued frame into `batch` (which must be empty), waiting for one if none is
+    /// queued. Swapping buffers keeps the lock short and leaves the queue's capacity with
+    /// the writer, which decides what to keep.
+    pub async fn take_queued(&self, batch: &mut VecDeque<Outbound>) {
+        loop {
+            {
+                let mut queue = self.queue.lock();
+                if !queue.is_empty() {
+                    std::mem::swap(&mut *queue, batch);
+                    return;
+                }
+            }
+            self.queued.notified().await;
+        }
+    }
+
+    /// What is queued now, without waiting.
+    pub fn take_now(&self) -> VecDeque<Outbound> {
+        std::mem::take(&mut *self.queue.lock())
     }
 
     /// Asks the session to end. The first reason given wins.
@@ -91,38 +137,30 @@ impl SessionState {
     }
 }
 
-/// How the router and replies reach a session: a bounded queue plus its shared state.
+/// How the router and replies reach a session: its bounded queue, in its shared state.
 #[derive(Clone)]
 pub struct SessionLink {
-    tx: mpsc::Sender<Outbound>,
     pub state: Arc<SessionState>,
     metrics: Arc<Metrics>,
 }
 
 impl SessionLink {
-    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (SessionLink, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let link = SessionLink {
-            tx,
-            state: SessionState::new(),
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> SessionLink {
+        SessionLink {
+            state: SessionState::new(capacity),
             metrics,
-        };
-        (link, rx)
+        }
     }
 
     /// Queues a frame without ever waiting. A full queue means the client does not read
     /// fast enough: the session is ended with `too_slow`, and nobody else is delayed.
     pub fn send(&self, frame: Outbound) {
-        match self.tx.try_send(frame) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.state.close_reason().is_none() {
-                    self.metrics.too_slow.inc();
-                }
-                self.state
-                    .close(CloseReason::Disconnect(DisconnectReason::TooSlow));
+        if !self.state.push(frame) {
+            if self.state.close_reason().is_none() {
+                self.metrics.too_slow.inc();
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            self.state
+                .close(CloseReason::Disconnect(DisconnectReason::TooSlow));
         }
     }
 }

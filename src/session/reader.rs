@@ -2,14 +2,12 @@
 //! at a time (a subscribe's token lookup finishes before the next command is looked at).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, WebSocketError, WebSocketRead};
 use tokio::io::AsyncRead;
 
+use super::frame::{FrameError, FrameReader, OpCode};
 use super::outbox::{CloseReason, Outbound, SessionLink};
 use crate::auth::Principal;
 use crate::channel::{RoomParams, SubscribeError};
@@ -93,7 +91,7 @@ pub fn token_prefix(token: &str) -> String {
 }
 
 pub struct Reader<R> {
-    ws: WebSocketRead<R>,
+    frames: FrameReader<R>,
     gateway: Arc<Gateway>,
     link: SessionLink,
     partial: Partial,
@@ -102,14 +100,10 @@ pub struct Reader<R> {
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
-    pub fn new(mut ws: WebSocketRead<R>, gateway: Arc<Gateway>, link: SessionLink) -> Self {
-        // fastwebsockets refuses a frame whose length is >= this.
-        ws.set_max_message_size(gateway.config.max_frame_size + 1);
-        ws.set_auto_close(false);
-        ws.set_auto_pong(true);
+    pub fn new(read: R, gateway: Arc<Gateway>, link: SessionLink) -> Self {
         let rate = RateLimit::new(gateway.config.max_command_rate);
         Reader {
-            ws,
+            frames: FrameReader::new(read, gateway.config.max_frame_size),
             gateway,
             link,
             partial: Partial::None,
@@ -121,16 +115,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads and handles frames until the connection should end, and says why.
     pub async fn run(&mut self, subs: &mut SessionSubscriptions) -> CloseReason {
         loop {
-            let link = &self.link;
-            let mut obligated = |frame: Frame<'_>| {
-                if frame.opcode == OpCode::Pong {
-                    link.send(Outbound::Pong(Bytes::copy_from_slice(&frame.payload)));
-                }
-                std::future::ready(Ok::<(), Infallible>(()))
-            };
-            let frame = match self.ws.read_frame(&mut obligated).await {
+            let frame = match self.frames.next().await {
                 Ok(frame) => frame,
-                Err(WebSocketError::FrameTooLarge) => {
+                Err(FrameError::TooLarge) => {
                     self.gateway.metrics.invalid_frame("too_large");
                     return CloseReason::Disconnect(DisconnectReason::InvalidRequest);
                 }
@@ -140,12 +127,14 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 }
             };
             let message = match (frame.opcode, frame.fin) {
-                (OpCode::Close, _) => {
-                    return CloseReason::ClientClosed(Bytes::copy_from_slice(&frame.payload))
+                (OpCode::Close, _) => return CloseReason::ClientClosed(frame.payload.into()),
+                (OpCode::Ping, _) => {
+                    self.link.send(Outbound::Pong(frame.payload.into()));
+                    None
                 }
-                (OpCode::Text, true) => Some(frame.payload.to_vec()),
+                (OpCode::Text, true) => Some(frame.payload),
                 (OpCode::Text, false) => {
-                    self.partial = Partial::Text(frame.payload.to_vec());
+                    self.partial = Partial::Text(frame.payload);
                     None
                 }
                 (OpCode::Binary, fin) => {
@@ -165,7 +154,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                         Err(reason) => return reason,
                     }
                 }
-                _ => None,
+                (OpCode::Pong, _) => None,
             };
             let Some(message) = message else { continue };
             if !self.rate.allow() {
@@ -198,7 +187,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
         };
         match command {
-            Command::Subscribe { identifier } => return self.subscribe(identifier, subs).await,
+            // Boxed: a token lookup's state is large, and only a subscribe needs it; inline it
+            // would make every idle connection's task that much bigger.
+            Command::Subscribe { identifier } => {
+                return Box::pin(self.subscribe(identifier, subs)).await
+            }
             Command::Unsubscribe { identifier } => {
                 match subs.by_identifier.remove(identifier.as_str()) {
                     Some(sub) => {

@@ -1,10 +1,11 @@
-//! The writer task: owns the socket's write half, writes the welcome, every queued frame
+//! The writer: owns the socket's write half, writes the welcome, every queued frame
 //! (batched into one write when several are waiting), a ping every 3 s, and the farewell.
 
+use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
 
 use super::outbox::{CloseReason, Outbound, SessionState};
@@ -14,6 +15,8 @@ use crate::protocol::reply::{self, DisconnectReason, WELCOME};
 pub const PING_INTERVAL: Duration = Duration::from_secs(3);
 /// Stop adding queued frames to one write past this many bytes.
 const BATCH_BYTES: usize = 64 * 1024;
+/// A frame list longer than this is given back once drained.
+const KEEP_FRAMES: usize = 16;
 /// A batch buffer larger than this is given back after use.
 const KEEP_CAPACITY: usize = 16 * 1024;
 /// How long the farewell (queued frames, disconnect, close) may take to write.
@@ -115,7 +118,6 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
 /// to commands sent before it arrive after it.
 pub async fn run<W: AsyncWrite + Unpin>(
     sink: W,
-    mut queue: mpsc::Receiver<Outbound>,
     state: &SessionState,
     mut shutdown: watch::Receiver<bool>,
     metrics: &Metrics,
@@ -133,28 +135,30 @@ pub async fn run<W: AsyncWrite + Unpin>(
     }
     let mut ping = interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Frames taken from the queue and not yet encoded.
+    let mut pending: VecDeque<Outbound> = VecDeque::new();
 
     let reason = loop {
-        tokio::select! {
-            biased;
-            reason = state.closed() => break reason,
-            _ = shutdown.wait_for(|stop| *stop) => {
-                state.close(CloseReason::Disconnect(DisconnectReason::ServerRestart));
-                continue;
+        if pending.is_empty() {
+            if pending.capacity() > KEEP_FRAMES {
+                pending = VecDeque::new();
             }
-            frame = queue.recv() => match frame {
-                Some(frame) => {
-                    w.push(frame);
-                    while w.buf.len() < BATCH_BYTES {
-                        match queue.try_recv() {
-                            Ok(frame) => w.push(frame),
-                            Err(_) => break,
-                        }
-                    }
+            tokio::select! {
+                biased;
+                reason = state.closed() => break reason,
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    state.close(CloseReason::Disconnect(DisconnectReason::ServerRestart));
+                    continue;
                 }
-                None => break CloseReason::ConnectionLost,
-            },
-            _ = ping.tick() => w.push_ping(),
+                () = state.take_queued(&mut pending) => {}
+                _ = ping.tick() => w.push_ping(),
+            }
+        }
+        while w.buf.len() < BATCH_BYTES {
+            match pending.pop_front() {
+                Some(frame) => w.push(frame),
+                None => break,
+            }
         }
         if w.buf.is_empty() {
             continue;
@@ -186,12 +190,18 @@ pub async fn run<W: AsyncWrite + Unpin>(
         }
         CloseReason::Disconnect(disconnect) => {
             // Frames already queued (events already read) go out before the disconnect.
-            while let Ok(frame) = queue.try_recv() {
-                w.push(frame);
-            }
-            push_text(&mut w.buf, &reply::disconnect(disconnect));
-            w.push_close(&1000u16.to_be_bytes());
-            let _ = timeout(FAREWELL_TIMEOUT, w.flush()).await;
+            let farewell = async {
+                for frame in pending.into_iter().chain(state.take_now()) {
+                    w.push(frame);
+                    if w.buf.len() >= BATCH_BYTES {
+                        w.flush().await?;
+                    }
+                }
+                push_text(&mut w.buf, &reply::disconnect(disconnect));
+                w.push_close(&1000u16.to_be_bytes());
+                w.flush().await
+            };
+            let _ = timeout(FAREWELL_TIMEOUT, farewell).await;
         }
         CloseReason::ClientClosed(payload) => {
             let echo = if payload.len() >= 2 {

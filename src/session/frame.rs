@@ -1,0 +1,177 @@
+//! Inbound WebSocket frames (client → server), read without a standing buffer.
+//!
+//! fastwebsockets' read half reserves an 8 KiB buffer per connection and never gives it
+//! back; with tens of thousands of mostly idle connections that alone is the whole memory
+//! budget (DHAT: 8 KiB of ~17 KiB per connection). Client frames are rare and small
+//! (commands, pongs), so this reader keeps only a small read-ahead buffer and allocates a
+//! frame's payload when the frame arrives. fastwebsockets still performs the upgrade.
+
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+
+/// Read-ahead per connection: one typical command (identifier included) per read.
+const READ_AHEAD: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpCode {
+    Continuation,
+    Text,
+    Binary,
+    Close,
+    Ping,
+    Pong,
+}
+
+impl OpCode {
+    fn is_control(self) -> bool {
+        matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
+    }
+}
+
+#[derive(Debug)]
+pub struct Frame {
+    pub fin: bool,
+    pub opcode: OpCode,
+    /// Unmasked.
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame larger than the limit")]
+    TooLarge,
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub struct FrameReader<R> {
+    io: BufReader<R>,
+    max_payload: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Frames whose payload exceeds `max_payload` bytes are refused before being read.
+    pub fn new(io: R, max_payload: usize) -> Self {
+        FrameReader {
+            io: BufReader::with_capacity(READ_AHEAD, io),
+            max_payload,
+        }
+    }
+
+    /// The next frame. Not cancel-safe: a frame may be half read when the future is dropped.
+    pub async fn next(&mut self) -> Result<Frame, FrameError> {
+        let mut head = [0u8; 2];
+        self.io.read_exact(&mut head).await?;
+        if head[0] & 0x70 != 0 {
+            return Err(FrameError::Protocol("reserved bits set"));
+        }
+        let fin = head[0] & 0x80 != 0;
+        let opcode = match head[0] & 0x0f {
+            0x0 => OpCode::Continuation,
+            0x1 => OpCode::Text,
+            0x2 => OpCode::Binary,
+            0x8 => OpCode::Close,
+            0x9 => OpCode::Ping,
+            0xA => OpCode::Pong,
+            _ => return Err(FrameError::Protocol("unknown opcode")),
+        };
+        if head[1] & 0x80 == 0 {
+            return Err(FrameError::Protocol("client frames must be masked"));
+        }
+        let len = match head[1] & 0x7f {
+            126 => u64::from(self.io.read_u16().await?),
+            127 => self.io.read_u64().await?,
+            short => u64::from(short),
+        };
+        if opcode.is_control() && (!fin || len > 125) {
+            return Err(FrameError::Protocol(
+                "fragmented or oversized control frame",
+            ));
+        }
+        if len > self.max_payload as u64 {
+            return Err(FrameError::TooLarge);
+        }
+        let mut mask = [0u8; 4];
+        self.io.read_exact(&mut mask).await?;
+        let mut payload = vec![0u8; len as usize];
+        self.io.read_exact(&mut payload).await?;
+        for (i, byte) in payload.iter_mut().enumerate() {
+            *byte ^= mask[i & 3];
+        }
+        Ok(Frame {
+            fin,
+            opcode,
+            payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut out = vec![first];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n < 65536 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    async fn read(bytes: Vec<u8>, max: usize) -> Result<Frame, FrameError> {
+        FrameReader::new(&bytes[..], max).next().await
+    }
+
+    #[tokio::test]
+    async fn unmasks_text_of_every_length_encoding() {
+        for len in [0usize, 5, 125, 126, 300, 65535, 65536, 70000] {
+            let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let frame = read(masked(0x81, &payload), 1 << 20).await.unwrap();
+            assert!(frame.fin);
+            assert_eq!(frame.opcode, OpCode::Text);
+            assert_eq!(frame.payload, payload, "length {len}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_what_the_rfc_forbids() {
+        assert!(matches!(
+            read(masked(0x81, &[0; 11]), 10).await,
+            Err(FrameError::TooLarge)
+        ));
+        assert!(read(masked(0x81, &[0; 10]), 10).await.is_ok());
+        assert!(matches!(
+            read(masked(0xC1, b"x"), 10).await,
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(
+            read(masked(0x83, b"x"), 10).await,
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(
+            read(masked(0x09, b"x"), 10).await,
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(
+            read(masked(0x89, &[0; 126]), 1000).await,
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(
+            read(vec![0x81, 0x01, b'x'], 10).await,
+            Err(FrameError::Protocol(_))
+        ));
+        assert!(matches!(read(vec![0x81], 10).await, Err(FrameError::Io(_))));
+    }
+}
