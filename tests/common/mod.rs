@@ -253,24 +253,35 @@ impl Client {
         }
     }
 
-    /// The next frame that is not a ping.
+    /// The next frame that is not a ping. The deadline covers the frames skipped too: pings
+    /// come every 3 s, so a per-frame timeout alone would wait forever for a missing frame.
     pub async fn next(&mut self) -> Value {
-        loop {
-            let frame = self.next_raw().await;
-            if frame["type"] != "ping" {
-                return frame;
+        let next = async {
+            loop {
+                let frame = self.next_raw().await;
+                if frame["type"] != "ping" {
+                    return frame;
+                }
             }
-        }
+        };
+        tokio::time::timeout(WAIT, next)
+            .await
+            .expect("a frame other than a ping in time")
     }
 
     /// The next frame that is neither a ping nor a presence.update message.
     pub async fn next_significant(&mut self) -> Value {
-        loop {
-            let frame = self.next().await;
-            if frame["message"]["event"] != "presence.update" {
-                return frame;
+        let next = async {
+            loop {
+                let frame = self.next().await;
+                if frame["message"]["event"] != "presence.update" {
+                    return frame;
+                }
             }
-        }
+        };
+        tokio::time::timeout(WAIT, next)
+            .await
+            .expect("a frame other than a ping or presence.update in time")
     }
 
     /// Subscribes and expects the confirm.
