@@ -80,8 +80,9 @@ pub struct ServeConfig {
     #[arg(long, env = "CABLE_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
 
-    /// Frames that may wait for a slow client before it is disconnected with `too_slow`.
-    /// Default: 1024
+    /// Frames that may wait for a client whose socket has taken nothing for 1 s before it is
+    /// disconnected with `too_slow`; a queue 16 times this long is too long in any case (a
+    /// client that reads keeps up with bursts in between). Default: 1024
     #[arg(long, env = "CABLE_SEND_QUEUE", default_value_t = 1024)]
     pub send_queue: usize,
 

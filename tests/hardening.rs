@@ -278,3 +278,32 @@ async fn events_past_the_retention_are_pruned() {
     }
     assert!(metric(&gw, "cable_events_pruned_total", "") >= 1.0);
 }
+
+#[tokio::test]
+async fn a_reading_client_survives_a_burst_larger_than_its_queue() {
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.send_queue = 64;
+    let gw = start(config).await;
+    let mut client = Client::ready(gw.addr).await;
+    client.subscribe_ok(&user("demo-user-alice", 1, 1)).await;
+    // One transaction of 1000 events: the reader dispatches them a page at a time, far faster
+    // than any socket drains, yet this client reads everything it is sent.
+    let mut tx = db.pool.begin().await.unwrap();
+    for seq in 0..1000 {
+        publish(
+            &mut *tx,
+            1,
+            "message.created",
+            json!({"seq": seq}),
+            json!({}),
+        )
+        .await;
+    }
+    tx.commit().await.unwrap();
+    for seq in 0..1000 {
+        let (_, message) = client.event().await;
+        assert_eq!(message["data"]["seq"], seq);
+    }
+    assert_eq!(metric(&gw, "cable_too_slow_disconnects_total", ""), 0.0);
+}

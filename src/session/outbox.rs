@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -63,6 +64,21 @@ pub struct SessionState {
     queue: Mutex<VecDeque<Outbound>>,
     queued: Notify,
     capacity: usize,
+    /// When the writer's current socket write began ([`millis`] + 1), or 0 when it is not
+    /// waiting on the socket.
+    writing_since: AtomicU64,
+}
+
+/// A client whose socket has taken nothing for this long while `CABLE_SEND_QUEUE` frames wait
+/// is too slow.
+pub const STUCK_AFTER: Duration = Duration::from_secs(1);
+/// However fast the socket drains, a queue this many times `CABLE_SEND_QUEUE` is too long.
+pub const HARD_LIMIT_FACTOR: usize = 16;
+
+/// Milliseconds since this process first asked.
+fn millis() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 impl SessionState {
@@ -75,14 +91,36 @@ impl SessionState {
             queue: Mutex::new(VecDeque::new()),
             queued: Notify::new(),
             capacity: capacity.max(1),
+            writing_since: AtomicU64::new(0),
         })
     }
 
-    /// Queues a frame; `false` when the queue is full.
+    /// The writer is about to wait on the socket.
+    pub fn write_started(&self) {
+        self.writing_since.store(millis() + 1, Ordering::Relaxed);
+    }
+
+    /// The socket took the write.
+    pub fn write_finished(&self) {
+        self.writing_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether a socket write has been waiting longer than [`STUCK_AFTER`].
+    fn stuck(&self) -> bool {
+        let since = self.writing_since.load(Ordering::Relaxed);
+        since != 0 && millis().saturating_sub(since - 1) > STUCK_AFTER.as_millis() as u64
+    }
+
+    /// Queues a frame; `false` when the client is too slow for it.
+    ///
+    /// A burst (one transaction of thousands of events) may queue more than `capacity`
+    /// frames for a client that reads perfectly well; only a client whose socket is stuck,
+    /// or whose queue reaches the hard limit, is too slow.
     fn push(&self, frame: Outbound) -> bool {
         {
             let mut queue = self.queue.lock();
-            if queue.len() >= self.capacity {
+            let len = queue.len();
+            if len >= self.capacity && (self.stuck() || len >= self.capacity * HARD_LIMIT_FACTOR) {
                 return false;
             }
             queue.push_back(frame);

@@ -54,6 +54,7 @@ fn unix_now() -> f64 {
 
 struct Writer<'a, W> {
     sink: W,
+    state: &'a SessionState,
     buf: Vec<u8>,
     metrics: &'a Metrics,
     last_ping: u64,
@@ -105,7 +106,9 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
+        self.state.write_started();
         let result = self.sink.write_all(&self.buf).await;
+        self.state.write_finished();
         self.buf.clear();
         if self.buf.capacity() > KEEP_CAPACITY {
             self.buf = Vec::new();
@@ -124,6 +127,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
 ) {
     let mut w = Writer {
         sink,
+        state,
         buf: Vec::new(),
         metrics,
         last_ping: 0,
