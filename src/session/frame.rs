@@ -174,4 +174,21 @@ mod tests {
         ));
         assert!(matches!(read(vec![0x81], 10).await, Err(FrameError::Io(_))));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        /// Whatever bytes a client sends, the reader returns frames or an error, never panics,
+        /// and never allocates for a length it refused.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let mut reader = FrameReader::new(&bytes[..], 64);
+                while let Ok(frame) = reader.next().await {
+                    assert!(frame.payload.len() <= 64);
+                }
+            });
+        }
+    }
 }
