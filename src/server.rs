@@ -15,7 +15,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use sqlx::postgres::PgPoolOptions;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
@@ -102,9 +102,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     }
     let cursor = outbox::Cursor::now(&pool).await.map_err(database)?;
     let addr = config.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
+    let listener = listen(addr).map_err(|source| StartError::Bind { addr, source })?;
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
@@ -133,6 +131,22 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         accept,
         background,
     })
+}
+
+/// Pending connections the kernel may hold for us (capped by `net.core.somaxconn`). tokio's
+/// default of 1024 overflows when thousands of clients reconnect at once, and every
+/// overflowed SYN costs its client a retransmit timeout (1 s, then 3 s).
+const LISTEN_BACKLOG: u32 = 65535;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn accept_loop(

@@ -16,9 +16,10 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(3);
 /// Stop adding queued frames to one write past this many bytes.
 const BATCH_BYTES: usize = 64 * 1024;
 /// A frame list longer than this is given back once drained.
-const KEEP_FRAMES: usize = 16;
-/// A batch buffer larger than this is given back after use.
-const KEEP_CAPACITY: usize = 16 * 1024;
+const KEEP_FRAMES: usize = 4;
+/// A batch buffer larger than this is given back after use: an idle connection must not
+/// keep the buffer of the largest message it ever got (a presence snapshot of a big account).
+const KEEP_CAPACITY: usize = 1024;
 /// How long the farewell (queued frames, disconnect, close) may take to write.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 
