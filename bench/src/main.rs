@@ -1,0 +1,124 @@
+//! `cable-bench`: drives a running cable-gateway (or the Rails ActionCable peer) with real
+//! WebSocket clients and prints what it measured as JSON. `scripts/bench` runs it.
+//!
+//! - `cable-bench run`: one server, N connections, every scenario (see [`scenario`]).
+//! - `cable-bench seed`: create the bench's tokens (also done by `run`).
+//! - `cable-bench report`: the Markdown table and PNG chart from a results directory.
+//! - `cable-bench client`: a client process; `run` spawns these itself.
+
+mod client;
+mod db;
+mod fleet;
+mod frame;
+mod layout;
+mod probe;
+mod report;
+mod scenario;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cable-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every scenario against one server.
+    Run(Box<scenario::RunArgs>),
+    /// Create the bench's users, memberships, contacts and contact sessions.
+    Seed {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// How many clients to create tokens for.
+        #[arg(long, short = 'n')]
+        connections: usize,
+    },
+    /// Write results.md and chart.png from the <target>-<n>.json files in a directory.
+    Report {
+        #[arg(long, default_value = "bench/results")]
+        dir: std::path::PathBuf,
+    },
+    /// A client process (spawned by `run`; speaks JSON lines on stdin/stdout).
+    #[command(hide = true)]
+    Client {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 4000)]
+        per_address: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+}
+
+fn runtime(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Cmd::Run(args) => match runtime(1).block_on(scenario::run(*args)) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cable-bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Seed {
+            database_url,
+            connections,
+        } => {
+            let seeded = runtime(1).block_on(async {
+                let db = db::connect(&database_url).await?;
+                db::seed(&db, connections).await
+            });
+            match seeded {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cable-bench: seeding failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Report { dir } => match report::write(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cable-bench: report: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Client {
+            url,
+            first,
+            count,
+            per_address,
+            threads,
+        } => {
+            let args = client::ClientArgs {
+                url,
+                first,
+                count,
+                per_address,
+            };
+            match runtime(threads).block_on(client::serve(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cable-bench client: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
