@@ -93,3 +93,35 @@ async fn unknown_tokens_are_cached_briefly_then_looked_up_again() {
     tokio::time::sleep(Duration::from_millis(400)).await; // the TTL itself is what is tested
     assert_eq!(answer(&gw, &id).await, confirm(&id));
 }
+
+#[tokio::test]
+async fn a_storm_of_distinct_tokens_is_looked_up_in_batches() {
+    let db = TestDb::new().await;
+    db.exec(
+        "INSERT INTO users (id, name, pubsub_token)
+           SELECT 1000 + n, 'storm', 'storm-token-' || n FROM generate_series(1, 300) AS n;
+         INSERT INTO account_users (account_id, user_id, role)
+           SELECT 1, 1000 + n, 0 FROM generate_series(1, 300) AS n;",
+    )
+    .await;
+    let gw = start(db.config()).await;
+    let mut clients = Vec::new();
+    for _ in 0..300 {
+        clients.push(Client::ready(gw.addr).await);
+    }
+    let ids: Vec<String> = (1..=300)
+        .map(|n| user(&format!("storm-token-{n}"), 1, 1000 + n))
+        .collect();
+    for (client, id) in clients.iter_mut().zip(&ids) {
+        client.send(subscribe(id)).await;
+    }
+    for (client, id) in clients.iter_mut().zip(&ids) {
+        assert_eq!(client.next_significant().await, confirm(id));
+    }
+    let queries = metric(&gw, "cable_auth_queries_total", "");
+    assert_eq!(metric(&gw, "cable_auth_cache_misses_total", ""), 300.0);
+    assert!(
+        queries < 150.0,
+        "300 distinct tokens took {queries} queries"
+    );
+}

@@ -1,4 +1,4 @@
-//! A moka cache in front of [`super::store`].
+//! A moka cache in front of [`super::store`] (through [`super::batch`]).
 //!
 //! - Loads are coalesced: N concurrent lookups of one key run one query (`try_get_with`).
 //! - Valid tokens are kept for `CABLE_AUTH_CACHE_TTL`, unknown ones for the shorter
@@ -13,7 +13,8 @@ use moka::future::Cache;
 use moka::Expiry;
 use sqlx::PgPool;
 
-use super::{store, AuthError, ContactRecord, UserRecord};
+use super::batch::Batcher;
+use super::{AuthError, ContactRecord, UserRecord};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,7 +55,7 @@ impl Expiry<Key, Found> for Ttl {
 
 #[derive(Clone)]
 pub struct AuthCache {
-    pool: PgPool,
+    batcher: Batcher,
     cache: Cache<Key, Found>,
     metrics: Arc<Metrics>,
 }
@@ -72,7 +73,7 @@ impl AuthCache {
             .expire_after(Ttl { positive, negative })
             .build();
         AuthCache {
-            pool,
+            batcher: Batcher::start(pool, metrics.clone()),
             cache,
             metrics,
         }
@@ -112,14 +113,11 @@ impl AuthCache {
         let loaded = AtomicBool::new(false);
         let load = async {
             loaded.store(true, Ordering::Relaxed);
-            self.metrics.auth_queries.inc();
             match &key {
-                Key::User { token, account_id } => store::user(&self.pool, token, *account_id)
-                    .await
-                    .map(Found::User),
-                Key::Contact { token } => {
-                    store::contact(&self.pool, token).await.map(Found::Contact)
+                Key::User { token, account_id } => {
+                    self.batcher.user(token, *account_id).await.map(Found::User)
                 }
+                Key::Contact { token } => self.batcher.contact(token).await.map(Found::Contact),
             }
         };
         let result = self.cache.try_get_with(key.clone(), load).await;

@@ -4,6 +4,7 @@
 //! The authenticated party is a [`Principal`]: an agent (user) in one account, or a contact
 //! session (a `contact_inboxes` row).
 
+pub mod batch;
 pub mod cache;
 pub mod store;
 
@@ -16,6 +17,13 @@ pub use cache::AuthCache;
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("database unavailable: {0}")]
 pub struct AuthError(pub Arc<sqlx::Error>);
+
+impl AuthError {
+    /// The lookup task is gone (the process is shutting down).
+    pub fn gone() -> AuthError {
+        AuthError(Arc::new(sqlx::Error::PoolClosed))
+    }
+}
 
 /// What a user token resolves to within one account.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,5 @@
-//! The SQL behind token lookups, one at a time (the cache's loads) and in bulk (revalidation
-//! of every live subscription). Ids are cast to bigint so the same queries work on a Chatwoot
+//! The SQL behind token lookups, always in bulk: the cache's batched loads and the
+//! revalidation of every live subscription. Ids are cast to bigint so the same queries work on a Chatwoot
 //! database (which mixes integer and bigint ids) and on our own migrations.
 
 use std::collections::HashMap;
@@ -113,20 +113,4 @@ pub async fn contacts(
             (Arc::from(row.token.as_str()), record)
         })
         .collect())
-}
-
-/// The user owning `token`, and its membership of `account_id`.
-pub async fn user(
-    pool: &PgPool,
-    token: &str,
-    account_id: i64,
-) -> Result<Option<UserRecord>, AuthError> {
-    let found = users(pool, &[(Arc::from(token), account_id)]).await?;
-    Ok(found.into_values().next())
-}
-
-/// The contact session owning `token`.
-pub async fn contact(pool: &PgPool, token: &str) -> Result<Option<ContactRecord>, AuthError> {
-    let found = contacts(pool, &[Arc::from(token)]).await?;
-    Ok(found.into_values().next())
 }

@@ -1,0 +1,143 @@
+//! Token lookups that miss the cache, batched: whatever misses arrive while earlier lookups
+//! are running go to PostgreSQL together, as one query per kind (`unnest` of the tokens).
+//!
+//! A reconnect storm of 15,000 clients with 15,000 different tokens then costs tens of
+//! queries, not 15,000 round trips queued behind a 10-connection pool (where the wait alone
+//! ran past the pool's acquire timeout and turned a busy database into "reconnect"
+//! answers). At most [`IN_FLIGHT`] batches run at once, so lookups never take the whole pool
+//! from the outbox reader and presence.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{store, AuthError, ContactRecord, UserRecord};
+use crate::metrics::Metrics;
+
+/// Batches running at once (each holds at most two pool connections, one per kind).
+const IN_FLIGHT: usize = 2;
+/// Most lookups in one batch.
+const MAX_BATCH: usize = 1000;
+
+type Reply<T> = oneshot::Sender<Result<Option<T>, AuthError>>;
+
+enum Lookup {
+    User {
+        token: Arc<str>,
+        account_id: i64,
+        reply: Reply<UserRecord>,
+    },
+    Contact {
+        token: Arc<str>,
+        reply: Reply<ContactRecord>,
+    },
+}
+
+#[derive(Clone)]
+pub struct Batcher {
+    lookups: mpsc::UnboundedSender<Lookup>,
+}
+
+impl Batcher {
+    /// Starts the batching task (needs a tokio runtime).
+    pub fn start(pool: PgPool, metrics: Arc<Metrics>) -> Batcher {
+        let (lookups, queue) = mpsc::unbounded_channel();
+        tokio::spawn(run(pool, metrics, queue));
+        Batcher { lookups }
+    }
+
+    pub async fn user(
+        &self,
+        token: &str,
+        account_id: i64,
+    ) -> Result<Option<UserRecord>, AuthError> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.lookups.send(Lookup::User {
+            token: token.into(),
+            account_id,
+            reply,
+        });
+        answer.await.unwrap_or_else(|_| Err(AuthError::gone()))
+    }
+
+    pub async fn contact(&self, token: &str) -> Result<Option<ContactRecord>, AuthError> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.lookups.send(Lookup::Contact {
+            token: token.into(),
+            reply,
+        });
+        answer.await.unwrap_or_else(|_| Err(AuthError::gone()))
+    }
+}
+
+async fn run(pool: PgPool, metrics: Arc<Metrics>, mut queue: mpsc::UnboundedReceiver<Lookup>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        // Wait for a free slot first: lookups arriving meanwhile join this batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(lookup) => batch.push(lookup),
+                Err(_) => break,
+            }
+        }
+        let (pool, metrics) = (pool.clone(), metrics.clone());
+        tokio::spawn(async move {
+            answer(&pool, &metrics, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn answer(pool: &PgPool, metrics: &Metrics, batch: Vec<Lookup>) {
+    let mut users = Vec::new();
+    let mut contacts = Vec::new();
+    for lookup in batch {
+        match lookup {
+            Lookup::User {
+                token,
+                account_id,
+                reply,
+            } => users.push(((token, account_id), reply)),
+            Lookup::Contact { token, reply } => contacts.push((token, reply)),
+        }
+    }
+    let user_keys: Vec<(Arc<str>, i64)> = users.iter().map(|(key, _)| key.clone()).collect();
+    let contact_keys: Vec<Arc<str>> = contacts.iter().map(|(key, _)| key.clone()).collect();
+    let (found_users, found_contacts) = tokio::join!(
+        async {
+            if user_keys.is_empty() {
+                return Ok(HashMap::new());
+            }
+            metrics.auth_queries.inc();
+            store::users(pool, &user_keys).await
+        },
+        async {
+            if contact_keys.is_empty() {
+                return Ok(HashMap::new());
+            }
+            metrics.auth_queries.inc();
+            store::contacts(pool, &contact_keys).await
+        },
+    );
+    reply_all(users, found_users);
+    reply_all(contacts, found_contacts);
+}
+
+fn reply_all<K: std::hash::Hash + Eq, T: Clone>(
+    waiting: Vec<(K, Reply<T>)>,
+    found: Result<HashMap<K, T>, AuthError>,
+) {
+    for (key, reply) in waiting {
+        let answer = match &found {
+            Ok(found) => Ok(found.get(&key).cloned()),
+            Err(e) => Err(e.clone()),
+        };
+        let _ = reply.send(answer);
+    }
+}
