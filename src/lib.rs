@@ -11,9 +11,11 @@
 //!   upgrade, the shutdown order. [`origin`]: the Origin allow-list.
 //! - [`protocol`]: inbound [`protocol::command`]s (double-decoded), [`protocol::identifier`]s
 //!   (raw + parsed), outbound frames and disconnect reasons ([`protocol::reply`]).
-//! - [`session`]: one connection = a reader (commands, strictly in order) + a writer (frames,
-//!   pings), joined by a bounded queue ([`session::outbox`]).
-//! - [`auth`]: token → [`auth::Principal`], SQL in [`auth::store`], moka in [`auth::cache`].
+//! - [`session`]: one connection = one task running a reader (client frames via
+//!   [`session::frame`], commands strictly in order) and a writer (frames, pings), joined by a
+//!   bounded queue ([`session::outbox`]).
+//! - [`auth`]: token → [`auth::Principal`], SQL in [`auth::store`], moka in [`auth::cache`],
+//!   cache misses batched into bulk queries by [`auth::batch`].
 //! - [`channel`]: RoomChannel: identifier + principal → subscription or reject.
 //! - [`router`]: live subscriptions indexed by scope, and the routing rules.
 //! - [`outbox`]: the LISTEN doorbell and the lossless, ordered reading of `cable_events`.
