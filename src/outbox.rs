@@ -32,7 +32,7 @@
 //! that order to the socket.
 //!
 //! # Pages
-//! A read fetches at most [`PAGE`] rows at a time: later pages reuse `cur` (passed back as text)
+//! A read fetches at most `PAGE` rows at a time: later pages reuse `cur` (passed back as text)
 //! and continue after the last id, so a backlog never has to fit in memory at once.
 
 use std::sync::Arc;

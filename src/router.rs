@@ -3,8 +3,8 @@
 //! Every subscription of an account is indexed by: user principal, administrator, inbox
 //! membership, contact session and stream name (its own `pubsub_token`; user subscriptions also
 //! stream `account_<id>`). An event looks up only the index entries its rule names, so it costs
-//! O(its recipients), not O(all connections). The rules ([`candidates`]) and the filters that
-//! apply after them ([`entitled`]) are pure functions over those indexes.
+//! O(its recipients), not O(all connections). The rules (`candidates`) and the filters that
+//! apply after them (`entitled`) are pure functions over those indexes.
 //!
 //! Delivery never blocks: each subscription's session has a bounded queue, and a full queue
 //! disconnects that client (`too_slow`), see [`crate::session::SessionLink::send`].

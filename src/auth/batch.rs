@@ -4,7 +4,7 @@
 //! A reconnect storm of 15,000 clients with 15,000 different tokens then costs tens of
 //! queries, not 15,000 round trips queued behind a 10-connection pool (where the wait alone
 //! ran past the pool's acquire timeout and turned a busy database into "reconnect"
-//! answers). At most [`IN_FLIGHT`] batches run at once, so lookups never take the whole pool
+//! answers). At most `IN_FLIGHT` batches run at once, so lookups never take the whole pool
 //! from the outbox reader and presence.
 
 use std::collections::HashMap;
