@@ -490,3 +490,29 @@ impl Drop for GatewayProcess {
         let _ = self.child.start_kill();
     }
 }
+
+/// What a client sees while the gateway's database is unreachable: the listener is down,
+/// `/ready` says 503, `/health` still 200, and a subscribe is told to reconnect, never
+/// rejected (the pool may retry for its acquire timeout first, so pings may come before).
+pub async fn check_outage_answers(gw: &Running) {
+    let mut live = gw.gateway.listener_state();
+    tokio::time::timeout(WAIT, live.wait_for(|live| !*live))
+        .await
+        .expect("the listener notices the outage in time")
+        .unwrap();
+    assert_eq!(http_get(gw.addr, "/ready").await.0, 503);
+    assert_eq!(http_get(gw.addr, "/health").await.0, 200);
+    let mut newcomer = Client::ready(gw.addr).await;
+    newcomer.send(subscribe(&user("demo-user-bob", 1, 2))).await;
+    let frames: Vec<Value> = newcomer
+        .until_closed()
+        .await
+        .into_iter()
+        .filter(|f| f["type"] != "ping")
+        .collect();
+    assert_eq!(
+        frames,
+        vec![json!({"type": "disconnect", "reason": "server_restart", "reconnect": true})],
+        "a subscribe during an outage is told to reconnect, never rejected"
+    );
+}
