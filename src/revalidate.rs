@@ -41,13 +41,17 @@ pub async fn once(gateway: &Gateway) -> Result<usize, AuthError> {
             Principal::User {
                 account_id,
                 user_id,
-                ..
+                membership: known,
             } => match users.get(&(token.clone(), *account_id)) {
                 Some(UserRecord {
                     user_id: current,
                     membership: Some(membership),
                 }) if current == user_id => {
-                    gateway.router.update_membership(id, membership.clone());
+                    // The write lock only when something changed, not for every subscription
+                    // on every pass.
+                    if membership != known {
+                        gateway.router.update_membership(id, membership.clone());
+                    }
                     true
                 }
                 _ => false,

@@ -380,12 +380,4 @@ impl Router {
     pub fn accounts(&self) -> Vec<i64> {
         self.registry.read().accounts.keys().copied().collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.registry.read().entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -80,16 +80,6 @@ pub fn message_prefix(raw_identifier: &str) -> Bytes {
     format!(r#"{{"identifier":{},"message":"#, quoted(raw_identifier)).into()
 }
 
-/// A whole message frame, for replies that go to one subscription only.
-pub fn message(raw_identifier: &str, message: &serde_json::Value) -> Bytes {
-    format!(
-        r#"{{"identifier":{},"message":{}}}"#,
-        quoted(raw_identifier),
-        message
-    )
-    .into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
