@@ -228,14 +228,7 @@ async fn a_database_outage_loses_nothing_and_rejects_no_one() {
         seen.push(message["data"]["seq"].as_i64().unwrap());
     }
     assert_eq!(seen, vec![0, 1, 2, 3]);
-    let mut live = gw.gateway.listener_state();
-    tokio::time::timeout(Duration::from_secs(40), live.wait_for(|live| *live))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(http_get(gw.addr, "/ready").await.0, 200);
-    let mut newcomer = Client::ready(gw.addr).await;
-    newcomer.subscribe_ok(&user("demo-user-bob", 1, 2)).await;
+    check_recovered(&gw).await;
 }
 
 #[tokio::test]

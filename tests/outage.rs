@@ -57,13 +57,5 @@ async fn postgres_restart_loses_nothing_and_rejects_no_one() {
         (0..10).collect::<Vec<_>>(),
         "every event exactly once, in order"
     );
-    // The LISTEN connection comes back within its backoff (1 s → 30 s).
-    let mut live = gw.gateway.listener_state();
-    tokio::time::timeout(Duration::from_secs(45), live.wait_for(|live| *live))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(http_get(gw.addr, "/ready").await.0, 200);
-    let mut newcomer = Client::ready(gw.addr).await;
-    newcomer.subscribe_ok(&user("demo-user-bob", 1, 2)).await;
+    check_recovered(&gw).await;
 }

@@ -516,3 +516,16 @@ pub async fn check_outage_answers(gw: &Running) {
         "a subscribe during an outage is told to reconnect, never rejected"
     );
 }
+
+/// After an outage: the LISTEN connection comes back within its backoff, `/ready` says 200
+/// again, and a new subscribe is confirmed.
+pub async fn check_recovered(gw: &Running) {
+    let mut live = gw.gateway.listener_state();
+    tokio::time::timeout(Duration::from_secs(45), live.wait_for(|live| *live))
+        .await
+        .expect("the listener is back within its backoff")
+        .unwrap();
+    assert_eq!(http_get(gw.addr, "/ready").await.0, 200);
+    let mut newcomer = Client::ready(gw.addr).await;
+    newcomer.subscribe_ok(&user("demo-user-bob", 1, 2)).await;
+}
