@@ -1,4 +1,6 @@
-//! RoomChannel, the only channel: identifier + token lookups → a [`Principal`] or a reject.
+//! RoomChannel, the only channel, and the subscribe policy: a raw identifier, the number of
+//! subscriptions the connection holds, and token lookups → a [`Principal`] or a reject
+//! ([`subscribe`]).
 //!
 //! - `user_id` present and not blank → a user subscription: the token must belong to that
 //!   user and the user must belong to `account_id`.
@@ -10,16 +12,16 @@
 use serde_json::{Map, Value};
 
 use crate::auth::{AuthCache, AuthError, Principal};
-use crate::protocol::Identifier;
+use crate::protocol::{BadInput, Identifier};
 
 pub const ROOM_CHANNEL: &str = "RoomChannel";
 
 /// The answer to a subscribe that is not a confirm.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SubscribeError {
-    /// Send `reject_subscription`.
-    #[error("rejected: {0}")]
-    Reject(&'static str),
+    /// Send `reject_subscription`: which kind of bad input, and why exactly (for the log).
+    #[error("rejected: {1}")]
+    Reject(BadInput, &'static str),
     /// The database could not answer: tell the client to reconnect; never reject.
     #[error(transparent)]
     Unavailable(#[from] AuthError),
@@ -33,32 +35,58 @@ pub struct RoomParams {
     pub user_id: Option<i64>,
 }
 
+fn bad(why: &'static str) -> SubscribeError {
+    SubscribeError::Reject(BadInput::BadIdentifier, why)
+}
+
+fn invalid(why: &'static str) -> SubscribeError {
+    SubscribeError::Reject(BadInput::InvalidToken, why)
+}
+
+/// The policy of a subscribe: `raw` parsed (the caller has already checked it is a JSON
+/// object), the connection's subscription limit, then the token. Returns the token, the
+/// parsed identifier and who subscribes.
+pub async fn subscribe(
+    auth: &AuthCache,
+    raw: &str,
+    held: usize,
+    max_subscriptions: usize,
+) -> Result<(String, Identifier, Principal), SubscribeError> {
+    let identifier = Identifier::parse(raw).map_err(|_| bad("no channel"))?;
+    let params = RoomParams::parse(&identifier)?;
+    if held >= max_subscriptions {
+        return Err(SubscribeError::Reject(
+            BadInput::TooManySubscriptions,
+            "too many subscriptions on this connection",
+        ));
+    }
+    let principal = params.authorize(auth).await?;
+    Ok((params.pubsub_token, identifier, principal))
+}
+
 /// An id given as a number or a numeric string. `Ok(None)` for absent, null or blank.
 fn id_param(params: &Map<String, Value>, key: &str) -> Result<Option<i64>, SubscribeError> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .map(Some)
-            .ok_or(SubscribeError::Reject("id is not an integer")),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or(bad("id is not an integer")),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => s
             .trim()
             .parse()
             .map(Some)
-            .map_err(|_| SubscribeError::Reject("id is not numeric")),
-        Some(_) => Err(SubscribeError::Reject("id has the wrong type")),
+            .map_err(|_| bad("id is not numeric")),
+        Some(_) => Err(bad("id has the wrong type")),
     }
 }
 
 impl RoomParams {
     pub fn parse(identifier: &Identifier) -> Result<RoomParams, SubscribeError> {
         if identifier.channel != ROOM_CHANNEL {
-            return Err(SubscribeError::Reject("unknown channel"));
+            return Err(bad("unknown channel"));
         }
         let pubsub_token = match identifier.params.get("pubsub_token") {
             Some(Value::String(token)) if !token.is_empty() => token.clone(),
-            _ => return Err(SubscribeError::Reject("pubsub_token missing")),
+            _ => return Err(bad("pubsub_token missing")),
         };
         Ok(RoomParams {
             pubsub_token,
@@ -71,19 +99,17 @@ impl RoomParams {
     pub async fn authorize(&self, auth: &AuthCache) -> Result<Principal, SubscribeError> {
         match self.user_id {
             Some(user_id) => {
-                let account_id = self
-                    .account_id
-                    .ok_or(SubscribeError::Reject("account_id missing"))?;
+                let account_id = self.account_id.ok_or(bad("account_id missing"))?;
                 let user = auth
                     .user(&self.pubsub_token, account_id)
                     .await?
-                    .ok_or(SubscribeError::Reject("unknown token"))?;
+                    .ok_or(invalid("unknown token"))?;
                 if user.user_id != user_id {
-                    return Err(SubscribeError::Reject("token belongs to another user"));
+                    return Err(invalid("token belongs to another user"));
                 }
                 let membership = user
                     .membership
-                    .ok_or(SubscribeError::Reject("user is not in the account"))?;
+                    .ok_or(invalid("user is not in the account"))?;
                 Ok(Principal::User {
                     account_id,
                     user_id,
@@ -94,12 +120,12 @@ impl RoomParams {
                 let contact = auth
                     .contact(&self.pubsub_token)
                     .await?
-                    .ok_or(SubscribeError::Reject("unknown token"))?;
+                    .ok_or(invalid("unknown token"))?;
                 if self
                     .account_id
                     .is_some_and(|account_id| account_id != contact.account_id)
                 {
-                    return Err(SubscribeError::Reject("contact is in another account"));
+                    return Err(invalid("contact is in another account"));
                 }
                 Ok(Principal::Contact(contact))
             }
@@ -150,7 +176,10 @@ mod tests {
             r#"{"channel":"RoomChannel","pubsub_token":"t","account_id":1.5}"#,
         ] {
             assert!(
-                matches!(params(raw), Err(SubscribeError::Reject(_))),
+                matches!(
+                    params(raw),
+                    Err(SubscribeError::Reject(BadInput::BadIdentifier, _))
+                ),
                 "{raw}"
             );
         }

@@ -6,55 +6,69 @@
 //! events by inserting rows into the `cable_events` outbox in PostgreSQL.
 //!
 //! # Layout
-//! - [`config`]: every setting, flag + environment variable, with defaults.
-//! - [`server`]: accept loop, HTTP routes (`/cable`, `/health`, `/ready`, `/metrics`), the
-//!   upgrade, the shutdown order. [`origin`]: the Origin allow-list.
+//! Leaves first: each module imports only modules listed above it (no import cycles).
+//! - [`config`]: every setting (flag + environment variable, with its default) and, in
+//!   [`config::tuning`], every fixed number with the reason for it.
+//! - [`metrics`]: every metric, spelled once.
 //! - [`protocol`]: inbound [`protocol::command`]s (double-decoded), [`protocol::identifier`]s
-//!   (raw + parsed), outbound frames and disconnect reasons ([`protocol::reply`]).
-//! - [`session`]: one connection = one task running a reader (client frames via
-//!   [`session::frame`], commands strictly in order) and a writer (frames, pings), joined by a
-//!   bounded queue ([`session::outbox`]).
-//! - [`auth`]: token → [`auth::Principal`], SQL in [`auth::store`], moka in [`auth::cache`],
+//!   (raw + parsed), outbound frames and disconnect reasons ([`protocol::reply`]), and
+//!   [`protocol::bad_input`]: what each kind of bad input gets.
+//! - [`auth`]: token → [`auth::Principal`]; SQL in [`auth::store`], moka in [`auth::cache`],
 //!   cache misses batched into bulk queries by [`auth::batch`].
-//! - [`channel`]: RoomChannel: identifier + principal → subscription or reject.
-//! - [`router`]: live subscriptions indexed by scope, and the routing rules.
-//! - [`outbox`]: the LISTEN doorbell and the lossless, ordered reading of `cable_events`.
-//! - [`presence`]: the shared online set, heartbeats, answers.
+//! - [`delivery`]: the shared vocabulary: an [`delivery::Event`] encoded once, a
+//!   [`delivery::Subscription`], a connection's [`delivery::SendQueue`] and the
+//!   [`delivery::SessionHandle`] others push frames through.
+//! - [`routing`]: **who receives which event**, as pure functions.
+//! - [`router`]: this process's live subscriptions, indexed so an event costs O(recipients).
+//! - [`channel`]: RoomChannel and the subscribe policy: identifier + token → principal or reject.
+//! - [`presence`]: the shared online set; [`presence::rules`] says **when presence expires**
+//!   and who is in a `presence.update`.
+//! - [`listen`]: the one LISTEN connection; others register the channels they want to hear.
+//! - [`ingress`]: where events come from; [`ingress::outbox`] reads `cable_events` losslessly
+//!   in commit order.
 //! - [`revalidate`]: live subscriptions follow role/inbox changes; revoked tokens are rejected.
-//! - [`migrate`]: embedded migrations; [`metrics`]: every metric, spelled once.
-//! - [`gateway`]: the state a process shares between its tasks.
+//! - [`session`]: one connection: [`session::frame`] (frames → messages),
+//!   [`session::reader`] (commands, strictly in order), [`session::writer`] (frames, pings).
+//! - [`connections`]: the connection limit; [`origin`]: the Origin allow-list;
+//!   [`migrate`]: embedded migrations.
+//! - [`server`]: builds every component, starts and stops every task, serves HTTP.
 //!
 //! # Life of a message
 //! 1. A backend inserts a row into `cable_events` in its own transaction; the statement
 //!    trigger queues `NOTIFY cable_events`, delivered at commit.
-//! 2. The LISTEN connection rings the reader's doorbell ([`outbox::listen`]).
-//! 3. The reader fetches every row that became visible since its previous snapshot
-//!    ([`outbox::read`]) and encodes each event once: `{"event":..,"data":..}}`.
+//! 2. The LISTEN connection ([`listen`]) hands the notification to the outbox channel's
+//!    handler, which rings the reader's doorbell.
+//! 3. The reader ([`ingress::outbox::read`]) fetches every row that became visible since its
+//!    previous MVCC snapshot and encodes each event once: `{"event":..,"data":..}}`.
 //! 4. The [`router`] looks up the account's indexes named by the event's scope (stream, user,
-//!    inbox, contact sessions), filters out what contacts and actors must not see, and queues
-//!    the shared bytes on each recipient's session without waiting.
+//!    inbox, contact sessions), keeps those [`routing::entitled`] to it, and pushes the shared
+//!    bytes onto each recipient's send queue without waiting.
 //! 5. Each session's writer writes the subscription's precomputed
 //!    `{"identifier":"..","message":` prefix followed by the shared bytes, batching whatever is
-//!    queued into one write. A client whose queue is full is disconnected (`too_slow`).
+//!    queued into one write. A client whose queue stays full is disconnected (`too_slow`).
 //!
 //! # Life of a subscribe
-//! The reader decodes the command, parses the identifier (kept byte for byte), asks
-//! [`channel::RoomParams::authorize`] (cache, then PostgreSQL), registers the subscription with
-//! the router and queues `confirm_subscription` in one step, then asks [`presence`] for the
-//! `presence.update` answer. A database failure becomes `disconnect` with `reconnect:true`,
-//! never a reject.
+//! The reader decodes the command, and [`channel::subscribe`] parses the identifier (kept byte
+//! for byte), checks the connection's subscription limit and the token (cache, then
+//! PostgreSQL). The reader then registers the subscription with the router and queues
+//! `confirm_subscription` in one step (no event can be queued before its confirm), and asks
+//! [`presence`] for the `presence.update` answer. A reject is classified by the bad-input
+//! table; a database failure becomes `disconnect` with `reconnect:true`, never a reject.
 
 pub mod auth;
 pub mod channel;
 pub mod config;
-pub mod gateway;
+pub mod connections;
+pub mod delivery;
+pub mod ingress;
+pub mod listen;
 pub mod metrics;
 pub mod migrate;
 pub mod origin;
-pub mod outbox;
 pub mod presence;
 pub mod protocol;
 pub mod revalidate;
 pub mod router;
+pub mod routing;
 pub mod server;
 pub mod session;

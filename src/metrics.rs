@@ -36,7 +36,8 @@ pub struct Metrics {
     pub messages_sent: Counter,
     pub delivery_latency: Histogram,
     pub too_slow: Counter,
-    pub listener_reconnects: Counter,
+    /// Exposed as `cable_listener_reconnects_total` (the name is kept for dashboards).
+    pub listen_reconnects: Counter,
     pub outbox_lag: Histogram,
     pub revocations: Counter,
     pub presence_pushes: Counter,
@@ -68,7 +69,7 @@ impl Metrics {
             messages_sent: Counter::default(),
             delivery_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             too_slow: Counter::default(),
-            listener_reconnects: Counter::default(),
+            listen_reconnects: Counter::default(),
             outbox_lag: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             revocations: Counter::default(),
             presence_pushes: Counter::default(),
@@ -154,7 +155,7 @@ impl Metrics {
         r.register(
             "cable_listener_reconnects",
             "LISTEN connection re-establishments",
-            m.listener_reconnects.clone(),
+            m.listen_reconnects.clone(),
         );
         r.register(
             "cable_outbox_lag_seconds",

@@ -9,12 +9,25 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::auth::{store, AuthError, Principal, UserRecord};
-use crate::gateway::Gateway;
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::auth::{store, AuthCache, AuthError, Principal, UserRecord};
+use crate::metrics::Metrics;
+use crate::router::Router;
+
+/// What a pass needs.
+pub struct Revalidation {
+    pub pool: PgPool,
+    pub router: Arc<Router>,
+    pub auth: AuthCache,
+    pub metrics: Arc<Metrics>,
+}
 
 /// One pass. Returns how many subscriptions were revoked.
-pub async fn once(gateway: &Gateway) -> Result<usize, AuthError> {
-    let live = gateway.router.snapshot();
+pub async fn once(r: &Revalidation) -> Result<usize, AuthError> {
+    let live = r.router.live();
     if live.is_empty() {
         return Ok(0);
     }
@@ -32,8 +45,8 @@ pub async fn once(gateway: &Gateway) -> Result<usize, AuthError> {
     }
     let user_keys: Vec<_> = user_keys.into_iter().collect();
     let contact_tokens: Vec<_> = contact_tokens.into_iter().collect();
-    let users = store::users(&gateway.pool, &user_keys).await?;
-    let contacts = store::contacts(&gateway.pool, &contact_tokens).await?;
+    let users = store::users(&r.pool, &user_keys).await?;
+    let contacts = store::contacts(&r.pool, &contact_tokens).await?;
 
     let mut revoked = 0;
     for (id, principal, token) in live {
@@ -50,7 +63,7 @@ pub async fn once(gateway: &Gateway) -> Result<usize, AuthError> {
                     // The write lock only when something changed, not for every subscription
                     // on every pass.
                     if membership != known {
-                        gateway.router.update_membership(id, membership.clone());
+                        r.router.update_membership(id, membership.clone());
                     }
                     true
                 }
@@ -58,24 +71,24 @@ pub async fn once(gateway: &Gateway) -> Result<usize, AuthError> {
             },
             Principal::Contact(contact) => contacts.get(&token) == Some(contact),
         };
-        if !still && gateway.router.revoke(id) {
+        if !still && r.router.revoke(id) {
             revoked += 1;
-            gateway.metrics.revocations.inc();
+            r.metrics.revocations.inc();
         }
     }
     if revoked > 0 {
-        gateway.auth.invalidate_all();
+        r.auth.invalidate_all();
     }
     Ok(revoked)
 }
 
-/// The revalidation task.
-pub async fn run(gateway: Arc<Gateway>) {
-    let mut tick = tokio::time::interval(gateway.config.revalidate_interval);
+/// The revalidation task: a pass every `interval`.
+pub async fn run(r: Revalidation, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match once(&gateway).await {
+        match once(&r).await {
             Ok(0) => {}
             Ok(revoked) => tracing::info!(
                 revoked,

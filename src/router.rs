@@ -1,94 +1,25 @@
-//! Live subscriptions, indexed by scope, and the routing rules of CONTRACT §4 in one place.
+//! This process's live subscriptions, indexed by scope, so that an event costs O(its
+//! recipients), not O(all connections).
 //!
 //! Every subscription of an account is indexed by: user principal, administrator, inbox
-//! membership, contact session and stream name (its own `pubsub_token`; user subscriptions also
-//! stream `account_<id>`). An event looks up only the index entries its rule names, so it costs
-//! O(its recipients), not O(all connections). The rules (`candidates`) and the filters that
-//! apply after them (`entitled`) are pure functions over those indexes.
+//! membership, contact session and stream name. An event looks up only the index entries the
+//! rules of [`crate::routing`] name (`candidates`), then applies
+//! [`crate::routing::entitled`]; the tests check that this gives exactly the audience
+//! [`crate::routing::receives`] defines.
 //!
 //! Delivery never blocks: each subscription's session has a bounded queue, and a full queue
-//! disconnects that client (`too_slow`), see [`crate::session::SessionLink::send`].
+//! disconnects that client (`too_slow`), see [`crate::delivery::SessionHandle::send`].
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::auth::{Membership, Principal};
+use crate::delivery::{Event, Outbound, Subscription};
 use crate::metrics::Metrics;
-use crate::presence::PresenceKey;
-use crate::session::{Outbound, SessionLink};
-
-/// Events a contact subscription may ever receive (rule 5).
-pub const CONTACT_EVENTS: [&str; 7] = [
-    "conversation.created",
-    "conversation.status_changed",
-    "message.created",
-    "message.updated",
-    "conversation.typing_on",
-    "conversation.typing_off",
-    "presence.update",
-];
-
-/// Events never echoed to their actor (rule 6).
-pub const TYPING_EVENTS: [&str; 2] = ["conversation.typing_on", "conversation.typing_off"];
-
-/// One confirmed subscription, as the session's writer sees it.
-pub struct Subscription {
-    pub id: u64,
-    /// `{"identifier":"<escaped raw id>","message":` (see [`crate::protocol::reply::message_prefix`]).
-    pub prefix: Bytes,
-    pub identifier: Arc<str>,
-    pub session: SessionLink,
-    /// Whose presence this subscription keeps alive.
-    pub presence: PresenceKey,
-    /// Cleared on unsubscribe or revocation: frames still queued for it are dropped.
-    active: AtomicBool,
-}
-
-impl Subscription {
-    pub fn new(
-        identifier: Arc<str>,
-        session: SessionLink,
-        principal: &Principal,
-    ) -> Arc<Subscription> {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Arc::new(Subscription {
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
-            prefix: crate::protocol::reply::message_prefix(&identifier),
-            identifier,
-            session,
-            presence: PresenceKey::from(principal),
-            active: AtomicBool::new(true),
-        })
-    }
-
-    pub fn is_active(&self) -> bool {
-        self.active.load(Ordering::Acquire)
-    }
-}
-
-/// An event read from the outbox, encoded once for all its recipients.
-#[derive(Debug)]
-pub struct Event {
-    pub id: i64,
-    pub account_id: i64,
-    pub event: String,
-    pub inbox_id: Option<i64>,
-    /// Sorted, without duplicates.
-    pub contact_inbox_ids: Vec<i64>,
-    pub user_id: Option<i64>,
-    pub private: bool,
-    pub actor_user_id: Option<i64>,
-    pub actor_contact_inbox_id: Option<i64>,
-    pub stream: Option<String>,
-    /// `{"event":..,"data":..}}`: what follows a subscription's prefix, closing brace included.
-    pub body: Bytes,
-    /// Insert time, seconds since the Unix epoch (for the latency histogram).
-    pub created_at: f64,
-}
+use crate::routing::{account_stream, entitled};
 
 /// A live subscription with what the router knows about it.
 struct Entry {
@@ -170,13 +101,14 @@ impl AccountIndex {
     }
 }
 
-/// Routing rules 1–4: the subscriptions of the event's account an event is addressed to.
+/// Rules 1–4 of [`crate::routing`], by index: the subscriptions of the event's account it is
+/// addressed to (a superset is fine for rules 5 and 6, which are applied afterwards).
 fn candidates(index: &AccountIndex, event: &Event, out: &mut Vec<u64>) {
     let extend =
         |out: &mut Vec<u64>, set: Option<&HashSet<u64>>| out.extend(set.into_iter().flatten());
     if let Some(stream) = &event.stream {
         // Rule 1: subscriptions streaming that name.
-        if *stream == format!("account_{}", event.account_id) {
+        if *stream == account_stream(event.account_id) {
             out.extend(&index.users);
         }
         extend(out, index.by_token.get(stream.as_str()));
@@ -199,19 +131,6 @@ fn candidates(index: &AccountIndex, event: &Event, out: &mut Vec<u64>) {
         for contact_inbox_id in &event.contact_inbox_ids {
             extend(out, index.by_contact_inbox.get(contact_inbox_id));
         }
-    }
-}
-
-/// Rules 5 and 6, applied to every candidate whatever rule selected it.
-fn entitled(principal: &Principal, event: &Event) -> bool {
-    let typing = TYPING_EVENTS.contains(&event.event.as_str());
-    match principal {
-        Principal::Contact(contact) => {
-            !event.private
-                && CONTACT_EVENTS.contains(&event.event.as_str())
-                && !(typing && event.actor_contact_inbox_id == Some(contact.contact_inbox_id))
-        }
-        Principal::User { user_id, .. } => !(typing && event.actor_user_id == Some(*user_id)),
     }
 }
 
@@ -269,7 +188,7 @@ impl Router {
         let Some(entry) = registry.entries.remove(&id) else {
             return false;
         };
-        entry.sub.active.store(false, Ordering::Release);
+        entry.sub.deactivate();
         let account_id = entry.principal.account_id();
         if let Some(index) = registry.accounts.get_mut(&account_id) {
             index.remove(id, &entry.principal, &entry.token);
@@ -326,8 +245,8 @@ impl Router {
         index.add(id, &entry.principal, &entry.token);
     }
 
-    /// Every live subscription: id, principal and token (for revalidation).
-    pub fn snapshot(&self) -> Vec<(u64, Principal, Arc<str>)> {
+    /// Every live subscription: id, principal and token (revalidation, presence heartbeats).
+    pub fn live(&self) -> Vec<(u64, Principal, Arc<str>)> {
         let registry = self.registry.read();
         registry
             .entries
@@ -379,5 +298,157 @@ impl Router {
     /// The accounts with at least one live subscription.
     pub fn accounts(&self) -> Vec<i64> {
         self.registry.read().accounts.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::ContactRecord;
+    use crate::delivery::SessionHandle;
+    use crate::routing::{receives, CONTACT_EVENTS};
+    use proptest::prelude::*;
+
+    /// A subscriber: user (account, user id, admin, inboxes) or contact (account, session id).
+    fn principal() -> impl Strategy<Value = Principal> {
+        let user = (
+            1..3i64,
+            1..5i64,
+            any::<bool>(),
+            prop::collection::vec(1..4i64, 0..3),
+        )
+            .prop_map(|(account_id, user_id, administrator, mut inboxes)| {
+                inboxes.sort_unstable();
+                inboxes.dedup();
+                Principal::User {
+                    account_id,
+                    user_id,
+                    membership: Membership {
+                        administrator,
+                        availability: 0,
+                        auto_offline: true,
+                        inbox_ids: inboxes.into(),
+                    },
+                }
+            });
+        let contact = (1..3i64, 10..14i64).prop_map(|(account_id, contact_inbox_id)| {
+            Principal::Contact(ContactRecord {
+                contact_inbox_id,
+                contact_id: contact_inbox_id,
+                inbox_id: 1,
+                account_id,
+            })
+        });
+        prop_oneof![user, contact]
+    }
+
+    fn token_of(principal: &Principal) -> String {
+        match principal {
+            Principal::User { user_id, .. } => format!("u{user_id}"),
+            Principal::Contact(c) => format!("c{}", c.contact_inbox_id),
+        }
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        let kinds = prop_oneof![
+            Just("message.created"),
+            Just("conversation.typing_on"),
+            Just("conversation.updated"),
+            Just(CONTACT_EVENTS[0]),
+        ];
+        let stream = prop_oneof![
+            Just(None),
+            Just(Some("account_1".to_string())),
+            Just(Some("account_2".to_string())),
+            (1..5i64).prop_map(|u| Some(format!("u{u}"))),
+            (10..14i64).prop_map(|c| Some(format!("c{c}"))),
+        ];
+        (
+            (1..3i64, kinds, prop::option::of(1..4i64)),
+            prop::collection::vec(10..14i64, 0..3),
+            (prop::option::of(1..5i64), any::<bool>()),
+            (prop::option::of(1..5i64), prop::option::of(10..14i64)),
+            stream,
+        )
+            .prop_map(
+                |(
+                    (account_id, kind, inbox_id),
+                    mut contacts,
+                    (user_id, private),
+                    actors,
+                    stream,
+                )| {
+                    contacts.sort_unstable();
+                    contacts.dedup();
+                    Event {
+                        id: 1,
+                        account_id,
+                        event: kind.to_string(),
+                        inbox_id,
+                        contact_inbox_ids: contacts,
+                        user_id,
+                        private,
+                        actor_user_id: actors.0,
+                        actor_contact_inbox_id: actors.1,
+                        stream,
+                        body: Bytes::new(),
+                        created_at: 0.0,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        /// The indexes give exactly the audience the pure rules define, each recipient once,
+        /// also after memberships change and subscriptions leave.
+        #[test]
+        fn dispatch_reaches_exactly_who_the_rules_name(
+            population in prop::collection::vec(principal(), 0..12),
+            events in prop::collection::vec(event(), 1..8),
+            leaving in prop::collection::vec(any::<bool>(), 12),
+            promote in prop::collection::vec(any::<bool>(), 12),
+        ) {
+            let metrics = Arc::new(Metrics::new());
+            let router = Router::new(metrics.clone());
+            let mut subs = Vec::new();
+            for principal in &population {
+                let session = SessionHandle::new(1 << 16, metrics.clone());
+                let sub = Subscription::new("{}".into(), session, principal);
+                let token: Arc<str> = token_of(principal).into();
+                router.register(sub.clone(), principal.clone(), token, Bytes::new());
+                sub.session.queue.take_now(); // the confirm
+                subs.push((sub, principal.clone()));
+            }
+            // Some leave, some become administrators of inbox 3 as well.
+            let mut kept = Vec::new();
+            for (i, (sub, mut principal)) in subs.into_iter().enumerate() {
+                if leaving[i] {
+                    router.unregister(sub.id, None);
+                    continue;
+                }
+                if let (true, Principal::User { membership, .. }) = (promote[i], &mut principal) {
+                    let mut inboxes = membership.inbox_ids.to_vec();
+                    inboxes.push(3);
+                    inboxes.sort_unstable();
+                    inboxes.dedup();
+                    membership.inbox_ids = inboxes.into();
+                    router.update_membership(sub.id, membership.clone());
+                }
+                kept.push((sub, principal));
+            }
+            let mut scratch = Vec::new();
+            for event in events {
+                let event = Arc::new(event);
+                let delivered = router.dispatch(&event, &mut scratch);
+                let mut expected = 0;
+                for (sub, principal) in &kept {
+                    let got = sub.session.queue.take_now().len();
+                    let want = receives(principal, &token_of(principal), &event);
+                    expected += usize::from(want);
+                    prop_assert_eq!(got, usize::from(want), "{:?} {:?}", principal, event);
+                }
+                prop_assert_eq!(delivered, expected);
+            }
+        }
     }
 }

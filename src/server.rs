@@ -1,10 +1,11 @@
-//! The listener: accept loop, HTTP routes, the WebSocket upgrade, and the shutdown order
-//! (stop accepting → `server_restart` to every client → drain → exit).
+//! The process: builds every component, starts every background task in one place with
+//! exactly the handles it needs ([`start`]), serves HTTP (`/cable`, `/health`, `/ready`,
+//! `/metrics`) and the WebSocket upgrade, and stops it all in order ([`Running::shutdown`]:
+//! stop accepting → `server_restart` to every client → drain → stop the tasks).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -15,20 +16,30 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::auth::batch::Batcher;
+use crate::auth::AuthCache;
+use crate::config::tuning::{
+    ACCEPT_RETRY, DRAIN_TIMEOUT, LISTEN_BACKLOG, POOL_ACQUIRE_TIMEOUT, READY_QUERY_TIMEOUT,
+    SHUTDOWN_PRESENCE_TIMEOUT,
+};
 use crate::config::ServeConfig;
-use crate::gateway::Gateway;
+use crate::connections::Slots;
+use crate::ingress::outbox;
+use crate::listen::Listen;
+use crate::metrics::Metrics;
 use crate::migrate::{self, MigrateError};
-use crate::outbox;
-use crate::presence::{Presence, PresenceKey};
+use crate::presence::{self, Presence};
+use crate::revalidate::{self, Revalidation};
+use crate::router::Router;
+use crate::session::{Limits, Services};
 
 /// The only sub-protocol we speak.
 pub const SUBPROTOCOL: &str = "actioncable-v1-json";
-/// How long shutdown waits for clients to be told and closed.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Why `serve` refuses to start. Each message names the fix.
 #[derive(Debug, thiserror::Error)]
@@ -60,28 +71,72 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// What the HTTP side needs.
+struct Http {
+    services: Arc<Services>,
+    slots: Arc<Slots>,
+    allowed_origins: Vec<String>,
+    listen_ready: watch::Receiver<bool>,
+    pool: PgPool,
+}
+
 /// A started gateway.
 pub struct Running {
     pub addr: SocketAddr,
-    pub gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
+    router: Arc<Router>,
+    presence: Arc<Presence>,
+    slots: Arc<Slots>,
+    listen_ready: watch::Receiver<bool>,
+    shutdown: watch::Sender<bool>,
     stop: oneshot::Sender<()>,
     accept: JoinHandle<()>,
-    background: Vec<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
+    /// Every metric of this process.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// `true` while the LISTEN connection is live: tests await it instead of sleeping.
+    pub fn listen_readiness(&self) -> watch::Receiver<bool> {
+        self.listen_ready.clone()
+    }
+
     /// Graceful shutdown: stop accepting, `server_restart` to every client, wait (bounded)
-    /// until they are closed.
+    /// until they are closed, then stop every background task.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
         let _ = self.accept.await;
-        for task in self.background {
+        tracing::info!(
+            sessions = self.slots.open(),
+            "shutting down: telling clients to reconnect"
+        );
+        // Clients are about to leave: their last sign of life is now, so the presence TTL
+        // counts from here (they reconnect elsewhere and are refreshed there).
+        let depart = self.presence.depart_all(&self.router);
+        if let Ok(Err(e)) = tokio::time::timeout(SHUTDOWN_PRESENCE_TIMEOUT, depart).await {
+            tracing::warn!(error = %e, "shutdown: could not refresh presence");
+        }
+        self.shutdown.send_replace(true);
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.slots.drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sessions = self.slots.open(),
+                "shutdown: sessions still open after the drain timeout"
+            );
+        }
+        for task in self.tasks {
             task.abort();
         }
     }
 }
 
-/// Connects, checks the schema, binds and starts every task.
+/// Connects, checks the schema, binds, builds every component and starts every task.
 pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     let url = config.database.database_url.clone();
     let database = |source| StartError::Database {
@@ -90,7 +145,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     };
     let pool = PgPoolOptions::new()
         .max_connections(config.db_pool_size)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
         .connect(&url)
         .await
         .map_err(database)?;
@@ -102,43 +157,111 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     }
     let cursor = outbox::Cursor::now(&pool).await.map_err(database)?;
     let addr = config.listen;
-    let listener = listen(addr).map_err(|source| StartError::Bind { addr, source })?;
+    let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
 
-    let gateway = Gateway::new(config, pool);
+    // The components.
+    let metrics = Arc::new(Metrics::new());
+    let router = Arc::new(Router::new(metrics.clone()));
+    let (batcher, batching) = Batcher::new(pool.clone(), metrics.clone());
+    let auth = AuthCache::new(
+        batcher,
+        metrics.clone(),
+        config.auth_cache_ttl,
+        config.auth_negative_ttl,
+        config.auth_cache_size,
+    );
+    let (presence, answers) = Presence::new(
+        pool.clone(),
+        config.presence_ttl,
+        config.presence_push_budget,
+        metrics.clone(),
+    );
     let doorbell = Arc::new(Notify::new());
-    let background = vec![
-        tokio::spawn(outbox::listen(gateway.clone(), doorbell.clone())),
-        tokio::spawn(outbox::run(gateway.clone(), cursor, doorbell)),
-        tokio::spawn(outbox::prune(gateway.clone())),
-        tokio::spawn(Presence::run(gateway.clone())),
-        tokio::spawn(crate::revalidate::run(gateway.clone())),
+    let mut listen = Listen::new(url.clone(), metrics.clone());
+    {
+        let ring = doorbell.clone();
+        listen.channel(outbox::CHANNEL, Box::new(move |_| ring.notify_one()));
+        let announced = presence.clone();
+        listen.channel(presence::CHANNEL, Box::new(move |p| announced.changed(p)));
+        // Whatever was announced while the connection was down is lost: catch up.
+        let (doorbell, presence) = (doorbell.clone(), presence.clone());
+        listen.on_connect(Box::new(move || {
+            doorbell.notify_one();
+            presence.resync();
+        }));
+    }
+    let listen_ready = listen.readiness();
+    let (shutdown, shutting_down) = watch::channel(false);
+    let slots = Slots::new(config.max_connections, config.db_pool_size);
+
+    // The tasks, each with exactly what it needs.
+    let tasks = vec![
+        tokio::spawn(batching),
+        tokio::spawn(listen.run()),
+        tokio::spawn(outbox::run(
+            pool.clone(),
+            router.clone(),
+            metrics.clone(),
+            cursor,
+            doorbell,
+            config.outbox_poll,
+        )),
+        tokio::spawn(outbox::prune(
+            pool.clone(),
+            metrics.clone(),
+            config.event_retention,
+        )),
+        tokio::spawn(presence.clone().run(answers, router.clone())),
+        tokio::spawn(revalidate::run(
+            Revalidation {
+                pool: pool.clone(),
+                router: router.clone(),
+                auth: auth.clone(),
+                metrics: metrics.clone(),
+            },
+            config.revalidate_interval,
+        )),
     ];
+    let http = Arc::new(Http {
+        services: Arc::new(Services {
+            router: router.clone(),
+            auth,
+            presence: presence.clone(),
+            metrics: metrics.clone(),
+            limits: Limits::from(&config),
+            shutdown: shutting_down,
+        }),
+        slots: slots.clone(),
+        allowed_origins: config.allowed_origins.clone(),
+        listen_ready: listen_ready.clone(),
+        pool,
+    });
     let (stop, stopped) = oneshot::channel();
-    let accept = tokio::spawn(accept_loop(gateway.clone(), listener, stopped));
+    let accept = tokio::spawn(accept_loop(http, listener, stopped));
     tracing::info!(
         %addr,
-        fd_limit = crate::gateway::fd_limit(),
-        max_connections = gateway.max_connections(),
+        fd_limit = crate::connections::fd_limit(),
+        max_connections = slots.max(),
         "listening"
     );
     Ok(Running {
         addr,
-        gateway,
+        metrics,
+        router,
+        presence,
+        slots,
+        listen_ready,
+        shutdown,
         stop,
         accept,
-        background,
+        tasks,
     })
 }
 
-/// Pending connections the kernel may hold for us (capped by `net.core.somaxconn`). tokio's
-/// default of 1024 overflows when thousands of clients reconnect at once, and every
-/// overflowed SYN costs its client a retransmit timeout (1 s, then 3 s).
-const LISTEN_BACKLOG: u32 = 65535;
-
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -149,58 +272,26 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-async fn accept_loop(
-    gateway: Arc<Gateway>,
-    listener: TcpListener,
-    mut stopped: oneshot::Receiver<()>,
-) {
+async fn accept_loop(http: Arc<Http>, listener: TcpListener, mut stopped: oneshot::Receiver<()>) {
     loop {
         tokio::select! {
             _ = &mut stopped => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    tokio::spawn(serve_connection(gateway.clone(), stream));
+                    tokio::spawn(serve_connection(http.clone(), stream));
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                 }
             },
         }
     }
-    drop(listener);
-    tracing::info!(
-        sessions = gateway.sessions(),
-        "shutting down: telling clients to reconnect"
-    );
-    // Clients are about to leave: their last sign of life is now, so the presence TTL counts
-    // from here (they reconnect elsewhere and are refreshed there).
-    let leaving = gateway
-        .router
-        .snapshot()
-        .iter()
-        .map(|(_, p, _)| PresenceKey::from(p))
-        .collect();
-    let touch = gateway.presence.touch(&leaving);
-    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), touch).await {
-        tracing::warn!(error = %e, "shutdown: could not refresh presence");
-    }
-    gateway.begin_shutdown();
-    if tokio::time::timeout(DRAIN_TIMEOUT, gateway.drained())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            sessions = gateway.sessions(),
-            "shutdown: sessions still open after the drain timeout"
-        );
-    }
 }
 
-async fn serve_connection(gateway: Arc<Gateway>, stream: TcpStream) {
+async fn serve_connection(http: Arc<Http>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let service = service_fn(move |request| route(gateway.clone(), request));
+    let service = service_fn(move |request| route(http.clone(), request));
     if let Err(e) = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
@@ -217,15 +308,16 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 }
 
 async fn route(
-    gateway: Arc<Gateway>,
+    http: Arc<Http>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match request.uri().path() {
-        "/cable" => upgrade(gateway, request),
+        "/cable" => upgrade(http, request),
         "/health" => text(StatusCode::OK, "ok\n"),
-        "/ready" => ready(&gateway).await,
+        "/ready" => ready(&http).await,
         "/metrics" => {
-            let mut response = Response::new(Full::new(Bytes::from(gateway.metrics.encode())));
+            let body = http.services.metrics.encode();
+            let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -236,12 +328,12 @@ async fn route(
     })
 }
 
-async fn ready(gateway: &Gateway) -> Response<Full<Bytes>> {
-    if !gateway.listener_live() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "event listener down\n");
+async fn ready(http: &Http) -> Response<Full<Bytes>> {
+    if !*http.listen_ready.borrow() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "LISTEN connection down\n");
     }
-    let ping = sqlx::query("SELECT 1").execute(&gateway.pool);
-    match tokio::time::timeout(Duration::from_secs(2), ping).await {
+    let ping = sqlx::query("SELECT 1").execute(&http.pool);
+    match tokio::time::timeout(READY_QUERY_TIMEOUT, ping).await {
         Ok(Ok(_)) => text(StatusCode::OK, "ready\n"),
         _ => text(StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),
     }
@@ -258,24 +350,25 @@ fn offers_actioncable(request: &Request<Incoming>) -> bool {
         .any(|p| p.trim() == SUBPROTOCOL)
 }
 
-fn upgrade(gateway: Arc<Gateway>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let metrics = &http.services.metrics;
     if request.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&request) {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
     let origin = request.headers().get(ORIGIN).and_then(|v| v.to_str().ok());
-    if !crate::origin::allowed(&gateway.config.allowed_origins, origin) {
+    if !crate::origin::allowed(&http.allowed_origins, origin) {
         tracing::debug!(origin, "upgrade refused: origin not allowed");
-        gateway.metrics.refused("origin");
+        metrics.refused("origin");
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
-    if gateway.is_shutting_down() {
-        gateway.metrics.refused("shutting_down");
+    if *http.services.shutdown.borrow() {
+        metrics.refused("shutting_down");
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
-    let Some(slot) = gateway.try_session() else {
-        gateway.metrics.refused("connection_limit");
+    let Some(slot) = http.slots.try_take() else {
+        metrics.refused("connection_limit");
         tracing::warn!(
-            limit = gateway.max_connections(),
+            limit = http.slots.max(),
             "upgrade refused: connection limit reached"
         );
         return text(
@@ -291,9 +384,11 @@ fn upgrade(gateway: Arc<Gateway>, mut request: Request<Incoming>) -> Response<Fu
             return text(StatusCode::BAD_REQUEST, "bad websocket upgrade\n");
         }
     };
+    let services = http.services.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         match upgraded.await {
-            Ok(ws) => crate::session::run(gateway, ws.into_inner(), slot).await,
+            Ok(ws) => crate::session::run(services, ws.into_inner()).await,
             Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
         }
     });

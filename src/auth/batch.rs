@@ -4,7 +4,7 @@
 //! A reconnect storm of 15,000 clients with 15,000 different tokens then costs tens of
 //! queries, not 15,000 round trips queued behind a 10-connection pool (where the wait alone
 //! ran past the pool's acquire timeout and turned a busy database into "reconnect"
-//! answers). At most `IN_FLIGHT` batches run at once, so lookups never take the whole pool
+//! answers). At most [`AUTH_BATCHES_IN_FLIGHT`] batches run at once, so lookups never take the whole pool
 //! from the outbox reader and presence.
 
 use std::collections::HashMap;
@@ -14,12 +14,8 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{store, AuthError, ContactRecord, UserRecord};
+use crate::config::tuning::{AUTH_BATCHES_IN_FLIGHT, AUTH_MAX_BATCH};
 use crate::metrics::Metrics;
-
-/// Batches running at once (each holds at most two pool connections, one per kind).
-const IN_FLIGHT: usize = 2;
-/// Most lookups in one batch.
-const MAX_BATCH: usize = 1000;
 
 type Reply<T> = oneshot::Sender<Result<Option<T>, AuthError>>;
 
@@ -41,11 +37,17 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the batching task (needs a tokio runtime).
-    pub fn start(pool: PgPool, metrics: Arc<Metrics>) -> Batcher {
+    /// The batcher and its task, for the caller to spawn (and stop). Lookups made while the
+    /// task is not running wait; once it is gone they fail as "database unavailable".
+    pub fn new(
+        pool: PgPool,
+        metrics: Arc<Metrics>,
+    ) -> (
+        Batcher,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let (lookups, queue) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, metrics, queue));
-        Batcher { lookups }
+        (Batcher { lookups }, run(pool, metrics, queue))
     }
 
     pub async fn user(
@@ -73,14 +75,14 @@ impl Batcher {
 }
 
 async fn run(pool: PgPool, metrics: Arc<Metrics>, mut queue: mpsc::UnboundedReceiver<Lookup>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let slots = Arc::new(Semaphore::new(AUTH_BATCHES_IN_FLIGHT));
     while let Some(first) = queue.recv().await {
         // Wait for a free slot first: lookups arriving meanwhile join this batch.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < AUTH_MAX_BATCH {
             match queue.try_recv() {
                 Ok(lookup) => batch.push(lookup),
                 Err(_) => break,

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use moka::Expiry;
-use sqlx::PgPool;
 
 use super::batch::Batcher;
 use super::{AuthError, ContactRecord, UserRecord};
@@ -62,7 +61,7 @@ pub struct AuthCache {
 
 impl AuthCache {
     pub fn new(
-        pool: PgPool,
+        batcher: Batcher,
         metrics: Arc<Metrics>,
         positive: Duration,
         negative: Duration,
@@ -73,7 +72,7 @@ impl AuthCache {
             .expire_after(Ttl { positive, negative })
             .build();
         AuthCache {
-            batcher: Batcher::start(pool, metrics.clone()),
+            batcher,
             cache,
             metrics,
         }

@@ -25,6 +25,12 @@ impl AuthError {
     }
 }
 
+/// The first characters of a token, for logs: tokens are never logged in full.
+pub fn token_prefix(token: &str) -> String {
+    let prefix: String = token.chars().take(4).collect();
+    format!("{prefix}…")
+}
+
 /// What a user token resolves to within one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
@@ -73,5 +79,36 @@ impl Principal {
 
     pub fn is_user(&self) -> bool {
         matches!(self, Principal::User { .. })
+    }
+}
+
+/// Whose presence a subscription keeps alive: a user, or a contact (not the contact session),
+/// in one account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PresenceKey {
+    pub account_id: i64,
+    /// A user id, or a contact id (not the contact session's id).
+    pub id: i64,
+    pub is_user: bool,
+}
+
+impl From<&Principal> for PresenceKey {
+    fn from(principal: &Principal) -> Self {
+        match principal {
+            Principal::User {
+                account_id,
+                user_id,
+                ..
+            } => PresenceKey {
+                account_id: *account_id,
+                id: *user_id,
+                is_user: true,
+            },
+            Principal::Contact(contact) => PresenceKey {
+                account_id: contact.account_id,
+                id: contact.contact_id,
+                is_user: false,
+            },
+        }
     }
 }

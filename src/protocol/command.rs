@@ -3,6 +3,8 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::BadInput;
+
 /// A client command, decoded. The identifier stays the raw string the client sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -50,14 +52,13 @@ pub enum CommandError {
     BadData,
 }
 
-impl CommandError {
-    /// The metrics label of this error.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            CommandError::Malformed => "malformed",
-            CommandError::UnknownCommand => "unknown_command",
-            CommandError::MissingIdentifier => "missing_identifier",
-            CommandError::BadData => "bad_data",
+impl From<CommandError> for BadInput {
+    fn from(e: CommandError) -> BadInput {
+        match e {
+            CommandError::Malformed => BadInput::Malformed,
+            CommandError::UnknownCommand => BadInput::UnknownCommand,
+            CommandError::MissingIdentifier => BadInput::MissingIdentifier,
+            CommandError::BadData => BadInput::BadData,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Inbound WebSocket frames (client → server), read without a standing buffer.
+//! Inbound WebSocket frames (client → server), read without a standing buffer, and
+//! assembled into messages ([`Messages`]).
 //!
 //! fastwebsockets' read half reserves an 8 KiB buffer per connection and never gives it
 //! back; with tens of thousands of mostly idle connections that alone is the whole memory
@@ -8,8 +9,8 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 
-/// Read-ahead per connection: one typical command (identifier included) per read.
-const READ_AHEAD: usize = 256;
+use crate::config::tuning::READ_AHEAD;
+use crate::protocol::BadInput;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpCode {
@@ -104,6 +105,115 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             opcode,
             payload,
         })
+    }
+}
+
+/// What a client sent, assembled from frames.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// A complete text message (not yet checked for UTF-8).
+    Text(Vec<u8>),
+    /// A ping: answer with a pong carrying this payload.
+    Ping(Vec<u8>),
+    /// A close frame with its payload.
+    Close(Vec<u8>),
+    /// Nothing to act on yet (a fragment, a pong).
+    Nothing,
+    /// Bad input that does not end the connection by itself (see the bad-input table).
+    Bad(BadInput),
+}
+
+/// Why reading ends.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadEnd {
+    /// Bad input that ends the connection (too large, a frame that breaks the RFC).
+    #[error("bad input: {0:?}")]
+    Bad(BadInput),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A text message being assembled from fragments.
+enum Partial {
+    None,
+    Text(Vec<u8>),
+    /// A binary message is only counted, never kept.
+    Binary(usize),
+}
+
+/// Client messages: frames assembled, a whole message bounded like a single frame.
+pub struct Messages<R> {
+    frames: FrameReader<R>,
+    partial: Partial,
+    limit: usize,
+}
+
+impl<R: AsyncRead + Unpin> Messages<R> {
+    pub fn new(io: R, limit: usize) -> Self {
+        Messages {
+            frames: FrameReader::new(io, limit),
+            partial: Partial::None,
+            limit,
+        }
+    }
+
+    /// The next thing the client sent. Not cancel-safe, like [`FrameReader::next`].
+    pub async fn next(&mut self) -> Result<Inbound, ReadEnd> {
+        let frame = match self.frames.next().await {
+            Ok(frame) => frame,
+            Err(FrameError::TooLarge) => return Err(ReadEnd::Bad(BadInput::TooLarge)),
+            Err(FrameError::Protocol(_)) => return Err(ReadEnd::Bad(BadInput::FrameViolation)),
+            Err(FrameError::Io(e)) => return Err(ReadEnd::Io(e)),
+        };
+        Ok(match (frame.opcode, frame.fin) {
+            (OpCode::Close, _) => Inbound::Close(frame.payload),
+            (OpCode::Ping, _) => Inbound::Ping(frame.payload),
+            (OpCode::Pong, _) => Inbound::Nothing,
+            (OpCode::Text, true) => Inbound::Text(frame.payload),
+            (OpCode::Text, false) => {
+                self.partial = Partial::Text(frame.payload);
+                Inbound::Nothing
+            }
+            (OpCode::Binary, true) => {
+                self.partial = Partial::None;
+                Inbound::Bad(BadInput::Binary)
+            }
+            (OpCode::Binary, false) => {
+                self.partial = Partial::Binary(frame.payload.len());
+                Inbound::Nothing
+            }
+            (OpCode::Continuation, fin) => self.continuation(&frame.payload, fin)?,
+        })
+    }
+
+    fn continuation(&mut self, payload: &[u8], fin: bool) -> Result<Inbound, ReadEnd> {
+        match &mut self.partial {
+            Partial::None => Ok(Inbound::Bad(BadInput::StrayContinuation)),
+            Partial::Binary(len) => {
+                *len += payload.len();
+                if *len > self.limit {
+                    return Err(ReadEnd::Bad(BadInput::TooLarge));
+                }
+                if !fin {
+                    return Ok(Inbound::Nothing);
+                }
+                self.partial = Partial::None;
+                Ok(Inbound::Bad(BadInput::Binary))
+            }
+            Partial::Text(buf) => {
+                if buf.len() + payload.len() > self.limit {
+                    return Err(ReadEnd::Bad(BadInput::TooLarge));
+                }
+                buf.extend_from_slice(payload);
+                if !fin {
+                    return Ok(Inbound::Nothing);
+                }
+                match std::mem::replace(&mut self.partial, Partial::None) {
+                    Partial::Text(buf) => Ok(Inbound::Text(buf)),
+                    _ => unreachable!("matched Text above"),
+                }
+            }
+        }
     }
 }
 

@@ -1,15 +1,20 @@
 //! One WebSocket connection: a reader (commands, in order) and a writer (frames, pings),
-//! joined by a bounded queue.
+//! joined by the connection's bounded [`crate::delivery::SendQueue`].
 //!
 //! Lifecycle: the writer writes `welcome` first; the reader then processes commands until the
-//! client leaves or something closes the session ([`SessionState::close`]: too slow, shutdown,
-//! protocol abuse, database outage). Either way every subscription is unregistered, the writer
-//! says goodbye (queued frames, `disconnect`, close frame), and one log line records the
-//! reason and duration.
+//! client leaves or something closes the session ([`crate::delivery::SendQueue::close`]: too
+//! slow, shutdown, bad input, database outage). Either way every subscription is
+//! unregistered, the writer says goodbye (queued frames, `disconnect`, close frame), and one
+//! log line records the reason and duration.
+//!
+//! Files: [`frame`] reads frames and assembles messages, [`rate`] is the command-rate bucket,
+//! [`reader`] dispatches commands, [`subscriptions`] is the connection's own registry,
+//! [`writer`] owns the write half.
 
 pub mod frame;
-pub mod outbox;
+pub mod rate;
 pub mod reader;
+pub mod subscriptions;
 pub mod writer;
 
 use std::sync::Arc;
@@ -17,32 +22,69 @@ use std::time::Instant;
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
 
-pub use outbox::{CloseReason, Outbound, SessionLink, SessionState};
+use crate::auth::AuthCache;
+use crate::config::ServeConfig;
+use crate::delivery::{CloseReason, SessionHandle};
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::router::Router;
+use reader::Reader;
+use subscriptions::SessionSubscriptions;
 
-use crate::gateway::{Gateway, SessionGuard};
-use reader::{Reader, SessionSubscriptions};
+/// The per-connection limits (settings, see [`ServeConfig`]).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame_size: usize,
+    pub max_subscriptions: usize,
+    pub max_command_rate: u32,
+    pub max_rejects: u32,
+    pub send_queue: usize,
+}
+
+impl From<&ServeConfig> for Limits {
+    fn from(config: &ServeConfig) -> Limits {
+        Limits {
+            max_frame_size: config.max_frame_size,
+            max_subscriptions: config.max_subscriptions,
+            max_command_rate: config.max_command_rate,
+            max_rejects: config.max_rejects,
+            send_queue: config.send_queue,
+        }
+    }
+}
+
+/// Exactly what a session needs of the process.
+pub struct Services {
+    pub router: Arc<Router>,
+    pub auth: AuthCache,
+    pub presence: Arc<Presence>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    /// Becomes `true` when the process shuts down: say `server_restart` and close.
+    pub shutdown: watch::Receiver<bool>,
+}
 
 /// Serves one upgraded connection until it ends.
-pub async fn run(gateway: Arc<Gateway>, io: TokioIo<Upgraded>, slot: SessionGuard) {
+pub async fn run(services: Arc<Services>, io: TokioIo<Upgraded>) {
     let started = Instant::now();
-    let metrics = gateway.metrics.clone();
+    let metrics = services.metrics.clone();
     metrics.connections.inc();
     metrics.connections_open.inc();
-    let _slot = slot;
 
     let (read, write) = tokio::io::split(io);
-    let link = SessionLink::new(gateway.config.send_queue, metrics.clone());
-    let state = link.state.clone();
+    let session = SessionHandle::new(services.limits.send_queue, metrics.clone());
+    let queue = session.queue.clone();
 
     // Reader and writer run concurrently in this one task (one task per connection, not two):
     // neither is ever cancelled while the connection lives. The writer ends when the session
     // is closed (by anyone) or the socket fails; the reader when the client leaves or
     // misbehaves.
-    let writer = writer::run(write, &state, gateway.shutdown_signal(), &metrics);
+    let writer = writer::run(write, &queue, services.shutdown.clone(), &metrics);
     tokio::pin!(writer);
-    let mut reader = Reader::new(read, gateway.clone(), link);
-    let mut subs = SessionSubscriptions::new(gateway.clone());
+    let mut reader = Reader::new(read, services.clone(), session);
+    let mut subs = SessionSubscriptions::new(services.router.clone());
     let reader_ended = tokio::select! {
         reason = reader.run(&mut subs) => Some(reason),
         () = &mut writer => None,
@@ -51,11 +93,11 @@ pub async fn run(gateway: Arc<Gateway>, io: TokioIo<Upgraded>, slot: SessionGuar
     subs.clear();
     drop(reader);
     if let Some(reason) = reader_ended {
-        state.close(reason);
+        queue.close(reason);
         writer.await;
     }
 
-    let reason = state
+    let reason = queue
         .close_reason()
         .cloned()
         .unwrap_or(CloseReason::ConnectionLost);
@@ -67,7 +109,7 @@ pub async fn run(gateway: Arc<Gateway>, io: TokioIo<Upgraded>, slot: SessionGuar
         })
         .inc();
     tracing::info!(
-        session = state.id,
+        session = queue.id,
         reason = reason.label(),
         duration_ms = started.elapsed().as_millis() as u64,
         subscriptions,

@@ -2,26 +2,19 @@
 //! (batched into one write when several are waiting), a ping every 3 s, and the farewell.
 
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
 
-use super::outbox::{CloseReason, Outbound, SessionState};
+use crate::config::tuning::{
+    BATCH_BYTES, FAREWELL_TIMEOUT, KEEP_CAPACITY, KEEP_FRAMES, PING_INTERVAL,
+    TOO_SLOW_FAREWELL_TIMEOUT,
+};
+use crate::delivery::{CloseReason, Outbound, SendQueue};
 use crate::metrics::Metrics;
 use crate::protocol::reply::{self, DisconnectReason, WELCOME};
-
-pub const PING_INTERVAL: Duration = Duration::from_secs(3);
-/// Stop adding queued frames to one write past this many bytes.
-const BATCH_BYTES: usize = 64 * 1024;
-/// A frame list longer than this is given back once drained.
-const KEEP_FRAMES: usize = 4;
-/// A batch buffer larger than this is given back after use: an idle connection must not
-/// keep the buffer of the largest message it ever got (a presence snapshot of a big account).
-const KEEP_CAPACITY: usize = 1024;
-/// How long the farewell (queued frames, disconnect, close) may take to write.
-const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 
 const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
@@ -55,7 +48,7 @@ fn unix_now() -> f64 {
 
 struct Writer<'a, W> {
     sink: W,
-    state: &'a SessionState,
+    queue: &'a SendQueue,
     buf: Vec<u8>,
     metrics: &'a Metrics,
     last_ping: u64,
@@ -107,9 +100,9 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        self.state.write_started();
+        self.queue.write_started();
         let result = self.sink.write_all(&self.buf).await;
-        self.state.write_finished();
+        self.queue.write_finished();
         self.buf.clear();
         if self.buf.capacity() > KEEP_CAPACITY {
             self.buf = Vec::new();
@@ -122,20 +115,20 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
 /// to commands sent before it arrive after it.
 pub async fn run<W: AsyncWrite + Unpin>(
     sink: W,
-    state: &SessionState,
+    queue: &SendQueue,
     mut shutdown: watch::Receiver<bool>,
     metrics: &Metrics,
 ) {
     let mut w = Writer {
         sink,
-        state,
+        queue,
         buf: Vec::new(),
         metrics,
         last_ping: 0,
     };
     push_text(&mut w.buf, WELCOME.as_bytes());
     if w.flush().await.is_err() {
-        state.close(CloseReason::ConnectionLost);
+        queue.close(CloseReason::ConnectionLost);
         return;
     }
     let mut ping = interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
@@ -150,12 +143,12 @@ pub async fn run<W: AsyncWrite + Unpin>(
             }
             tokio::select! {
                 biased;
-                reason = state.closed() => break reason,
+                reason = queue.closed() => break reason,
                 _ = shutdown.wait_for(|stop| *stop) => {
-                    state.close(CloseReason::Disconnect(DisconnectReason::ServerRestart));
+                    queue.close(CloseReason::Disconnect(DisconnectReason::ServerRestart));
                     continue;
                 }
-                () = state.take_queued(&mut pending) => {}
+                () = queue.take_queued(&mut pending) => {}
                 _ = ping.tick() => w.push_ping(),
             }
         }
@@ -172,7 +165,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         let written = tokio::select! {
             biased;
             result = w.flush() => result.is_ok(),
-            reason = state.closed() => {
+            reason = queue.closed() => {
                 if reason == CloseReason::Disconnect(DisconnectReason::TooSlow) {
                     return;
                 }
@@ -181,7 +174,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             }
         };
         if !written {
-            state.close(CloseReason::ConnectionLost);
+            queue.close(CloseReason::ConnectionLost);
             return;
         }
     };
@@ -191,12 +184,12 @@ pub async fn run<W: AsyncWrite + Unpin>(
         CloseReason::Disconnect(DisconnectReason::TooSlow) => {
             w.buf.clear();
             push_text(&mut w.buf, &reply::disconnect(DisconnectReason::TooSlow));
-            let _ = timeout(Duration::from_millis(100), w.flush()).await;
+            let _ = timeout(TOO_SLOW_FAREWELL_TIMEOUT, w.flush()).await;
         }
         CloseReason::Disconnect(disconnect) => {
             // Frames already queued (events already read) go out before the disconnect.
             let farewell = async {
-                for frame in pending.into_iter().chain(state.take_now()) {
+                for frame in pending.into_iter().chain(queue.take_now()) {
                     w.push(frame);
                     if w.buf.len() >= BATCH_BYTES {
                         w.flush().await?;

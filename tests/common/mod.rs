@@ -5,6 +5,8 @@
 //! throwaway cluster.
 #![allow(dead_code)]
 
+pub mod events;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -134,13 +136,13 @@ pub async fn publish<'e, E: sqlx::PgExecutor<'e>>(
     .expect("publish")
 }
 
-/// Starts a gateway on the database, waiting until its event listener is live.
+/// Starts a gateway on the database, waiting until its LISTEN connection is live.
 pub async fn start(config: ServeConfig) -> Running {
     let running = server::start(config).await.expect("gateway starts");
-    let mut live = running.gateway.listener_state();
+    let mut live = running.listen_readiness();
     tokio::time::timeout(WAIT, live.wait_for(|live| *live))
         .await
-        .expect("listener live in time")
+        .expect("LISTEN connection live in time")
         .unwrap();
     running
 }
@@ -331,8 +333,7 @@ pub fn reject(identifier: &str) -> Value {
 /// A metric's value from the Prometheus exposition (sum over label sets matching `filter`).
 pub fn metric(running: &Running, name: &str, filter: &str) -> f64 {
     running
-        .gateway
-        .metrics
+        .metrics()
         .encode()
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -491,14 +492,14 @@ impl Drop for GatewayProcess {
     }
 }
 
-/// What a client sees while the gateway's database is unreachable: the listener is down,
+/// What a client sees while the gateway's database is unreachable: the LISTEN connection is down,
 /// `/ready` says 503, `/health` still 200, and a subscribe is told to reconnect, never
 /// rejected (the pool may retry for its acquire timeout first, so pings may come before).
 pub async fn check_outage_answers(gw: &Running) {
-    let mut live = gw.gateway.listener_state();
+    let mut live = gw.listen_readiness();
     tokio::time::timeout(WAIT, live.wait_for(|live| !*live))
         .await
-        .expect("the listener notices the outage in time")
+        .expect("the LISTEN connection notices the outage in time")
         .unwrap();
     assert_eq!(http_get(gw.addr, "/ready").await.0, 503);
     assert_eq!(http_get(gw.addr, "/health").await.0, 200);
@@ -520,10 +521,10 @@ pub async fn check_outage_answers(gw: &Running) {
 /// After an outage: the LISTEN connection comes back within its backoff, `/ready` says 200
 /// again, and a new subscribe is confirmed.
 pub async fn check_recovered(gw: &Running) {
-    let mut live = gw.gateway.listener_state();
+    let mut live = gw.listen_readiness();
     tokio::time::timeout(Duration::from_secs(45), live.wait_for(|live| *live))
         .await
-        .expect("the listener is back within its backoff")
+        .expect("the LISTEN connection is back within its backoff")
         .unwrap();
     assert_eq!(http_get(gw.addr, "/ready").await.0, 200);
     let mut newcomer = Client::ready(gw.addr).await;

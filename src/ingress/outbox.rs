@@ -2,10 +2,11 @@
 //!
 //! # The doorbell
 //! A statement trigger on `cable_events` runs `NOTIFY cable_events` (no payload). PostgreSQL
-//! delivers it at commit, to a dedicated LISTEN connection ([`listen`]) that reconnects with a
-//! 1 s → 30 s backoff. A notification only wakes the reader; the rows hold the data. A lost
-//! notification therefore costs latency (the reader also polls every `CABLE_OUTBOX_POLL`),
-//! never an event, and payloads have no 8000-byte limit.
+//! delivers it at commit, to the LISTEN connection ([`crate::listen`]), which rings the
+//! reader's doorbell, and rings it once more each time it (re)connects. A notification only
+//! wakes the reader; the rows hold the data. A lost notification therefore costs latency (the
+//! reader also polls every `CABLE_OUTBOX_POLL`), never an event, and payloads have no
+//! 8000-byte limit.
 //!
 //! # Why no row is skipped or read twice
 //! `bigserial` ids are handed out at insert, not at commit, so "read everything with an id
@@ -32,29 +33,25 @@
 //! that order to the socket.
 //!
 //! # Pages
-//! A read fetches at most `PAGE` rows at a time: later pages reuse `cur` (passed back as text)
+//! A read fetches at most [`OUTBOX_PAGE`] rows at a time: later pages reuse `cur` (passed back as text)
 //! and continue after the last id, so a backlog never has to fit in memory at once.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use sqlx::PgPool;
 use tokio::sync::Notify;
-use tokio_postgres::AsyncMessage;
 
-use crate::gateway::Gateway;
-use crate::metrics::ReasonLabels;
-use crate::router::Event;
+use crate::config::tuning::{OUTBOX_PAGE, OUTBOX_RETRY, PRUNE_PERIOD_MAX, PRUNE_PERIOD_MIN};
+use crate::delivery::Event;
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::router::Router;
 
 /// The channel the trigger notifies.
 pub const CHANNEL: &str = "cable_events";
-const PAGE: i64 = 1000;
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Where the reader is: the snapshot of the previous complete read (everything visible in it
+/// Where the reader is: the MVCC snapshot of the previous complete read (everything visible in it
 /// has been dispatched) and, while a read is under way, its snapshot and the last id dispatched.
 #[derive(Debug, Clone)]
 pub struct Cursor {
@@ -181,7 +178,7 @@ fn event_from(row: Row) -> Option<Event> {
 pub async fn read(
     pool: &PgPool,
     cursor: &mut Cursor,
-    gateway: &Gateway,
+    metrics: &Metrics,
     mut dispatch: impl FnMut(Event),
 ) -> Result<usize, sqlx::Error> {
     let mut total = 0;
@@ -194,7 +191,7 @@ pub async fn read(
             .bind(&cursor.snapshot)
             .bind(&cur)
             .bind(after)
-            .bind(PAGE)
+            .bind(OUTBOX_PAGE)
             .fetch_all(pool)
             .await?;
         let Some(snapshot) = rows.first().map(|row| row.0.clone()) else {
@@ -205,26 +202,24 @@ pub async fn read(
             let Some(id) = row.1 else { continue };
             cursor.in_progress = Some((snapshot.clone(), id));
             page += 1;
-            gateway.metrics.events_read.inc();
+            metrics.events_read.inc();
             if let Some(reason) = malformed(&row) {
                 tracing::warn!(event_id = id, reason, "skipping malformed outbox row");
-                gateway
-                    .metrics
+                metrics
                     .events_skipped
                     .get_or_create(&ReasonLabels { reason })
                     .inc();
                 continue;
             }
             if let Some(event) = event_from(row) {
-                gateway
-                    .metrics
+                metrics
                     .outbox_lag
                     .observe((unix_now() - event.created_at).max(0.0));
                 dispatch(event);
             }
         }
         total += page;
-        if page < PAGE as usize {
+        if page < OUTBOX_PAGE as usize {
             // Complete: everything visible in `snapshot` has been dispatched.
             cursor.snapshot = snapshot;
             cursor.in_progress = None;
@@ -233,18 +228,23 @@ pub async fn read(
     }
 }
 
-/// The reader task: waits for the doorbell (or the poll interval), reads, dispatches.
-pub async fn run(gateway: Arc<Gateway>, mut cursor: Cursor, doorbell: Arc<Notify>) {
+/// The reader task: waits for the doorbell (or `poll`), reads, dispatches to the router.
+pub async fn run(
+    pool: PgPool,
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    mut cursor: Cursor,
+    doorbell: Arc<Notify>,
+    poll: Duration,
+) {
     let mut scratch = Vec::new();
-    let poll = gateway.config.outbox_poll;
     loop {
         let dispatch = |event: Event| {
-            let event = Arc::new(event);
-            gateway.router.dispatch(&event, &mut scratch);
+            router.dispatch(&Arc::new(event), &mut scratch);
         };
-        if let Err(e) = read(&gateway.pool, &mut cursor, &gateway, dispatch).await {
+        if let Err(e) = read(&pool, &mut cursor, &metrics, dispatch).await {
             tracing::warn!(error = %e, "outbox read failed; retrying");
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(OUTBOX_RETRY).await;
             continue;
         }
         tokio::select! {
@@ -254,71 +254,9 @@ pub async fn run(gateway: Arc<Gateway>, mut cursor: Cursor, doorbell: Arc<Notify
     }
 }
 
-/// The LISTEN connection: rings `doorbell` on every notification, and once more each time it
-/// (re)connects so nothing committed while it was down waits for the next poll.
-pub async fn listen(gateway: Arc<Gateway>, doorbell: Arc<Notify>) {
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        let result = listen_once(&gateway, &doorbell).await;
-        // Only consecutive failures grow the backoff: a connection that was live starts it
-        // over, or every drop of a healthy listener would wait longer (up to 30 s of 503).
-        if gateway.listener_live() {
-            backoff = BACKOFF_MIN;
-        }
-        match result {
-            Ok(()) => backoff = BACKOFF_MIN,
-            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "LISTEN connection failed"),
-        }
-        gateway.set_listener_live(false);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-        gateway.metrics.listener_reconnects.inc();
-    }
-}
-
-async fn listen_once(gateway: &Gateway, doorbell: &Notify) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) =
-        tokio_postgres::connect(&gateway.config.database.database_url, tokio_postgres::NoTls)
-            .await?;
-    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    // Drives the connection: notifications ring the doorbell; an error ends it.
-    let pump = async {
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(n)) if n.channel() == crate::presence::CHANNEL => {
-                    gateway.presence.changed(n.payload())
-                }
-                Ok(AsyncMessage::Notification(_)) => doorbell.notify_one(),
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    };
-    let setup = async {
-        client
-            .batch_execute(&format!(
-                "LISTEN {CHANNEL}; LISTEN {}",
-                crate::presence::CHANNEL
-            ))
-            .await?;
-        gateway.set_listener_live(true);
-        tracing::info!("LISTEN connection live");
-        // Catch up on whatever was announced while the connection was down.
-        doorbell.notify_one();
-        gateway.presence.resync(&gateway.router);
-        std::future::pending::<Result<(), tokio_postgres::Error>>().await
-    };
-    tokio::select! {
-        result = pump => result,
-        result = setup => result,
-    }
-}
-
-/// Deletes events older than the retention, every so often.
-pub async fn prune(gateway: Arc<Gateway>) {
-    let retention = gateway.config.event_retention;
-    let period = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+/// Deletes events older than `retention`, every `retention / 10` (within bounds).
+pub async fn prune(pool: PgPool, metrics: Arc<Metrics>, retention: Duration) {
+    let period = (retention / 10).clamp(PRUNE_PERIOD_MIN, PRUNE_PERIOD_MAX);
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
@@ -326,11 +264,11 @@ pub async fn prune(gateway: Arc<Gateway>) {
             "DELETE FROM cable_events WHERE created_at < now() - make_interval(secs => $1)",
         )
         .bind(retention.as_secs_f64())
-        .execute(&gateway.pool)
+        .execute(&pool)
         .await
         {
             Ok(done) => {
-                gateway.metrics.events_pruned.inc_by(done.rows_affected());
+                metrics.events_pruned.inc_by(done.rows_affected());
             }
             Err(e) => tracing::warn!(error = %e, "pruning old events failed"),
         }

@@ -16,96 +16,40 @@
 //!   each insert and each delete to exactly one statement, and that statement announces the
 //!   change (`NOTIFY cable_presence, '<account id>'`) in the same transaction: every change is
 //!   announced exactly once, however many processes run.
-//! - Every process LISTENs for those announcements and pushes a fresh snapshot to its own user
+//! - Every process LISTENs for those announcements and pushes a fresh online set to its own user
 //!   subscriptions of the account, coalesced to about one push per second per account and
-//!   bounded in bytes: after a push of B bytes (snapshot × recipients) the account's next push
-//!   waits max(1 s, B / `CABLE_PRESENCE_PUSH_BUDGET`). The snapshot is encoded once per push.
+//!   bounded in bytes: after a push of B bytes (online set × recipients) the account's next push
+//!   waits max(1 s, B / `CABLE_PRESENCE_PUSH_BUDGET`). The online set is encoded once per push.
 //! - Answers (`presence.update` after a confirm, and to `update_presence`) are batched: the
-//!   principals asking are marked seen in one statement, then one snapshot query per account
+//!   principals asking are marked seen in one statement, then one online-set query per account
 //!   is encoded once for user subscriptions and once for contact subscriptions. Answers are
 //!   never delayed by the push budget.
+//!
+//! The rules themselves (who is in an online set, when a row expires, every period) are pure
+//! functions in [`rules`]; this module holds the SQL and the task that applies them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+pub mod rules;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::auth::Principal;
-use crate::gateway::Gateway;
+use crate::auth::PresenceKey;
+use crate::config::tuning::{PRESENCE_MAX_BATCH, PRESENCE_PUSH_CHECK};
+use crate::delivery::{Outbound, Subscription};
 use crate::metrics::Metrics;
-use crate::router::{Router, Subscription};
-use crate::session::Outbound;
-
-/// Whose presence a subscription keeps alive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PresenceKey {
-    pub account_id: i64,
-    /// A user id, or a contact id (not the contact session's id).
-    pub id: i64,
-    pub is_user: bool,
-}
-
-impl From<&Principal> for PresenceKey {
-    fn from(principal: &Principal) -> Self {
-        match principal {
-            Principal::User {
-                account_id,
-                user_id,
-                ..
-            } => PresenceKey {
-                account_id: *account_id,
-                id: *user_id,
-                is_user: true,
-            },
-            Principal::Contact(contact) => PresenceKey {
-                account_id: contact.account_id,
-                id: contact.contact_id,
-                is_user: false,
-            },
-        }
-    }
-}
-
-/// `users` and `contacts` of one account's snapshot.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Snapshot {
-    pub users: BTreeMap<i64, &'static str>,
-    pub contacts: BTreeMap<i64, &'static str>,
-}
-
-impl Snapshot {
-    /// The body of a `presence.update` message (after a subscription's prefix).
-    pub fn body(&self, account_id: i64, for_user: bool) -> Bytes {
-        let users: Map<String, Value> = self
-            .users
-            .iter()
-            .map(|(id, s)| (id.to_string(), json!(s)))
-            .collect();
-        let mut data = json!({ "account_id": account_id, "users": users });
-        if for_user {
-            let contacts: Map<String, Value> = self
-                .contacts
-                .iter()
-                .map(|(id, s)| (id.to_string(), json!(s)))
-                .collect();
-            data["contacts"] = Value::Object(contacts);
-        }
-        let mut body = json!({ "event": "presence.update", "data": data }).to_string();
-        body.push('}');
-        body.into()
-    }
-}
+use crate::router::Router;
+use rules::{AccountUser, OnlineSet};
 
 /// The channel presence changes are announced on (payload: the account id).
 pub const CHANNEL: &str = "cable_presence";
-/// How often changed accounts are checked for a due push.
-const PUSH_CHECK: Duration = Duration::from_millis(100);
 
 /// `keys` as the three parallel arrays the statements unnest, sorted by primary key: every
 /// process then locks rows in the same order, so concurrent heartbeats of overlapping sets
@@ -122,37 +66,40 @@ fn columns(keys: &HashSet<PresenceKey>) -> (Vec<i64>, Vec<String>, Vec<i64>) {
     (accounts, kinds, ids)
 }
 
-fn availability(value: i32) -> &'static str {
-    match value {
-        1 => "offline",
-        2 => "busy",
-        _ => "online",
-    }
-}
-
+/// The presence state sessions and the LISTEN connection reach; [`Presence::run`] is its task.
 pub struct Presence {
     pool: PgPool,
     ttl: Duration,
     metrics: Arc<Metrics>,
     push_budget: u64,
     answers: mpsc::UnboundedSender<Arc<Subscription>>,
-    queue: Mutex<Option<mpsc::UnboundedReceiver<Arc<Subscription>>>>,
     /// Accounts whose online set changed and that await a push.
     dirty: Mutex<HashSet<i64>>,
+    /// Announcements may have been missed: push every account served here.
+    resync: AtomicBool,
 }
 
+/// The queue of subscriptions waiting for an answer, owned by the presence task.
+pub struct Answers(mpsc::UnboundedReceiver<Arc<Subscription>>);
+
 impl Presence {
-    pub fn new(pool: PgPool, ttl: Duration, push_budget: u64, metrics: Arc<Metrics>) -> Presence {
+    pub fn new(
+        pool: PgPool,
+        ttl: Duration,
+        push_budget: u64,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Presence>, Answers) {
         let (answers, queue) = mpsc::unbounded_channel();
-        Presence {
+        let presence = Presence {
             pool,
             ttl,
             metrics,
             push_budget: push_budget.max(1),
             answers,
-            queue: Mutex::new(Some(queue)),
             dirty: Mutex::new(HashSet::new()),
-        }
+            resync: AtomicBool::new(false),
+        };
+        (Arc::new(presence), Answers(queue))
     }
 
     /// Marks `sub`'s principal seen and answers it with a `presence.update`.
@@ -229,66 +176,84 @@ impl Presence {
         }
     }
 
-    /// Announcements may have been missed (the LISTEN connection was down): push every
-    /// account this process serves.
-    pub fn resync(&self, router: &Router) {
-        self.dirty.lock().extend(router.accounts());
+    /// Announcements may have been missed (the LISTEN connection was down): every account
+    /// this process serves gets a push.
+    pub fn resync(&self) {
+        self.resync.store(true, Ordering::Release);
     }
 
-    /// The account's online set as of now.
-    pub async fn snapshot(&self, account_id: i64) -> Result<Snapshot, sqlx::Error> {
-        let rows: Vec<(String, i64, i32)> = sqlx::query_as(
-            "SELECT 'u'::text, au.user_id::bigint, au.availability::int
+    /// The account's online set as of now ([`rules::online_set`]). Only users who may be in
+    /// it are read: those with a row, and those whose `auto_offline` is false.
+    pub async fn online_set(&self, account_id: i64) -> Result<OnlineSet, sqlx::Error> {
+        let rows: Vec<(String, i64, i32, bool, bool)> = sqlx::query_as(
+            "SELECT 'u'::text, au.user_id::bigint, au.availability::int, au.auto_offline,
+                    p.principal_id IS NOT NULL
                FROM account_users au
-              WHERE au.account_id = $1
-                AND (au.auto_offline = false OR EXISTS (
-                      SELECT 1 FROM cable_presence p
-                       WHERE p.account_id = $1 AND p.kind = 'u' AND p.principal_id = au.user_id))
+               LEFT JOIN cable_presence p
+                 ON p.account_id = $1 AND p.kind = 'u' AND p.principal_id = au.user_id
+              WHERE au.account_id = $1 AND (au.auto_offline = false OR p.principal_id IS NOT NULL)
              UNION ALL
-             SELECT 'c'::text, p.principal_id, 0
+             SELECT 'c'::text, p.principal_id, 0, true, true
                FROM cable_presence p
               WHERE p.account_id = $1 AND p.kind = 'c'",
         )
         .bind(account_id)
         .fetch_all(&self.pool)
         .await?;
-        let mut snapshot = Snapshot::default();
-        for (kind, id, value) in rows {
+        let mut users = Vec::new();
+        let mut contacts = Vec::new();
+        for (kind, id, availability, auto_offline, online) in rows {
             if kind == "u" {
-                snapshot.users.insert(id, availability(value));
+                users.push(AccountUser {
+                    user_id: id,
+                    availability,
+                    auto_offline,
+                    online,
+                });
             } else {
-                snapshot.contacts.insert(id, "online");
+                contacts.push(id);
             }
         }
-        Ok(snapshot)
+        Ok(rules::online_set(&users, &contacts))
     }
 
-    /// Answers a batch: one upsert, one snapshot per account, one encoding per audience.
+    /// The last sign of life of every subscription on this process (shutdown: they are about
+    /// to leave, and reconnect elsewhere).
+    pub async fn depart_all(&self, router: &Router) -> Result<(), sqlx::Error> {
+        let leaving = router
+            .live()
+            .iter()
+            .map(|(_, p, _)| PresenceKey::from(p))
+            .collect();
+        self.touch(&leaving).await
+    }
+
+    /// Answers a batch: one upsert, one online set per account, one encoding per audience.
     async fn answer_batch(&self, batch: Vec<Arc<Subscription>>) {
         let keys: HashSet<PresenceKey> = batch.iter().map(|s| s.presence).collect();
         if let Err(e) = self.mark_seen(&keys).await {
             tracing::warn!(error = %e, "presence: could not mark subscribers seen");
         }
         let mut bodies: HashMap<(i64, bool), Bytes> = HashMap::new();
-        let mut snapshots: HashMap<i64, Option<Snapshot>> = HashMap::new();
+        let mut sets: HashMap<i64, Option<OnlineSet>> = HashMap::new();
         for sub in batch {
             if !sub.is_active() {
                 continue;
             }
             let account_id = sub.presence.account_id;
-            if let std::collections::hash_map::Entry::Vacant(slot) = snapshots.entry(account_id) {
-                let snapshot = self.snapshot(account_id).await;
-                if let Err(e) = &snapshot {
-                    tracing::warn!(error = %e, account_id, "presence: snapshot failed");
+            if let std::collections::hash_map::Entry::Vacant(slot) = sets.entry(account_id) {
+                let set = self.online_set(account_id).await;
+                if let Err(e) = &set {
+                    tracing::warn!(error = %e, account_id, "presence: online set query failed");
                 }
-                slot.insert(snapshot.ok());
+                slot.insert(set.ok());
             }
-            let Some(snapshot) = &snapshots[&account_id] else {
+            let Some(set) = &sets[&account_id] else {
                 continue;
             };
             let body = bodies
                 .entry((account_id, sub.presence.is_user))
-                .or_insert_with(|| snapshot.body(account_id, sub.presence.is_user))
+                .or_insert_with(|| set.body(account_id, sub.presence.is_user))
                 .clone();
             sub.session.send(Outbound::Reply {
                 sub: sub.clone(),
@@ -297,9 +262,12 @@ impl Presence {
         }
     }
 
-    /// Pushes a fresh snapshot to this process's user subscriptions of every changed account
+    /// Pushes a fresh online set to this process's user subscriptions of every changed account
     /// whose budget allows it now. Returns the accounts pushed.
     async fn push_due(&self, router: &Router, next_push: &mut HashMap<i64, Instant>) -> usize {
+        if self.resync.swap(false, Ordering::AcqRel) {
+            self.dirty.lock().extend(router.accounts());
+        }
         let now = Instant::now();
         let due: Vec<i64> = {
             let mut dirty = self.dirty.lock();
@@ -321,24 +289,26 @@ impl Presence {
             if recipients.is_empty() {
                 continue;
             }
-            let snapshot = match self.snapshot(account_id).await {
-                Ok(snapshot) => snapshot,
+            let set = match self.online_set(account_id).await {
+                Ok(set) => set,
                 Err(e) => {
-                    tracing::warn!(error = %e, account_id, "presence: push snapshot failed; will retry");
+                    tracing::warn!(error = %e, account_id, "presence: online set query for a push failed; will retry");
                     self.dirty.lock().insert(account_id);
                     continue;
                 }
             };
-            let body = snapshot.body(account_id, true);
-            let bytes = (body.len() * recipients.len()) as f64;
+            let body = set.body(account_id, true);
+            let bytes = (body.len() * recipients.len()) as u64;
             for sub in recipients {
                 sub.session.send(Outbound::Reply {
                     sub: sub.clone(),
                     body: body.clone(),
                 });
             }
-            let wait = Duration::from_secs_f64((bytes / self.push_budget as f64).max(1.0));
-            next_push.insert(account_id, Instant::now() + wait);
+            next_push.insert(
+                account_id,
+                Instant::now() + rules::push_wait(bytes, self.push_budget),
+            );
             self.metrics.presence_pushes.inc();
             pushed += 1;
         }
@@ -347,21 +317,16 @@ impl Presence {
 
     /// The presence task: answers, the heartbeat for every live subscription, the sweeper and
     /// the pushes.
-    pub async fn run(gateway: Arc<Gateway>) {
-        let presence = &gateway.presence;
-        let Some(mut queue) = presence.queue.lock().take() else {
-            return;
-        };
+    pub async fn run(self: Arc<Self>, answers: Answers, router: Arc<Router>) {
+        let Answers(mut queue) = answers;
         let every = |period: Duration| {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick
         };
-        let ttl = presence.ttl;
-        let mut heartbeat =
-            every((ttl / 3).clamp(Duration::from_millis(100), Duration::from_secs(10)));
-        let mut sweep = every((ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(1)));
-        let mut push = every(PUSH_CHECK);
+        let mut heartbeat = every(rules::heartbeat_period(self.ttl));
+        let mut sweep = every(rules::sweep_period(self.ttl));
+        let mut push = every(PRESENCE_PUSH_CHECK);
         let mut next_push = HashMap::new();
         // Subscriptions answered here, until they end (see the module doc).
         let mut watched: HashMap<u64, Arc<Subscription>> = HashMap::new();
@@ -370,7 +335,7 @@ impl Presence {
                 first = queue.recv() => {
                     let Some(first) = first else { return };
                     let mut batch = vec![first];
-                    while batch.len() < 4096 {
+                    while batch.len() < PRESENCE_MAX_BATCH {
                         match queue.try_recv() {
                             Ok(sub) => batch.push(sub),
                             Err(_) => break,
@@ -381,12 +346,12 @@ impl Presence {
                             watched.entry(sub.id).or_insert_with(|| sub.clone());
                         }
                     }
-                    presence.answer_batch(batch).await;
+                    self.answer_batch(batch).await;
                 }
                 _ = heartbeat.tick() => {
                     let keys: HashSet<PresenceKey> =
-                        gateway.router.snapshot().iter().map(|(_, p, _)| PresenceKey::from(p)).collect();
-                    if let Err(e) = presence.mark_seen(&keys).await {
+                        router.live().iter().map(|(_, p, _)| PresenceKey::from(p)).collect();
+                    if let Err(e) = self.mark_seen(&keys).await {
                         tracing::warn!(error = %e, "presence: heartbeat failed");
                     }
                 }
@@ -399,15 +364,15 @@ impl Presence {
                         }
                         live
                     });
-                    if let Err(e) = presence.touch(&departed).await {
+                    if let Err(e) = self.touch(&departed).await {
                         tracing::warn!(error = %e, "presence: could not mark departures seen");
                     }
-                    if let Err(e) = presence.sweep().await {
+                    if let Err(e) = self.sweep().await {
                         tracing::warn!(error = %e, "presence: sweep failed");
                     }
                 }
                 _ = push.tick() => {
-                    presence.push_due(&gateway.router, &mut next_push).await;
+                    self.push_due(&router, &mut next_push).await;
                 }
             }
         }

@@ -1,21 +1,86 @@
-//! A session's bounded send queue and the handle everyone else reaches it through.
+//! The delivery vocabulary, a leaf every task shares and that imports none of them: an
+//! [`Event`] encoded once, a confirmed [`Subscription`], a connection's bounded [`SendQueue`]
+//! and the [`SessionHandle`] the router, presence and replies push frames through.
 //!
 //! The queue is a `VecDeque` behind a short lock plus a `Notify`, all in the session's one
 //! shared allocation: an idle connection holds no queue buffer at all (a tokio mpsc channel
-//! would keep a 32-slot block and its own allocation per connection).
+//! would keep a 32-slot block and its own allocation per connection). Pushing never waits: a
+//! client that does not read is ended with `too_slow` instead, and nobody else is delayed.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::auth::{PresenceKey, Principal};
+use crate::config::tuning::{HARD_LIMIT_FACTOR, STUCK_AFTER};
 use crate::metrics::Metrics;
 use crate::protocol::DisconnectReason;
-use crate::router::{Event, Subscription};
+
+/// An event, encoded once for all its recipients, with what the routing rules read.
+#[derive(Debug)]
+pub struct Event {
+    /// The outbox row's id.
+    pub id: i64,
+    pub account_id: i64,
+    pub event: String,
+    pub inbox_id: Option<i64>,
+    /// Sorted, without duplicates.
+    pub contact_inbox_ids: Vec<i64>,
+    pub user_id: Option<i64>,
+    pub private: bool,
+    pub actor_user_id: Option<i64>,
+    pub actor_contact_inbox_id: Option<i64>,
+    pub stream: Option<String>,
+    /// `{"event":..,"data":..}}`: what follows a subscription's prefix, closing brace included.
+    pub body: Bytes,
+    /// Insert time, seconds since the Unix epoch (for the latency histogram).
+    pub created_at: f64,
+}
+
+/// One confirmed subscription, as the session's writer sees it.
+pub struct Subscription {
+    pub id: u64,
+    /// `{"identifier":"<escaped raw id>","message":` (see [`crate::protocol::reply::message_prefix`]).
+    pub prefix: Bytes,
+    pub identifier: Arc<str>,
+    pub session: SessionHandle,
+    /// Whose presence this subscription keeps alive.
+    pub presence: PresenceKey,
+    /// Cleared on unsubscribe or revocation: frames still queued for it are dropped.
+    active: AtomicBool,
+}
+
+impl Subscription {
+    pub fn new(
+        identifier: Arc<str>,
+        session: SessionHandle,
+        principal: &Principal,
+    ) -> Arc<Subscription> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Arc::new(Subscription {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            prefix: crate::protocol::reply::message_prefix(&identifier),
+            identifier,
+            session,
+            presence: PresenceKey::from(principal),
+            active: AtomicBool::new(true),
+        })
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Ends delivery to this subscription: frames still queued for it are dropped.
+    pub fn deactivate(&self) {
+        self.active.store(false, Ordering::Release);
+    }
+}
 
 /// Something for the writer to put on the socket.
 pub enum Outbound {
@@ -56,8 +121,9 @@ impl CloseReason {
     }
 }
 
-/// State shared by a session's reader, writer and the router.
-pub struct SessionState {
+/// A connection's bounded send queue and its close state, shared by its reader, its writer
+/// and everyone who delivers to it.
+pub struct SendQueue {
     pub id: u64,
     reason: OnceLock<CloseReason>,
     notify: Notify,
@@ -69,22 +135,16 @@ pub struct SessionState {
     writing_since: AtomicU64,
 }
 
-/// A client whose socket has taken nothing for this long while `CABLE_SEND_QUEUE` frames wait
-/// is too slow.
-pub const STUCK_AFTER: Duration = Duration::from_secs(1);
-/// However fast the socket drains, a queue this many times `CABLE_SEND_QUEUE` is too long.
-pub const HARD_LIMIT_FACTOR: usize = 16;
-
 /// Milliseconds since this process first asked.
 fn millis() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-impl SessionState {
-    pub fn new(capacity: usize) -> Arc<SessionState> {
+impl SendQueue {
+    pub fn new(capacity: usize) -> Arc<SendQueue> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Arc::new(SessionState {
+        Arc::new(SendQueue {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             reason: OnceLock::new(),
             notify: Notify::new(),
@@ -161,7 +221,7 @@ impl SessionState {
         self.reason.get()
     }
 
-    /// Resolves once [`SessionState::close`] was called.
+    /// Resolves once [`SendQueue::close`] was called.
     pub async fn closed(&self) -> CloseReason {
         loop {
             let notified = self.notify.notified();
@@ -175,17 +235,17 @@ impl SessionState {
     }
 }
 
-/// How the router and replies reach a session: its bounded queue, in its shared state.
+/// How the router, presence and replies reach a session: its bounded queue.
 #[derive(Clone)]
-pub struct SessionLink {
-    pub state: Arc<SessionState>,
+pub struct SessionHandle {
+    pub queue: Arc<SendQueue>,
     metrics: Arc<Metrics>,
 }
 
-impl SessionLink {
-    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> SessionLink {
-        SessionLink {
-            state: SessionState::new(capacity),
+impl SessionHandle {
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> SessionHandle {
+        SessionHandle {
+            queue: SendQueue::new(capacity),
             metrics,
         }
     }
@@ -193,11 +253,11 @@ impl SessionLink {
     /// Queues a frame without ever waiting. A full queue means the client does not read
     /// fast enough: the session is ended with `too_slow`, and nobody else is delayed.
     pub fn send(&self, frame: Outbound) {
-        if !self.state.push(frame) {
-            if self.state.close_reason().is_none() {
+        if !self.queue.push(frame) {
+            if self.queue.close_reason().is_none() {
                 self.metrics.too_slow.inc();
             }
-            self.state
+            self.queue
                 .close(CloseReason::Disconnect(DisconnectReason::TooSlow));
         }
     }
