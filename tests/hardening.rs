@@ -1,4 +1,4 @@
-//! Hostile input, limits, revocation, shutdown and database outages (issue 5).
+//! Hostile input, limits, revocation, shutdown and database outages.
 
 mod common;
 

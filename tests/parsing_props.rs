@@ -1,4 +1,4 @@
-//! Property tests (the fuzzing of issue 5): the command parser, identifier handling and the
+//! Property tests : the command parser, identifier handling and the
 //! RoomChannel parameter parsing never panic on any input, and identifiers survive the round
 //! trip through reply frames byte for byte.
 

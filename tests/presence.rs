@@ -1,4 +1,4 @@
-//! CONTRACT §5 (presence) over real sockets against real PostgreSQL: answers, pushes on change,
+//! Presence over real sockets against real PostgreSQL: answers, pushes on change,
 //! expiry after the TTL, the heartbeat of live connections, coalescing, the push byte budget,
 //! and presence shared by several gateway processes (plus their SIGTERM handling).
 

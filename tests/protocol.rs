@@ -1,4 +1,4 @@
-//! PROTOCOL.md, row by row, over real sockets against real PostgreSQL.
+//! The wire protocol (README, "Wire protocol"), rule by rule, over real sockets against real PostgreSQL.
 
 mod common;
 

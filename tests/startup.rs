@@ -1,4 +1,4 @@
-//! CONTRACT §1: `migrate` applies the migrations and exits 0; `serve` refuses to start, with
+//! Start-up: `migrate` applies the migrations and exits 0; `serve` refuses to start, with
 //! one line naming the fix, when migrations are pending or the database is unreachable.
 
 mod common;

@@ -195,7 +195,7 @@ pub fn markdown(results: &Results) -> String {
         );
     }
 
-    let _ = writeln!(md, "\n## Targets (issue 6) for the gateway\n");
+    let _ = writeln!(md, "\n## Targets for the gateway\n");
     let _ = writeln!(md, "| target | measured | met |");
     let _ = writeln!(md, "|---|---|---|");
     let closest = |runs: &BTreeMap<u64, Value>, want: u64| -> Option<(u64, Value)> {

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 #
 # scripts/lib/pg.sh — a private, throwaway PostgreSQL cluster for scripts/dev and
-# scripts/test (CONTRACT §2). Source it; do not execute it.
+# scripts/test. Source it; do not execute it.
 #
 #   source scripts/lib/pg.sh
 #   trap pg_cluster_stop EXIT

@@ -69,7 +69,7 @@ const STEP_TIMEOUT_MS = 10_000; // any other expected reaction (event, reply, fr
 const TEST_TIMEOUT_MS = 20_000; // backstop per test
 const COMMAND_TIMEOUT_MS = 30_000; // psql, migrate
 const READY_TIMEOUT_MS = 20_000; // gateway start-up until its "listening on" line
-const SHUTDOWN_TIMEOUT_MS = 10_000; // CONTRACT §1: exit within 10 s of SIGTERM
+const SHUTDOWN_TIMEOUT_MS = 10_000; // the README promises an exit within 10 s of SIGTERM
 
 // ---------------------------------------------------------------------------------------------
 // Process helpers
@@ -450,7 +450,7 @@ describe("@rails/actioncable against cable-gateway", { timeout: 120_000 }, () =>
     });
     assert.equal(await sub.outcome(), "connected");
 
-    // PROTOCOL.md: an event committed after the client saw the confirm WILL be delivered.
+    // The protocol: an event committed after the client saw the confirm WILL be delivered.
     await psql(
       databaseUrl,
       "-c",
