@@ -1,13 +1,15 @@
-//! A real PostgreSQL outage: the cluster is stopped and started again while clients are
-//! subscribed. `scripts/test` runs this alone on its private cluster (stage 2b), because it
-//! takes the database away from everyone.
+//! Database outages: one simulated (the test database refuses and drops connections) and one
+//! real (the cluster is stopped and started again while clients are subscribed). Both must
+//! look the same to clients: nothing lost, no one rejected. `scripts/test` runs the real one
+//! alone on its private cluster (stage 2b), because it takes the database away from everyone.
 
 mod common;
 
 use std::time::Duration;
 
+use cable_gateway::server::Running;
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Runs a function of scripts/lib/pg.sh against the private cluster.
 fn cluster(action: &str) {
@@ -18,6 +20,80 @@ fn cluster(action: &str) {
         .status()
         .expect("bash runs");
     assert!(status.success(), "{action} failed");
+}
+
+/// What a client sees while the gateway's database is unreachable: the LISTEN connection is down,
+/// `/ready` says 503, `/health` still 200, and a subscribe is told to reconnect, never
+/// rejected (the pool may retry for its acquire timeout first, so pings may come before).
+async fn check_outage_answers(gw: &Running) {
+    let mut live = gw.listen_readiness();
+    tokio::time::timeout(WAIT, live.wait_for(|live| !*live))
+        .await
+        .expect("the LISTEN connection notices the outage in time")
+        .unwrap();
+    assert_eq!(http_get(gw.addr, "/ready").await.0, 503);
+    assert_eq!(http_get(gw.addr, "/health").await.0, 200);
+    let mut newcomer = Client::ready(gw.addr).await;
+    newcomer.send(subscribe(&user("demo-user-bob", 1, 2))).await;
+    let frames: Vec<Value> = newcomer
+        .until_closed()
+        .await
+        .into_iter()
+        .filter(|f| f["type"] != "ping")
+        .collect();
+    assert_eq!(
+        frames,
+        vec![json!({"type": "disconnect", "reason": "server_restart", "reconnect": true})],
+        "a subscribe during an outage is told to reconnect, never rejected"
+    );
+}
+
+/// After an outage: the LISTEN connection comes back within its backoff, `/ready` says 200
+/// again, and a new subscribe is confirmed.
+async fn check_recovered(gw: &Running) {
+    let mut live = gw.listen_readiness();
+    tokio::time::timeout(Duration::from_secs(45), live.wait_for(|live| *live))
+        .await
+        .expect("the LISTEN connection is back within its backoff")
+        .unwrap();
+    assert_eq!(http_get(gw.addr, "/ready").await.0, 200);
+    let mut newcomer = Client::ready(gw.addr).await;
+    newcomer.subscribe_ok(&user("demo-user-bob", 1, 2)).await;
+}
+
+#[tokio::test]
+async fn a_database_outage_loses_nothing_and_rejects_no_one() {
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.outbox_poll = Duration::from_millis(200);
+    let gw = start(config).await;
+    let mut client = Client::ready(gw.addr).await;
+    client.subscribe_ok(&user("demo-user-alice", 1, 1)).await;
+    db.publish(1, "message.created", json!({"seq": 0}), json!({}))
+        .await;
+    let admin = sqlx::PgPool::connect(&admin_url()).await.unwrap();
+    let cut = |allow: bool| format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", db.name);
+    // The outage: no connection in, every connection out.
+    sqlx::query(&cut(false)).execute(&admin).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&db.name)
+        .execute(&admin)
+        .await
+        .unwrap();
+    check_outage_answers(&gw).await;
+    // Back up: events committed after the outage arrive, and so did the one before it.
+    sqlx::query(&cut(true)).execute(&admin).await.unwrap();
+    let fresh = sqlx::PgPool::connect(&db.url).await.unwrap();
+    for seq in 1..=3 {
+        publish(&fresh, 1, "message.created", json!({"seq": seq}), json!({})).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let (_, message) = client.event().await;
+        seen.push(message["data"]["seq"].as_i64().unwrap());
+    }
+    assert_eq!(seen, vec![0, 1, 2, 3]);
+    check_recovered(&gw).await;
 }
 
 #[tokio::test]

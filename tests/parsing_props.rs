@@ -15,7 +15,10 @@ use serde_json::{json, Map, Value};
 
 /// A token as clients send them: base58-ish, sometimes with characters JSON must escape.
 fn token() -> impl Strategy<Value = String> {
-    prop_oneof!["[A-Za-z0-9]{1,24}", "[a-z]{1,4}[\"\\\\/ é\u{1F600}]{1,3}[a-z]{0,4}"]
+    prop_oneof![
+        "[A-Za-z0-9]{1,24}",
+        "[a-z]{1,4}[\"\\\\/ é\u{1F600}]{1,3}[a-z]{0,4}"
+    ]
 }
 
 /// An id as clients send it: a number or a numeric string (with stray spaces).
@@ -88,14 +91,13 @@ fn room_identifier() -> impl Strategy<Value = (String, RoomParams)> {
 
 /// A valid command as a client encodes it.
 fn command() -> impl Strategy<Value = (String, Command)> {
-    let data = prop::collection::btree_map("[a-z]{1,6}", "[a-z0-9 ]{0,6}", 0..3).prop_map(
-        |extra| {
+    let data =
+        prop::collection::btree_map("[a-z]{1,6}", "[a-z0-9 ]{0,6}", 0..3).prop_map(|extra| {
             let mut map: Map<String, Value> =
                 extra.into_iter().map(|(k, v)| (k, json!(v))).collect();
             map.insert("action".into(), json!("update_presence"));
             map
-        },
-    );
+        });
     (room_identifier(), 0..3u8, data, any::<bool>()).prop_map(
         |((identifier, _), kind, data, data_as_string)| match kind {
             0 => (
@@ -144,7 +146,10 @@ fn damaged() -> impl Strategy<Value = (String, BadInput)> {
             }
             5 => {
                 let identifier = object["identifier"].as_str().unwrap().to_string();
-                object.insert("identifier".into(), serde_json::from_str(&identifier).unwrap());
+                object.insert(
+                    "identifier".into(),
+                    serde_json::from_str(&identifier).unwrap(),
+                );
                 (value.to_string(), BadInput::MissingIdentifier)
             }
             _ => {
