@@ -1,4 +1,5 @@
-//! The wire protocol (README, "Wire protocol"), rule by rule, over real sockets against real PostgreSQL.
+//! The wire protocol (README, "Wire protocol"), rule by rule, over real sockets against
+//! real PostgreSQL.
 
 mod common;
 

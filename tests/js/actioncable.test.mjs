@@ -27,7 +27,7 @@ import WebSocket from "ws";
 // The package is written for browsers. Its "module" build is a `.js` file in a package without
 // `"type": "module"`, so Node cannot import it as ESM; its "main" build is UMD, which Node loads
 // as CommonJS. Under Node it needs:
-//   * a WebSocket class: Node 20 has no global WebSocket, so `ws` is installed as the adapter.
+//   * a WebSocket class: Node before 22 has no global WebSocket, so `ws` is installed as the adapter.
 //     The client derives its state names by enumerating the adapter's static
 //     CONNECTING/OPEN/CLOSING/CLOSED properties, which `ws` defines as enumerable.
 //   * global addEventListener/removeEventListener: ConnectionMonitor.start()/stop() call the bare
