@@ -19,7 +19,8 @@ pub const ROOM_CHANNEL: &str = "RoomChannel";
 /// The answer to a subscribe that is not a confirm.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SubscribeError {
-    /// Send `reject_subscription`: which kind of bad input, and why exactly (for the log).
+    /// Send `reject_subscription`: which kind of bad input, and why exactly (the `reason`
+    /// label of `cable_subscribe_rejects_total` and of the log line).
     #[error("rejected: {1}")]
     Reject(BadInput, &'static str),
     /// The database could not answer: tell the client to reconnect; never reject.
@@ -52,12 +53,12 @@ pub async fn subscribe(
     held: usize,
     max_subscriptions: usize,
 ) -> Result<(String, Identifier, Principal), SubscribeError> {
-    let identifier = Identifier::parse(raw).map_err(|_| bad("no channel"))?;
+    let identifier = Identifier::parse(raw).map_err(|_| bad("no_channel"))?;
     let params = RoomParams::parse(&identifier)?;
     if held >= max_subscriptions {
         return Err(SubscribeError::Reject(
             BadInput::TooManySubscriptions,
-            "too many subscriptions on this connection",
+            "too_many_subscriptions",
         ));
     }
     let principal = params.authorize(auth).await?;
@@ -68,25 +69,25 @@ pub async fn subscribe(
 fn id_param(params: &Map<String, Value>, key: &str) -> Result<Option<i64>, SubscribeError> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or(bad("id is not an integer")),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or(bad("id_not_an_integer")),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => s
             .trim()
             .parse()
             .map(Some)
-            .map_err(|_| bad("id is not numeric")),
-        Some(_) => Err(bad("id has the wrong type")),
+            .map_err(|_| bad("id_not_numeric")),
+        Some(_) => Err(bad("id_of_wrong_type")),
     }
 }
 
 impl RoomParams {
     pub fn parse(identifier: &Identifier) -> Result<RoomParams, SubscribeError> {
         if identifier.channel != ROOM_CHANNEL {
-            return Err(bad("unknown channel"));
+            return Err(bad("unknown_channel"));
         }
         let pubsub_token = match identifier.params.get("pubsub_token") {
             Some(Value::String(token)) if !token.is_empty() => token.clone(),
-            _ => return Err(bad("pubsub_token missing")),
+            _ => return Err(bad("pubsub_token_missing")),
         };
         Ok(RoomParams {
             pubsub_token,
@@ -99,17 +100,15 @@ impl RoomParams {
     pub async fn authorize(&self, auth: &AuthCache) -> Result<Principal, SubscribeError> {
         match self.user_id {
             Some(user_id) => {
-                let account_id = self.account_id.ok_or(bad("account_id missing"))?;
+                let account_id = self.account_id.ok_or(bad("account_id_missing"))?;
                 let user = auth
                     .user(&self.pubsub_token, account_id)
                     .await?
-                    .ok_or(invalid("unknown token"))?;
+                    .ok_or(invalid("unknown_token"))?;
                 if user.user_id != user_id {
-                    return Err(invalid("token belongs to another user"));
+                    return Err(invalid("token_of_another_user"));
                 }
-                let membership = user
-                    .membership
-                    .ok_or(invalid("user is not in the account"))?;
+                let membership = user.membership.ok_or(invalid("user_not_in_account"))?;
                 Ok(Principal::User {
                     account_id,
                     user_id,
@@ -120,12 +119,12 @@ impl RoomParams {
                 let contact = auth
                     .contact(&self.pubsub_token)
                     .await?
-                    .ok_or(invalid("unknown token"))?;
+                    .ok_or(invalid("unknown_token"))?;
                 if self
                     .account_id
                     .is_some_and(|account_id| account_id != contact.account_id)
                 {
-                    return Err(invalid("contact is in another account"));
+                    return Err(invalid("contact_of_another_account"));
                 }
                 Ok(Principal::Contact(contact))
             }

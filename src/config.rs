@@ -35,15 +35,21 @@ pub struct ServeConfig {
     pub database: DatabaseArgs,
 
     /// Address to listen on (port 0 picks a free port). Default: 127.0.0.1:8080
-    #[arg(long, env = "CABLE_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "CABLE_LISTEN",
+        default_value = "127.0.0.1:8080",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub listen: SocketAddr,
 
     /// How long a subscriber stays online after its last sign of life. Default: 30s
-    #[arg(long, env = "CABLE_PRESENCE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CABLE_PRESENCE_TTL", default_value = "30s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
     pub presence_ttl: Duration,
 
     /// Bytes per second an account's presence pushes may use. Default: 8388608 (8 MiB/s)
-    #[arg(long, env = "CABLE_PRESENCE_PUSH_BUDGET", default_value_t = 8 << 20)]
+    #[arg(long, env = "CABLE_PRESENCE_PUSH_BUDGET", default_value_t = 8 << 20, hide_env_values = true, hide_default_value = true)]
     pub presence_push_budget: u64,
 
     /// Comma-separated browser origins allowed to connect (exact, or `*.example.com`);
@@ -52,72 +58,149 @@ pub struct ServeConfig {
         long,
         env = "CABLE_ALLOWED_ORIGINS",
         default_value = "",
-        value_delimiter = ','
+        value_delimiter = ',',
+        hide_env_values = true,
+        hide_default_value = true
     )]
     pub allowed_origins: Vec<String>,
 
     /// Largest inbound WebSocket message in bytes; larger ends the connection with
     /// `invalid_request`. Default: 65536
-    #[arg(long, env = "CABLE_MAX_FRAME_SIZE", default_value_t = 64 * 1024)]
+    #[arg(long, env = "CABLE_MAX_FRAME_SIZE", default_value_t = 64 * 1024, hide_env_values = true, hide_default_value = true)]
     pub max_frame_size: usize,
 
     /// Subscriptions one connection may hold; further subscribes are rejected. Default: 100
-    #[arg(long, env = "CABLE_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "CABLE_MAX_SUBSCRIPTIONS",
+        default_value_t = 100,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub max_subscriptions: usize,
 
     /// Commands per second one connection may send on average (bursts of twice as many are
     /// fine); faster ends the connection with `invalid_request`. Default: 50
-    #[arg(long, env = "CABLE_MAX_COMMAND_RATE", default_value_t = 50)]
+    #[arg(
+        long,
+        env = "CABLE_MAX_COMMAND_RATE",
+        default_value_t = 50,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub max_command_rate: u32,
 
     /// Rejected subscribes one connection may collect before it is disconnected with
     /// `unauthorized` (token guessing). Default: 20
-    #[arg(long, env = "CABLE_MAX_REJECTS", default_value_t = 20)]
+    #[arg(
+        long,
+        env = "CABLE_MAX_REJECTS",
+        default_value_t = 20,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub max_rejects: u32,
 
     /// Open WebSocket connections this process accepts; more get HTTP 503. 0 derives it from
     /// the file-descriptor limit (soft limit minus a reserve for the database and listener).
     /// Default: 0
-    #[arg(long, env = "CABLE_MAX_CONNECTIONS", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "CABLE_MAX_CONNECTIONS",
+        default_value_t = 0,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub max_connections: usize,
 
     /// Frames that may wait for a client whose socket has taken nothing for 1 s before it is
     /// disconnected with `too_slow`; a queue 16 times this long is too long in any case (a
     /// client that reads keeps up with bursts in between). Default: 1024
-    #[arg(long, env = "CABLE_SEND_QUEUE", default_value_t = 1024)]
+    #[arg(
+        long,
+        env = "CABLE_SEND_QUEUE",
+        default_value_t = 1024,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub send_queue: usize,
 
     /// How long a valid token lookup is cached. Default: 5s
-    #[arg(long, env = "CABLE_AUTH_CACHE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CABLE_AUTH_CACHE_TTL", default_value = "5s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
     pub auth_cache_ttl: Duration,
 
     /// How long an invalid token lookup is cached. Default: 1s
-    #[arg(long, env = "CABLE_AUTH_NEGATIVE_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CABLE_AUTH_NEGATIVE_TTL", default_value = "1s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
     pub auth_negative_ttl: Duration,
 
     /// Most token lookups kept in the cache. Default: 100000
-    #[arg(long, env = "CABLE_AUTH_CACHE_SIZE", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "CABLE_AUTH_CACHE_SIZE",
+        default_value_t = 100_000,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub auth_cache_size: u64,
 
     /// How often live subscriptions are re-checked against the database (roles, inbox
     /// memberships, revoked tokens). Default: 2s
-    #[arg(long, env = "CABLE_REVALIDATE_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CABLE_REVALIDATE_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
     pub revalidate_interval: Duration,
 
     /// How often the outbox is read when no notification arrives (safety net). Default: 1s
-    #[arg(long, env = "CABLE_OUTBOX_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CABLE_OUTBOX_POLL", default_value = "1s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
     pub outbox_poll: Duration,
 
+    /// Largest outbox event `data` in bytes (as JSON text, `account_id` included); a larger
+    /// row is skipped, logged and counted (`cable_events_skipped_total{reason="too_large"}`).
+    /// Default: 1048576 (1 MiB)
+    #[arg(long, env = "CABLE_MAX_EVENT_SIZE", default_value_t = 1 << 20, hide_env_values = true, hide_default_value = true)]
+    pub max_event_size: usize,
+
     /// Events older than this are deleted from cable_events. Default: 24h
-    #[arg(long, env = "CABLE_EVENT_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CABLE_EVENT_RETENTION", default_value = "24h", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
     pub event_retention: Duration,
 
+    /// Redis URL (`redis://` or `rediss://` for TLS) of a Rails backend's ActionCable Redis
+    /// adapter: broadcasts published there reach the subscriptions streaming them. Default: off
+    #[arg(long, env = "CABLE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// PEM file of the CA that signed the Redis server's certificate (for `rediss://`), when
+    /// it is not one of the public web roots. Default: the public web roots
+    #[arg(long, env = "CABLE_REDIS_CA_CERT", hide_env_values = true)]
+    pub redis_ca_cert: Option<std::path::PathBuf>,
+
+    /// The `channel_prefix` of the Rails backend's `config/cable.yml` (Chatwoot:
+    /// `chatwoot_<RAILS_ENV>_action_cable`): its broadcasts travel as `<prefix>:<stream>`.
+    /// Default: none
+    #[arg(long, env = "CABLE_RAILS_CHANNEL_PREFIX", hide_env_values = true)]
+    pub rails_channel_prefix: Option<String>,
+
+    /// Largest stream broadcast payload in bytes; a larger one is skipped and counted.
+    /// Default: 1048576 (1 MiB)
+    #[arg(long, env = "CABLE_MAX_BROADCAST_SIZE", default_value_t = 1 << 20, hide_env_values = true, hide_default_value = true)]
+    pub max_broadcast_size: usize,
+
     /// Connections in the database pool. Default: 10
-    #[arg(long, env = "CABLE_DB_POOL_SIZE", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "CABLE_DB_POOL_SIZE",
+        default_value_t = 10,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub db_pool_size: u32,
 
     /// Log format: `text` or `json`. Default: text
-    #[arg(long, env = "CABLE_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        env = "CABLE_LOG_FORMAT",
+        default_value = "text",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub log_format: LogFormat,
 }
 
@@ -195,10 +278,10 @@ pub mod tuning {
     pub const OUTBOX_PAGE: i64 = 1000;
     /// Pause before an outbox read is retried after a database error.
     pub const OUTBOX_RETRY: Duration = Duration::from_millis(250);
-    /// First wait before the LISTEN connection is opened again after a failure.
-    pub const LISTEN_BACKOFF_MIN: Duration = Duration::from_secs(1);
+    /// First wait before the LISTEN or Redis connection is opened again after a failure.
+    pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_secs(1);
     /// The wait doubles per consecutive failure up to this.
-    pub const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+    pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
     /// Retention pruning runs every `CABLE_EVENT_RETENTION / 10`, within these bounds.
     pub const PRUNE_PERIOD_MIN: Duration = Duration::from_secs(1);
     pub const PRUNE_PERIOD_MAX: Duration = Duration::from_secs(60);
@@ -230,4 +313,40 @@ pub mod tuning {
     pub const SWEEP_MAX: Duration = Duration::from_secs(1);
     /// The shortest wait between two presence pushes of one account.
     pub const PUSH_INTERVAL_MIN: Duration = Duration::from_secs(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `serve --help` names each default once (in the setting's own text), never prints an
+    /// environment variable's value (it may hold a secret), and every setting has both.
+    #[test]
+    fn help_names_every_default_once_and_no_env_values() {
+        let mut cli = Cli::command();
+        let serve = cli.find_subcommand_mut("serve").expect("serve exists");
+        for arg in serve.get_arguments() {
+            let Some(env) = arg.get_env() else { continue };
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let name = arg.get_id().to_string();
+            assert!(
+                help.contains("Default: ") || help.contains("Required"),
+                "{name}: its help must end with its default: {help}"
+            );
+            assert!(
+                arg.is_hide_env_values_set(),
+                "{name} ({env:?}) would print its value"
+            );
+            if !arg.get_default_values().is_empty() {
+                assert!(
+                    arg.is_hide_default_value_set(),
+                    "{name}: default shown twice"
+                );
+            }
+        }
+        let help = serve.render_long_help().to_string();
+        assert!(!help.contains("[default:"), "{help}");
+        assert!(!help.contains("=]"), "{help}");
+    }
 }

@@ -21,7 +21,17 @@ use crate::config::tuning::{HARD_LIMIT_FACTOR, STUCK_AFTER};
 use crate::metrics::Metrics;
 use crate::protocol::DisconnectReason;
 
-/// An event, encoded once for all its recipients, with what the routing rules read.
+/// What every recipient of one event or broadcast shares, encoded once.
+#[derive(Debug)]
+pub struct Message {
+    /// `{"event":..,"data":..}}` or a broadcast's payload followed by `}`: what follows a
+    /// subscription's prefix, the frame's closing brace included.
+    pub body: Bytes,
+    /// When it was published, seconds since the Unix epoch (for the latency histogram).
+    pub created_at: f64,
+}
+
+/// An outbox event: its shared [`Message`], with what the routing rules read.
 #[derive(Debug)]
 pub struct Event {
     /// The outbox row's id.
@@ -36,10 +46,7 @@ pub struct Event {
     pub actor_user_id: Option<i64>,
     pub actor_contact_inbox_id: Option<i64>,
     pub stream: Option<String>,
-    /// `{"event":..,"data":..}}`: what follows a subscription's prefix, closing brace included.
-    pub body: Bytes,
-    /// Insert time, seconds since the Unix epoch (for the latency histogram).
-    pub created_at: f64,
+    pub message: Arc<Message>,
 }
 
 /// One confirmed subscription, as the session's writer sees it.
@@ -86,11 +93,11 @@ impl Subscription {
 pub enum Outbound {
     /// A complete text frame (welcome, confirm, reject, replies).
     Frame(Bytes),
-    /// An event for one subscription: its prefix, then the shared body. Dropped if the
-    /// subscription ended while the frame was queued.
-    Event {
+    /// An event or broadcast for one subscription: its prefix, then the shared body. Dropped
+    /// if the subscription ended while the frame was queued.
+    Message {
         sub: Arc<Subscription>,
-        event: Arc<Event>,
+        message: Arc<Message>,
     },
     /// A message for one subscription only (a presence answer): its prefix, then `body`
     /// (closing brace included). Dropped if the subscription ended meanwhile.

@@ -24,8 +24,11 @@
 //! - [`presence`]: the shared online set; [`presence::rules`] says **when presence expires**
 //!   and who is in a `presence.update`.
 //! - [`listen`]: the one LISTEN connection; others register the channels they want to hear.
+//!   [`backoff`]: how long it (and the Redis subscriber) waits before reconnecting.
+//! - [`db`]: how to reach PostgreSQL, TLS included, for the pool and the LISTEN connection.
 //! - [`ingress`]: where events come from; [`ingress::outbox`] reads `cable_events` losslessly
-//!   in commit order.
+//!   in commit order; [`ingress::streams`] delivers broadcasts by stream name, as Rails'
+//!   adapters send them, heard from Redis by [`ingress::redis`].
 //! - [`revalidate`]: live subscriptions follow role/inbox changes; revoked tokens are rejected.
 //! - [`session`]: one connection: [`session::frame`] (frames → messages),
 //!   [`session::reader`] (commands, strictly in order), [`session::writer`] (frames, pings).
@@ -47,6 +50,11 @@
 //!    `{"identifier":"..","message":` prefix followed by the shared bytes, batching whatever is
 //!    queued into one write. A client whose queue stays full is disconnected (`too_slow`).
 //!
+//! A broadcast from Rails' Redis adapter takes a shorter way: the Redis subscriber connection
+//! hands `(stream, payload)` to [`ingress::streams`], which checks it once (JSON, size, and
+//! whether contacts may see it: [`routing::contacts_may_receive`]), splices the payload into
+//! one shared message, and the [`router`] queues it on the subscriptions streaming that name.
+//!
 //! # Life of a subscribe
 //! The reader decodes the command, and [`channel::subscribe`] parses the identifier (kept byte
 //! for byte), checks the connection's subscription limit and the token (cache, then
@@ -56,9 +64,11 @@
 //! table; a database failure becomes `disconnect` with `reconnect:true`, never a reject.
 
 pub mod auth;
+pub mod backoff;
 pub mod channel;
 pub mod config;
 pub mod connections;
+pub mod db;
 pub mod delivery;
 pub mod ingress;
 pub mod listen;

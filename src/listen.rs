@@ -5,10 +5,11 @@
 //! (re)established, since whatever was notified while it was down is lost (the outbox reader
 //! catches up by its snapshot; presence re-pushes every account it serves).
 //!
+//! It connects like the pool ([`crate::db`]: the same URL, TLS mode and root certificate).
+//!
 //! Lifecycle: connect → `LISTEN` every channel → live (readiness `true`, the connect hooks
-//! run) → dispatch notifications until the connection fails → readiness `false` → wait (1 s,
-//! doubling per consecutive failure up to 30 s; a connection that was live starts over at
-//! 1 s) → connect again. [`Listen::readiness`] is what `/ready` and tests wait on instead of
+//! run) → dispatch notifications until the connection fails → readiness `false` → wait
+//! ([`crate::backoff`]) → connect again. [`Listen::readiness`] is what `/ready` and tests wait on instead of
 //! sleeping.
 
 use std::collections::HashMap;
@@ -18,7 +19,8 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio_postgres::AsyncMessage;
 
-use crate::config::tuning::{LISTEN_BACKOFF_MAX, LISTEN_BACKOFF_MIN};
+use crate::backoff::Backoff;
+use crate::db::Database;
 use crate::metrics::Metrics;
 
 /// Called with a notification's payload.
@@ -27,7 +29,7 @@ pub type OnNotify = Box<dyn Fn(&str) + Send + Sync>;
 pub type OnConnect = Box<dyn Fn() + Send + Sync>;
 
 pub struct Listen {
-    database_url: String,
+    db: Database,
     channels: HashMap<String, OnNotify>,
     on_connect: Vec<OnConnect>,
     live: watch::Sender<bool>,
@@ -41,9 +43,9 @@ fn quote_ident(name: &str) -> String {
 }
 
 impl Listen {
-    pub fn new(database_url: impl Into<String>, metrics: Arc<Metrics>) -> Listen {
+    pub fn new(db: Database, metrics: Arc<Metrics>) -> Listen {
         Listen {
-            database_url: database_url.into(),
+            db,
             channels: HashMap::new(),
             on_connect: Vec::new(),
             live: watch::channel(false).0,
@@ -68,30 +70,21 @@ impl Listen {
 
     /// The LISTEN task: runs until the process stops.
     pub async fn run(self) {
-        let mut backoff = LISTEN_BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         loop {
             let result = self.once().await;
-            // Only consecutive failures grow the backoff: a connection that was live starts it
-            // over, or every drop of a healthy connection would wait longer (up to 30 s of 503).
-            if *self.live.borrow() {
-                backoff = LISTEN_BACKOFF_MIN;
-            }
-            match result {
-                Ok(()) => backoff = LISTEN_BACKOFF_MIN,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "LISTEN connection failed")
-                }
+            let wait = backoff.next(*self.live.borrow() || result.is_ok());
+            if let Err(e) = result {
+                tracing::warn!(error = %e, retry_in = ?wait, "LISTEN connection failed");
             }
             self.live.send_replace(false);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
+            tokio::time::sleep(wait).await;
             self.metrics.listen_reconnects.inc();
         }
     }
 
     async fn once(&self) -> Result<(), tokio_postgres::Error> {
-        let (client, mut connection) =
-            tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls).await?;
+        let (client, mut connection) = self.db.connect_listen().await?;
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         // Drives the connection: each notification goes to its channel's handler.
         let pump = async {

@@ -4,7 +4,9 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use cable_gateway::config::{Cli, Command, LogFormat};
-use cable_gateway::{migrate, server};
+use cable_gateway::db::{cause, Database};
+use cable_gateway::migrate::{self, MigrateError};
+use cable_gateway::server;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -45,14 +47,28 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Migrate(args) => {
             init_tracing(LogFormat::Text);
-            match migrate::apply(&args.database_url).await {
+            let db = match Database::from_url(&args.database_url) {
+                Ok(db) => db,
+                Err(e) => {
+                    eprintln!("error: {e}. Fix DATABASE_URL.");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match migrate::apply(&db).await {
                 Ok(applied) if applied.is_empty() => println!("migrations: nothing to apply"),
                 Ok(applied) => println!("migrations: applied {}", applied.join(", ")),
-                Err(e) => {
+                Err(MigrateError::Database(e)) => {
+                    let cause = cause(&e);
                     eprintln!(
-                        "error: migrating {} failed: {e}. Check that PostgreSQL is running and DATABASE_URL is right.",
-                        server::redact(&args.database_url)
+                        "error: migrating {} failed: {} ({e}). {}",
+                        db.redacted(),
+                        cause.what,
+                        cause.fix
                     );
+                    return ExitCode::FAILURE;
+                }
+                Err(e) => {
+                    eprintln!("error: migrating {} failed: {e}.", db.redacted());
                     return ExitCode::FAILURE;
                 }
             }

@@ -19,6 +19,17 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngressLabels {
+    pub ingress: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngressReasonLabels {
+    pub ingress: &'static str,
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub connections_open: Gauge,
@@ -27,6 +38,7 @@ pub struct Metrics {
     pub connections_refused: Family<ReasonLabels, Counter>,
     pub subscriptions_live: Gauge,
     pub commands: Family<CommandLabels, Counter>,
+    pub subscribe_rejects: Family<ReasonLabels, Counter>,
     pub invalid_frames: Family<ReasonLabels, Counter>,
     pub auth_cache_hits: Counter,
     pub auth_cache_misses: Counter,
@@ -42,6 +54,10 @@ pub struct Metrics {
     pub revocations: Counter,
     pub presence_pushes: Counter,
     pub events_pruned: Counter,
+    pub broadcasts: Family<IngressLabels, Counter>,
+    pub broadcasts_skipped: Family<IngressReasonLabels, Counter>,
+    pub ingress_reconnects: Family<IngressLabels, Counter>,
+    pub ingress_up: Family<IngressLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -60,6 +76,7 @@ impl Metrics {
             connections_refused: Family::default(),
             subscriptions_live: Gauge::default(),
             commands: Family::default(),
+            subscribe_rejects: Family::default(),
             invalid_frames: Family::default(),
             auth_cache_hits: Counter::default(),
             auth_cache_misses: Counter::default(),
@@ -74,6 +91,10 @@ impl Metrics {
             revocations: Counter::default(),
             presence_pushes: Counter::default(),
             events_pruned: Counter::default(),
+            broadcasts: Family::default(),
+            broadcasts_skipped: Family::default(),
+            ingress_reconnects: Family::default(),
+            ingress_up: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -106,6 +127,11 @@ impl Metrics {
             "cable_commands",
             "Client commands, by kind and result",
             m.commands.clone(),
+        );
+        r.register(
+            "cable_subscribe_rejects",
+            "Rejected subscribes, by reason",
+            m.subscribe_rejects.clone(),
         );
         r.register(
             "cable_invalid_frames",
@@ -177,12 +203,50 @@ impl Metrics {
             "Outbox rows deleted by retention",
             m.events_pruned.clone(),
         );
+        r.register(
+            "cable_broadcasts",
+            "Stream broadcasts received, by ingress (redis, postgres, http)",
+            m.broadcasts.clone(),
+        );
+        r.register(
+            "cable_broadcasts_skipped",
+            "Stream broadcasts skipped, by ingress and reason (not_json, too_large)",
+            m.broadcasts_skipped.clone(),
+        );
+        r.register(
+            "cable_ingress_reconnects",
+            "Stream ingress connections re-established, by ingress",
+            m.ingress_reconnects.clone(),
+        );
+        r.register(
+            "cable_ingress_up",
+            "1 while an enabled stream ingress connection is live, by ingress",
+            m.ingress_up.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     pub fn command(&self, command: &'static str, result: &'static str) {
         self.commands
             .get_or_create(&CommandLabels { command, result })
+            .inc();
+    }
+
+    pub fn subscribe_rejected(&self, reason: &'static str) {
+        self.subscribe_rejects
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn broadcast(&self, ingress: &'static str) {
+        self.broadcasts
+            .get_or_create(&IngressLabels { ingress })
+            .inc();
+    }
+
+    pub fn broadcast_skipped(&self, ingress: &'static str, reason: &'static str) {
+        self.broadcasts_skipped
+            .get_or_create(&IngressReasonLabels { ingress, reason })
             .inc();
     }
 

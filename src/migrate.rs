@@ -7,6 +7,8 @@
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, PgConnection, PgPool};
 
+use crate::db::Database;
+
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
 const LOCK_KEY: i64 = 0x6361_626c_655f_6777; // "cable_gw": one migrating process at a time
@@ -69,8 +71,8 @@ pub async fn pending(pool: &PgPool) -> Result<Vec<String>, MigrateError> {
 }
 
 /// Applies every pending migration, each in its own transaction. Returns what was applied.
-pub async fn apply(database_url: &str) -> Result<Vec<String>, MigrateError> {
-    let mut conn = PgConnection::connect(database_url).await?;
+pub async fn apply(db: &Database) -> Result<Vec<String>, MigrateError> {
+    let mut conn = db.connect().await?;
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(LOCK_KEY)
         .execute(&mut conn)
@@ -101,7 +103,8 @@ async fn apply_locked(conn: &mut PgConnection) -> Result<Vec<String>, MigrateErr
             continue;
         }
         let mut tx = conn.begin().await?;
-        sqlx::raw_sql(&m.sql).execute(&mut *tx).await?;
+        // Our own embedded migration files, not input.
+        sqlx::raw_sql(m.sql.clone()).execute(&mut *tx).await?;
         sqlx::query("INSERT INTO cable_schema_migrations (version, description, checksum) VALUES ($1, $2, $3)")
             .bind(m.version)
             .bind(&*m.description)

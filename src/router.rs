@@ -17,7 +17,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::auth::{Membership, Principal};
-use crate::delivery::{Event, Outbound, Subscription};
+use crate::delivery::{Event, Message, Outbound, Subscription};
 use crate::metrics::Metrics;
 use crate::routing::{account_stream, entitled};
 
@@ -138,6 +138,8 @@ fn candidates(index: &AccountIndex, event: &Event, out: &mut Vec<u64>) {
 struct Registry {
     entries: HashMap<u64, Entry>,
     accounts: HashMap<i64, AccountIndex>,
+    /// Every subscription by its token, whatever its account (broadcasts name no account).
+    by_token: HashMap<Arc<str>, HashSet<u64>>,
 }
 
 /// The live subscriptions of this process.
@@ -169,6 +171,11 @@ impl Router {
             .entry(principal.account_id())
             .or_default()
             .add(sub.id, &principal, &token);
+        registry
+            .by_token
+            .entry(token.clone())
+            .or_default()
+            .insert(sub.id);
         sub.session.send(Outbound::Frame(confirm));
         registry.entries.insert(
             sub.id,
@@ -190,6 +197,12 @@ impl Router {
         };
         entry.sub.deactivate();
         let account_id = entry.principal.account_id();
+        if let Some(ids) = registry.by_token.get_mut(&entry.token) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                registry.by_token.remove(&entry.token);
+            }
+        }
         if let Some(index) = registry.accounts.get_mut(&account_id) {
             index.remove(id, &entry.principal, &entry.token);
             if index.is_empty() {
@@ -269,9 +282,62 @@ impl Router {
                 continue;
             };
             if entitled(&entry.principal, event) {
-                entry.sub.session.send(Outbound::Event {
+                entry.sub.session.send(Outbound::Message {
                     sub: entry.sub.clone(),
-                    event: event.clone(),
+                    message: event.message.clone(),
+                });
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Whether any subscription streams `stream` here (its token, or `account_<id>` of an
+    /// account with user subscriptions).
+    pub fn streams(&self, stream: &str) -> bool {
+        let registry = self.registry.read();
+        registry.by_token.contains_key(stream)
+            || stream
+                .strip_prefix("account_")
+                .and_then(|n| n.parse::<i64>().ok())
+                .filter(|id| account_stream(*id) == stream)
+                .and_then(|id| registry.accounts.get(&id))
+                .is_some_and(|index| !index.users.is_empty())
+    }
+
+    /// Queues a broadcast on every subscription streaming `stream` (its own token, or
+    /// `account_<id>` for the user subscriptions of that account), contact subscriptions only
+    /// if `contacts` ([`crate::routing`] rule 7). Returns how many received it.
+    pub fn broadcast(
+        &self,
+        stream: &str,
+        message: &Arc<Message>,
+        contacts: bool,
+        scratch: &mut Vec<u64>,
+    ) -> usize {
+        scratch.clear();
+        let registry = self.registry.read();
+        if let Some(ids) = registry.by_token.get(stream) {
+            scratch.extend(ids);
+        }
+        let account = stream
+            .strip_prefix("account_")
+            .and_then(|n| n.parse::<i64>().ok())
+            .filter(|id| account_stream(*id) == stream);
+        if let Some(index) = account.and_then(|id| registry.accounts.get(&id)) {
+            scratch.extend(&index.users);
+            scratch.sort_unstable();
+            scratch.dedup();
+        }
+        let mut delivered = 0;
+        for id in scratch.iter() {
+            let Some(entry) = registry.entries.get(id) else {
+                continue;
+            };
+            if contacts || entry.principal.is_user() {
+                entry.sub.session.send(Outbound::Message {
+                    sub: entry.sub.clone(),
+                    message: message.clone(),
                 });
                 delivered += 1;
             }
@@ -391,8 +457,10 @@ mod tests {
                         actor_user_id: actors.0,
                         actor_contact_inbox_id: actors.1,
                         stream,
-                        body: Bytes::new(),
-                        created_at: 0.0,
+                        message: Arc::new(Message {
+                            body: Bytes::new(),
+                            created_at: 0.0,
+                        }),
                     }
                 },
             )
@@ -450,5 +518,76 @@ mod tests {
                 prop_assert_eq!(delivered, expected);
             }
         }
+    }
+
+    #[test]
+    fn broadcasts_reach_the_streams_subscribers_and_contacts_only_if_allowed() {
+        let metrics = Arc::new(Metrics::new());
+        let router = Router::new(metrics.clone());
+        let user = |account_id, user_id| Principal::User {
+            account_id,
+            user_id,
+            membership: Membership {
+                administrator: false,
+                availability: 0,
+                auto_offline: true,
+                inbox_ids: Arc::from([]),
+            },
+        };
+        let contact = |account_id, id| {
+            Principal::Contact(ContactRecord {
+                contact_inbox_id: id,
+                contact_id: id,
+                inbox_id: 1,
+                account_id,
+            })
+        };
+        let parties = [
+            ("u1", user(1, 1)),
+            ("u2", user(1, 2)),
+            ("u9", user(2, 9)),
+            ("c1", contact(1, 10)),
+            ("account_1", user(2, 8)), // a token that looks like a stream name
+        ];
+        let subs: Vec<_> = parties
+            .iter()
+            .map(|(token, principal)| {
+                let session = SessionHandle::new(64, metrics.clone());
+                let sub = Subscription::new("{}".into(), session, principal);
+                router.register(
+                    sub.clone(),
+                    principal.clone(),
+                    (*token).into(),
+                    Bytes::new(),
+                );
+                sub.session.queue.take_now();
+                sub
+            })
+            .collect();
+        let message = Arc::new(Message {
+            body: Bytes::from_static(b"{}}"),
+            created_at: 0.0,
+        });
+        let got = |stream: &str, contacts: bool| -> Vec<&str> {
+            let mut scratch = Vec::new();
+            let n = router.broadcast(stream, &message, contacts, &mut scratch);
+            let names: Vec<&str> = parties
+                .iter()
+                .zip(&subs)
+                .filter(|(_, sub)| !sub.session.queue.take_now().is_empty())
+                .map(|((token, _), _)| *token)
+                .collect();
+            assert_eq!(n, names.len());
+            names
+        };
+        assert_eq!(got("u1", true), ["u1"]);
+        assert_eq!(got("c1", true), ["c1"]);
+        assert_eq!(got("c1", false), Vec::<&str>::new());
+        assert_eq!(got("account_1", true), ["u1", "u2", "account_1"]);
+        assert_eq!(got("account_01", true), Vec::<&str>::new());
+        assert_eq!(got("account_2", true), ["u9", "account_1"]);
+        assert_eq!(got("nobody", true), Vec::<&str>::new());
+        router.unregister(subs[0].id, None);
+        assert_eq!(got("u1", true), Vec::<&str>::new());
     }
 }

@@ -12,6 +12,15 @@
 //!    any event outside [`CONTACT_EVENTS`].
 //! 6. Typing events ([`TYPING_EVENTS`]) never reach their actor's own subscriptions.
 //!
+//! Broadcasts from the stream ingress (Rails' adapters, `POST /_broadcast`) carry no routing
+//! columns, only a stream name and a payload:
+//!
+//! 7. A broadcast on a stream reaches the subscriptions streaming it (as in rule 1), except
+//!    that a contact subscription never receives a typing event whose `data.is_private` is
+//!    true, nor any payload whose `data.private` is true ([`contacts_may_receive`]). Every
+//!    other payload passes, whatever its event (Chatwoot sends contacts e.g.
+//!    `conversation.updated` this way).
+//!
 //! [`receives`] is the whole rule for one subscription. The [`crate::router`] does not call
 //! it per subscription (that would cost O(all connections) per event): it looks up only the
 //! index entries rules 1–4 name and applies [`entitled`] (rules 5 and 6) to those. Its tests
@@ -87,6 +96,50 @@ pub fn entitled(principal: &Principal, event: &Event) -> bool {
     }
 }
 
+/// The parts of a broadcast payload rule 7 reads; everything else is ignored.
+#[derive(serde::Deserialize)]
+struct Markers {
+    #[serde(default)]
+    event: Option<serde_json::Value>,
+    #[serde(default)]
+    data: Option<DataMarkers>,
+}
+
+#[derive(serde::Deserialize)]
+struct DataMarkers {
+    #[serde(default)]
+    is_private: Option<serde_json::Value>,
+    #[serde(default)]
+    private: Option<serde_json::Value>,
+}
+
+/// Rule 7: whether contact subscriptions may receive this broadcast payload. `None` when the
+/// payload is not JSON at all (it is then delivered to nobody).
+pub fn contacts_may_receive(payload: &[u8]) -> Option<bool> {
+    use serde_json::error::Category;
+    let markers = match serde_json::from_slice::<Markers>(payload) {
+        Ok(markers) => markers,
+        // JSON of another shape (not an object, `data` not an object): nothing marks it
+        // private, if it is JSON at all (parsing stopped at the wrong shape: check the rest).
+        Err(e) if e.classify() == Category::Data => {
+            return serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+                .ok()
+                .map(|_| true)
+        }
+        Err(_) => return None,
+    };
+    let yes = |v: &Option<serde_json::Value>| matches!(v, Some(serde_json::Value::Bool(true)));
+    let Some(data) = markers.data else {
+        return Some(true);
+    };
+    let typing = markers
+        .event
+        .as_ref()
+        .and_then(|e| e.as_str())
+        .is_some_and(|e| TYPING_EVENTS.contains(&e));
+    Some(!(yes(&data.private) || (typing && yes(&data.is_private))))
+}
+
 #[cfg(test)]
 mod tests {
     //! The rules as a table: every row is an event, and the parties it must reach; every
@@ -94,6 +147,7 @@ mod tests {
 
     use super::*;
     use crate::auth::{ContactRecord, Membership};
+    use crate::delivery::Message;
     use bytes::Bytes;
 
     /// Account 1: admin Alice (1), Bob (2, inbox 1), Carol (3, inbox 2); contact sessions
@@ -155,8 +209,10 @@ mod tests {
             actor_user_id: e.actor_user,
             actor_contact_inbox_id: e.actor_contact,
             stream: e.stream.map(Into::into),
-            body: Bytes::new(),
-            created_at: 0.0,
+            message: std::sync::Arc::new(Message {
+                body: Bytes::new(),
+                created_at: 0.0,
+            }),
         }
     }
 
@@ -223,6 +279,30 @@ mod tests {
                 ..E::default()
             };
             assert!(audience(e).contains(&"dave"), "{kind}");
+        }
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn rule_7_what_contacts_may_receive_from_broadcasts() {
+        let rows: [(&str, Option<bool>); 14] = [
+            (r#"{"event":"message.created","data":{"id":1}}"#, Some(true)),
+            (r#"{"event":"conversation.updated","data":{"id":1}}"#, Some(true)),
+            (r#"{"event":"conversation.typing_on","data":{"is_private":false}}"#, Some(true)),
+            (r#"{"event":"conversation.typing_on","data":{"is_private":true}}"#, Some(false)),
+            (r#"{"event":"conversation.typing_off","data":{"is_private":true}}"#, Some(false)),
+            (r#"{"event":"message.created","data":{"is_private":true}}"#, Some(true)),
+            (r#"{"event":"message.created","data":{"private":true}}"#, Some(false)),
+            (r#"{"event":"message.updated","data":{"private":false}}"#, Some(true)),
+            (r#"{"data":{"private":true}}"#, Some(false)),
+            (r#"{"event":"x","data":"not an object"}"#, Some(true)),
+            (r#""just a string""#, Some(true)),
+            (r#"[1,2]"#, Some(true)),
+            (r#"{"event":"message.created","data":{"private":true}"#, None),
+            ("not json", None),
+        ];
+        for (payload, want) in rows {
+            assert_eq!(contacts_may_receive(payload.as_bytes()), want, "{payload}");
         }
     }
 }

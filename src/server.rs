@@ -15,7 +15,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch, Notify};
@@ -29,7 +28,10 @@ use crate::config::tuning::{
 };
 use crate::config::ServeConfig;
 use crate::connections::Slots;
+use crate::db::{cause, ConfigError, Database};
 use crate::ingress::outbox;
+use crate::ingress::redis::{RedisConfigError, RedisIngress};
+use crate::ingress::streams::Streams;
 use crate::listen::Listen;
 use crate::metrics::Metrics;
 use crate::migrate::{self, MigrateError};
@@ -41,34 +43,24 @@ use crate::session::{Limits, Services};
 /// The only sub-protocol we speak.
 pub const SUBPROTOCOL: &str = "actioncable-v1-json";
 
-/// Why `serve` refuses to start. Each message names the fix.
+/// Why `serve` refuses to start. Each message is one line naming the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot reach the database at {url}: {source}. Start PostgreSQL or fix DATABASE_URL.")]
+    #[error("{0}. Fix DATABASE_URL.")]
+    Config(#[from] ConfigError),
+    #[error("cannot connect to the database at {url}: {} ({source}). {}", cause(.source).what, cause(.source).fix)]
     Database { url: String, source: sqlx::Error },
     #[error("{} migration(s) pending ({}). Run `cable-gateway migrate` first.", .0.len(), .0.join(", "))]
     PendingMigrations(Vec<String>),
     #[error("the database schema does not match this gateway: {0}. Use a gateway built from the same migrations.")]
     Schema(MigrateError),
+    #[error("{0}. Fix CABLE_REDIS_URL or CABLE_REDIS_CA_CERT.")]
+    Redis(#[from] RedisConfigError),
     #[error("cannot listen on {addr}: {source}. Free the port or set CABLE_LISTEN.")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-}
-
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
 }
 
 /// What the HTTP side needs.
@@ -77,6 +69,8 @@ struct Http {
     slots: Arc<Slots>,
     allowed_origins: Vec<String>,
     listen_ready: watch::Receiver<bool>,
+    /// Each enabled stream ingress connection, by name.
+    ingress_ready: Vec<(&'static str, watch::Receiver<bool>)>,
     pool: PgPool,
 }
 
@@ -88,6 +82,7 @@ pub struct Running {
     presence: Arc<Presence>,
     slots: Arc<Slots>,
     listen_ready: watch::Receiver<bool>,
+    ingress_ready: Vec<(&'static str, watch::Receiver<bool>)>,
     shutdown: watch::Sender<bool>,
     stop: oneshot::Sender<()>,
     accept: JoinHandle<()>,
@@ -103,6 +98,14 @@ impl Running {
     /// `true` while the LISTEN connection is live: tests await it instead of sleeping.
     pub fn listen_readiness(&self) -> watch::Receiver<bool> {
         self.listen_ready.clone()
+    }
+
+    /// `true` while the named stream ingress (`redis`) is connected; `None` when disabled.
+    pub fn ingress_readiness(&self, ingress: &str) -> Option<watch::Receiver<bool>> {
+        self.ingress_ready
+            .iter()
+            .find(|(name, _)| *name == ingress)
+            .map(|(_, ready)| ready.clone())
     }
 
     /// Graceful shutdown: stop accepting, `server_restart` to every client, wait (bounded)
@@ -138,15 +141,13 @@ impl Running {
 
 /// Connects, checks the schema, binds, builds every component and starts every task.
 pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
-    let url = config.database.database_url.clone();
+    let db = Database::from_url(&config.database.database_url)?;
     let database = |source| StartError::Database {
-        url: redact(&url),
+        url: db.redacted(),
         source,
     };
-    let pool = PgPoolOptions::new()
-        .max_connections(config.db_pool_size)
-        .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
-        .connect(&url)
+    let pool = db
+        .connect_pool(config.db_pool_size, POOL_ACQUIRE_TIMEOUT)
         .await
         .map_err(database)?;
     match migrate::pending(&pool).await {
@@ -180,7 +181,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         metrics.clone(),
     );
     let doorbell = Arc::new(Notify::new());
-    let mut listen = Listen::new(url.clone(), metrics.clone());
+    let mut listen = Listen::new(db.clone(), metrics.clone());
     {
         let ring = doorbell.clone();
         listen.channel(outbox::CHANNEL, Box::new(move |_| ring.notify_one()));
@@ -195,10 +196,27 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     }
     let listen_ready = listen.readiness();
     let (shutdown, shutting_down) = watch::channel(false);
+    let streams = Arc::new(Streams::new(
+        router.clone(),
+        metrics.clone(),
+        config.max_broadcast_size,
+    ));
+    let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    let redis = match nonempty(&config.redis_url) {
+        Some(url) => Some(RedisIngress::new(
+            &url,
+            config.redis_ca_cert.clone(),
+            nonempty(&config.rails_channel_prefix),
+            streams.clone(),
+            metrics.clone(),
+        )?),
+        None => None,
+    };
+    let mut ingress_ready = Vec::new();
     let slots = Slots::new(config.max_connections, config.db_pool_size);
 
     // The tasks, each with exactly what it needs.
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(batching),
         tokio::spawn(listen.run()),
         tokio::spawn(outbox::run(
@@ -208,6 +226,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             cursor,
             doorbell,
             config.outbox_poll,
+            config.max_event_size,
         )),
         tokio::spawn(outbox::prune(
             pool.clone(),
@@ -225,6 +244,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             config.revalidate_interval,
         )),
     ];
+    if let Some(redis) = redis {
+        ingress_ready.push((crate::ingress::redis::INGRESS, redis.readiness()));
+        tasks.push(tokio::spawn(redis.run()));
+    }
     let http = Arc::new(Http {
         services: Arc::new(Services {
             router: router.clone(),
@@ -237,6 +260,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         slots: slots.clone(),
         allowed_origins: config.allowed_origins.clone(),
         listen_ready: listen_ready.clone(),
+        ingress_ready: ingress_ready.clone(),
         pool,
     });
     let (stop, stopped) = oneshot::channel();
@@ -254,6 +278,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         presence,
         slots,
         listen_ready,
+        ingress_ready,
         shutdown,
         stop,
         accept,
@@ -332,6 +357,14 @@ async fn ready(http: &Http) -> Response<Full<Bytes>> {
     if !*http.listen_ready.borrow() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "LISTEN connection down\n");
     }
+    for (ingress, ready) in &http.ingress_ready {
+        if !*ready.borrow() {
+            let body = format!("{ingress} connection down\n");
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return response;
+        }
+    }
     let ping = sqlx::query("SELECT 1").execute(&http.pool);
     match tokio::time::timeout(READY_QUERY_TIMEOUT, ping).await {
         Ok(Ok(_)) => text(StatusCode::OK, "ready\n"),
@@ -401,19 +434,4 @@ fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Byt
         );
     }
     Response::from_parts(parts, Full::new(Bytes::new()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_never_reach_messages() {
-        assert_eq!(
-            redact("postgres://app:s3cret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
-        assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
-        assert_eq!(redact("postgres:///x"), "postgres:///x");
-    }
 }

@@ -32,23 +32,30 @@ async fn user_and_contact_tokens_are_confirmed() {
 }
 
 #[tokio::test]
-async fn invalid_principals_are_rejected() {
+async fn invalid_principals_are_rejected_and_counted_by_reason() {
     let db = TestDb::new().await;
     let gw = start(db.config()).await;
-    for (why, id) in [
-        ("unknown token", user("nope", 1, 1)),
-        ("token of another user", user("demo-user-alice", 1, 2)),
-        ("account the user is not in", user("demo-user-alice", 2, 1)),
-        ("user subscription without account", json!({"channel": "RoomChannel", "pubsub_token": "demo-user-alice", "user_id": 1}).to_string()),
-        ("non-numeric user id", json!({"channel": "RoomChannel", "pubsub_token": "demo-user-alice", "account_id": 1, "user_id": "alice"}).to_string()),
-        ("unknown contact token", contact("nope", None)),
-        ("contact in another account", contact("demo-contact-dave", Some(2))),
-        ("contact token used as a user", user("demo-contact-dave", 1, 1)),
-        ("user token used as a contact", contact("demo-user-alice", Some(1))),
-        ("missing token", json!({"channel": "RoomChannel", "account_id": 1}).to_string()),
-        ("token not a string", json!({"channel": "RoomChannel", "pubsub_token": 5, "account_id": 1}).to_string()),
-    ] {
+    #[rustfmt::skip]
+    let cases = [
+        ("unknown token", "unknown_token", user("nope", 1, 1)),
+        ("token of another user", "token_of_another_user", user("demo-user-alice", 1, 2)),
+        ("account the user is not in", "user_not_in_account", user("demo-user-alice", 2, 1)),
+        ("user subscription without account", "account_id_missing", json!({"channel": "RoomChannel", "pubsub_token": "demo-user-alice", "user_id": 1}).to_string()),
+        ("non-numeric user id", "id_not_numeric", json!({"channel": "RoomChannel", "pubsub_token": "demo-user-alice", "account_id": 1, "user_id": "alice"}).to_string()),
+        ("unknown contact token", "unknown_token", contact("nope", None)),
+        ("contact in another account", "contact_of_another_account", contact("demo-contact-dave", Some(2))),
+        ("contact token used as a user", "unknown_token", user("demo-contact-dave", 1, 1)),
+        ("user token used as a contact", "unknown_token", contact("demo-user-alice", Some(1))),
+        ("missing token", "pubsub_token_missing", json!({"channel": "RoomChannel", "account_id": 1}).to_string()),
+        ("token not a string", "pubsub_token_missing", json!({"channel": "RoomChannel", "pubsub_token": 5, "account_id": 1}).to_string()),
+        ("unknown channel", "unknown_channel", json!({"channel": "ChatChannel", "pubsub_token": "demo-user-alice"}).to_string()),
+    ];
+    for (why, reason, id) in cases {
+        let label = format!("reason=\"{reason}\"");
+        let before = metric(&gw, "cable_subscribe_rejects_total", &label);
         assert_eq!(answer(&gw, &id).await, reject(&id), "{why}");
+        let after = metric(&gw, "cable_subscribe_rejects_total", &label);
+        assert_eq!(after - before, 1.0, "{why} is counted as {reason}");
     }
 }
 

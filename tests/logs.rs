@@ -76,4 +76,13 @@ async fn json_logs_record_each_closed_connection_and_never_a_full_token() {
         logs.contains("demo…"),
         "the token prefix is what identifies a subscription:\n{logs}"
     );
+    // One line per reject, at info, with its reason and the token's prefix only.
+    let rejects: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "subscription rejected")
+        .collect();
+    assert_eq!(rejects.len(), 1, "{logs}");
+    assert_eq!(rejects[0]["level"], "INFO", "{}", rejects[0]);
+    assert_eq!(rejects[0]["reason"], "unknown_token", "{}", rejects[0]);
+    assert_eq!(rejects[0]["token"], "secr…", "{}", rejects[0]);
 }

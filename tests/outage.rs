@@ -74,7 +74,10 @@ async fn a_database_outage_loses_nothing_and_rejects_no_one() {
     let admin = sqlx::PgPool::connect(&admin_url()).await.unwrap();
     let cut = |allow: bool| format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", db.name);
     // The outage: no connection in, every connection out.
-    sqlx::query(&cut(false)).execute(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(cut(false)))
+        .execute(&admin)
+        .await
+        .unwrap();
     sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
         .bind(&db.name)
         .execute(&admin)
@@ -82,7 +85,10 @@ async fn a_database_outage_loses_nothing_and_rejects_no_one() {
         .unwrap();
     check_outage_answers(&gw).await;
     // Back up: events committed after the outage arrive, and so did the one before it.
-    sqlx::query(&cut(true)).execute(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(cut(true)))
+        .execute(&admin)
+        .await
+        .unwrap();
     let fresh = sqlx::PgPool::connect(&db.url).await.unwrap();
     for seq in 1..=3 {
         publish(&fresh, 1, "message.created", json!({"seq": seq}), json!({})).await;

@@ -12,8 +12,39 @@ use common::*;
 use serde_json::{json, Value};
 
 #[tokio::test]
+async fn malformed_rows_are_refused_at_insert() {
+    let db = TestDb::new().await;
+    for (event, data) in [
+        ("message.created", json!([1, 2, 3])),
+        ("message.created", json!("a string")),
+        ("message.created", json!(17)),
+        ("", json!({"tag": "nameless"})),
+    ] {
+        let refused =
+            sqlx::query("INSERT INTO cable_events (account_id, event, data) VALUES (1, $1, $2)")
+                .bind(event)
+                .bind(&data)
+                .execute(&db.pool)
+                .await
+                .expect_err("the CHECK constraints refuse it");
+        let code = refused.as_database_error().and_then(|e| e.code());
+        assert_eq!(
+            code.as_deref(),
+            Some("23514"),
+            "{event:?} {data}: {refused}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn malformed_rows_are_skipped_counted_and_the_reader_goes_on() {
     let db = TestDb::new().await;
+    // Rows from before the CHECK constraints (migration 0004) may still be malformed.
+    db.exec(
+        "ALTER TABLE cable_events DROP CONSTRAINT cable_events_data_is_object,
+                                  DROP CONSTRAINT cable_events_event_not_empty",
+    )
+    .await;
     let gw = start(db.config()).await;
     let mut alice = Client::ready(gw.addr).await;
     alice.subscribe_ok(&user(ALICE, 1, 1)).await;
@@ -67,6 +98,34 @@ async fn malformed_rows_are_skipped_counted_and_the_reader_goes_on() {
     db.publish(1, "message.created", json!({"tag": "later"}), json!({}))
         .await;
     assert_eq!(next_tag(&mut alice).await, "later");
+}
+
+#[tokio::test]
+async fn data_over_the_size_limit_is_skipped_and_counted() {
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.max_event_size = 1000;
+    let gw = start(config).await;
+    let mut alice = Client::ready(gw.addr).await;
+    alice.subscribe_ok(&user(ALICE, 1, 1)).await;
+    // `data` as the reader measures it: jsonb's text, `account_id` included.
+    let skeleton = |tag: &str| json!({"tag": tag, "pad": "", "account_id": 1});
+    let mut sized = Vec::new();
+    for (tag, bytes) in [("too large", 1001), ("at the limit", 1000)] {
+        let base: i32 = sqlx::query_scalar("SELECT octet_length($1::jsonb::text)")
+            .bind(skeleton(tag))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        let mut data = skeleton(tag);
+        data["pad"] = json!("x".repeat(bytes - base as usize));
+        sized.push(data);
+    }
+    for data in sized {
+        db.publish(1, "message.created", data, json!({})).await;
+    }
+    assert_eq!(next_tag(&mut alice).await, "at the limit");
+    assert_eq!(metric(&gw, "cable_events_skipped_total", "too_large"), 1.0);
 }
 
 #[tokio::test]

@@ -384,10 +384,10 @@ async fn database_down_during_subscribe_asks_the_client_to_reconnect() {
     let mut client = Client::ready(gw.addr).await;
     // Cut the gateway off its database: no new connections, existing ones terminated.
     let admin = sqlx::PgPool::connect(&admin_url()).await.unwrap();
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "ALTER DATABASE {} ALLOW_CONNECTIONS false",
         db.name
-    ))
+    )))
     .execute(&admin)
     .await
     .unwrap();
@@ -404,10 +404,10 @@ async fn database_down_during_subscribe_asks_the_client_to_reconnect() {
         "a database failure is never a reject"
     );
     // The error was not cached: once the database is back, the same token is confirmed.
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "ALTER DATABASE {} ALLOW_CONNECTIONS true",
         db.name
-    ))
+    )))
     .execute(&admin)
     .await
     .unwrap();

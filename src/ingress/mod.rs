@@ -1,5 +1,8 @@
 //! Where events come from. [`outbox`]: the `cable_events` table, lossless and in commit order.
-//! Each ingress turns what it reads into [`crate::delivery::Event`]s and hands them to the
+//! [`streams`]: broadcasts by stream name, as Rails' subscription adapters send them, from
+//! [`redis`] (ActionCable's Redis adapter). Each ingress hands what it reads to the
 //! [`crate::router`].
 
 pub mod outbox;
+pub mod redis;
+pub mod streams;

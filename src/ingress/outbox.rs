@@ -44,7 +44,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use crate::config::tuning::{OUTBOX_PAGE, OUTBOX_RETRY, PRUNE_PERIOD_MAX, PRUNE_PERIOD_MIN};
-use crate::delivery::Event;
+use crate::delivery::{Event, Message};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::router::Router;
 
@@ -113,11 +113,13 @@ SELECT cur.snap::text, f.id, f.account_id, f.event,
   ) f ON true
  ORDER BY f.id";
 
-/// Why an outbox row is skipped (logged and counted; the reader goes on).
-fn malformed(row: &Row) -> Option<&'static str> {
+/// Why an outbox row is skipped (logged and counted; the reader goes on). The table's CHECK
+/// constraints refuse the first two at insert; rows from before them may still hold them.
+fn malformed(row: &Row, max_data: usize) -> Option<&'static str> {
     match row {
         (_, _, _, Some(event), ..) if event.is_empty() => Some("empty_event"),
         (_, _, _, _, None, ..) => Some("data_not_object"),
+        (_, _, _, _, Some(data), ..) if data.len() > max_data => Some("too_large"),
         _ => None,
     }
 }
@@ -167,8 +169,10 @@ fn event_from(row: Row) -> Option<Event> {
         actor_user_id,
         actor_contact_inbox_id,
         stream,
-        body: Bytes::from(body),
-        created_at: created_at.unwrap_or_else(unix_now),
+        message: Arc::new(Message {
+            body: Bytes::from(body),
+            created_at: created_at.unwrap_or_else(unix_now),
+        }),
     })
 }
 
@@ -179,6 +183,7 @@ pub async fn read(
     pool: &PgPool,
     cursor: &mut Cursor,
     metrics: &Metrics,
+    max_data: usize,
     mut dispatch: impl FnMut(Event),
 ) -> Result<usize, sqlx::Error> {
     let mut total = 0;
@@ -203,7 +208,7 @@ pub async fn read(
             cursor.in_progress = Some((snapshot.clone(), id));
             page += 1;
             metrics.events_read.inc();
-            if let Some(reason) = malformed(&row) {
+            if let Some(reason) = malformed(&row, max_data) {
                 tracing::warn!(event_id = id, reason, "skipping malformed outbox row");
                 metrics
                     .events_skipped
@@ -214,7 +219,7 @@ pub async fn read(
             if let Some(event) = event_from(row) {
                 metrics
                     .outbox_lag
-                    .observe((unix_now() - event.created_at).max(0.0));
+                    .observe((unix_now() - event.message.created_at).max(0.0));
                 dispatch(event);
             }
         }
@@ -236,13 +241,14 @@ pub async fn run(
     mut cursor: Cursor,
     doorbell: Arc<Notify>,
     poll: Duration,
+    max_data: usize,
 ) {
     let mut scratch = Vec::new();
     loop {
         let dispatch = |event: Event| {
             router.dispatch(&Arc::new(event), &mut scratch);
         };
-        if let Err(e) = read(&pool, &mut cursor, &metrics, dispatch).await {
+        if let Err(e) = read(&pool, &mut cursor, &metrics, max_data, dispatch).await {
             tracing::warn!(error = %e, "outbox read failed; retrying");
             tokio::time::sleep(OUTBOX_RETRY).await;
             continue;

@@ -198,14 +198,23 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 None
             }
             Err(SubscribeError::Reject(kind, why)) => {
-                tracing::debug!(
+                let token = Identifier::parse(&raw).ok().and_then(|identifier| {
+                    identifier
+                        .params
+                        .get("pubsub_token")?
+                        .as_str()
+                        .map(token_prefix)
+                });
+                tracing::info!(
                     session = self.session.queue.id,
-                    reason = kind.label(),
-                    why,
+                    kind = kind.label(),
+                    reason = why,
+                    token = token.as_deref().unwrap_or("-"),
                     "subscription rejected"
                 );
                 self.session.send(Outbound::Frame(reply::reject(&raw)));
                 metrics.command("subscribe", "rejected");
+                metrics.subscribe_rejected(why);
                 self.rejects += 1;
                 if self.rejects > services.limits.max_rejects {
                     return self.bad(BadInput::TooManyRejects);

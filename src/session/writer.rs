@@ -69,17 +69,21 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                     self.buf.extend_from_slice(&body);
                 }
             }
-            Outbound::Event { sub, event } => {
+            Outbound::Message { sub, message } => {
                 if !sub.is_active() {
                     return;
                 }
-                push_header(&mut self.buf, OP_TEXT, sub.prefix.len() + event.body.len());
+                push_header(
+                    &mut self.buf,
+                    OP_TEXT,
+                    sub.prefix.len() + message.body.len(),
+                );
                 self.buf.extend_from_slice(&sub.prefix);
-                self.buf.extend_from_slice(&event.body);
+                self.buf.extend_from_slice(&message.body);
                 self.metrics.messages_sent.inc();
                 self.metrics
                     .delivery_latency
-                    .observe((unix_now() - event.created_at).max(0.0));
+                    .observe((unix_now() - message.created_at).max(0.0));
             }
         }
     }

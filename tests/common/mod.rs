@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod events;
+pub mod redis;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -61,13 +62,14 @@ impl TestDb {
             .connect(&admin_url())
             .await
             .expect("admin connection");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&admin)
             .await
             .expect("create database");
         admin.close().await;
         let url = with_database(&admin_url(), &name);
-        cable_gateway::migrate::apply(&url)
+        let db = cable_gateway::db::Database::from_url(&url).expect("a valid URL");
+        cable_gateway::migrate::apply(&db)
             .await
             .expect("migrations apply");
         let pool = PgPoolOptions::new()
@@ -78,7 +80,7 @@ impl TestDb {
         let demo =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/demo.sql"))
                 .unwrap();
-        sqlx::raw_sql(&demo)
+        sqlx::raw_sql(sqlx::AssertSqlSafe(demo))
             .execute(&pool)
             .await
             .expect("demo fixtures load");
@@ -92,7 +94,7 @@ impl TestDb {
     }
 
     pub async fn exec(&self, sql: &str) {
-        sqlx::raw_sql(sql)
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
             .execute(&self.pool)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));

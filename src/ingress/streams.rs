@@ -1,0 +1,116 @@
+//! Broadcasts as Rails sends them: a stream name and a payload, from ActionCable's Redis
+//! adapter ([`super::redis`]) and, as they are added, its PostgreSQL adapter and AnyCable's
+//! HTTP broadcast API.
+//!
+//! A broadcast is delivered to the subscriptions streaming its name on this process (a
+//! subscription streams its own `pubsub_token`; user subscriptions also `account_<id>`), as
+//! `{"identifier":<raw id>,"message":<payload>}`: the payload is spliced in as it came, the
+//! bytes shared by every recipient, never re-serialized. Contact subscriptions are held to
+//! rule 7 of [`crate::routing`] (no private typing, nothing `private`), read once per broadcast.
+//!
+//! A payload that is not JSON, or larger than `CABLE_MAX_BROADCAST_SIZE`, is skipped and
+//! counted (`cable_broadcasts_skipped_total{ingress,reason}`), logged at most once a minute per
+//! ingress and reason; nothing else is affected. Unlike the outbox, a broadcast sent while an
+//! ingress connection is down is lost, as it is with Rails.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, BytesMut};
+use parking_lot::Mutex;
+
+use crate::delivery::Message;
+use crate::metrics::Metrics;
+use crate::router::Router;
+
+/// How often one kind of skipped broadcast is logged, per ingress.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Why a broadcast was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Skip {
+    NotJson,
+    TooLarge,
+}
+
+impl Skip {
+    pub fn label(self) -> &'static str {
+        match self {
+            Skip::NotJson => "not_json",
+            Skip::TooLarge => "too_large",
+        }
+    }
+}
+
+pub struct Streams {
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    max_size: usize,
+    warned: Mutex<HashMap<(&'static str, Skip), Instant>>,
+}
+
+impl Streams {
+    pub fn new(router: Arc<Router>, metrics: Arc<Metrics>, max_size: usize) -> Streams {
+        Streams {
+            router,
+            metrics,
+            max_size,
+            warned: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Delivers a broadcast that arrived through `ingress`. Returns how many subscriptions
+    /// received it (0 when none streams it here: nothing is parsed then).
+    pub fn deliver(
+        &self,
+        ingress: &'static str,
+        stream: &str,
+        payload: &[u8],
+    ) -> Result<usize, Skip> {
+        self.metrics.broadcast(ingress);
+        if !self.router.streams(stream) {
+            return Ok(0);
+        }
+        if payload.len() > self.max_size {
+            return Err(self.skip(ingress, stream, Skip::TooLarge));
+        }
+        let Some(contacts) = crate::routing::contacts_may_receive(payload) else {
+            return Err(self.skip(ingress, stream, Skip::NotJson));
+        };
+        let mut body = BytesMut::with_capacity(payload.len() + 1);
+        body.put_slice(payload);
+        body.put_u8(b'}');
+        let message = Arc::new(Message {
+            body: body.freeze(),
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        });
+        let mut scratch = Vec::new();
+        Ok(self
+            .router
+            .broadcast(stream, &message, contacts, &mut scratch))
+    }
+
+    fn skip(&self, ingress: &'static str, stream: &str, skip: Skip) -> Skip {
+        self.metrics.broadcast_skipped(ingress, skip.label());
+        let now = Instant::now();
+        let mut warned = self.warned.lock();
+        let due = warned
+            .get(&(ingress, skip))
+            .is_none_or(|at| now.duration_since(*at) >= WARN_EVERY);
+        if due {
+            warned.insert((ingress, skip), now);
+            drop(warned);
+            tracing::warn!(
+                ingress,
+                reason = skip.label(),
+                stream = %crate::auth::token_prefix(stream),
+                "skipping broadcasts (logged at most once a minute per ingress and reason)"
+            );
+        }
+        skip
+    }
+}
