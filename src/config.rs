@@ -178,6 +178,11 @@ pub struct ServeConfig {
     #[arg(long, env = "CABLE_RAILS_CHANNEL_PREFIX", hide_env_values = true)]
     pub rails_channel_prefix: Option<String>,
 
+    /// Bearer key of the HTTP broadcast API (`POST /_broadcast`, AnyCable's format); the
+    /// endpoint answers 404 without it. Default: off
+    #[arg(long, env = "CABLE_BROADCAST_KEY", hide_env_values = true)]
+    pub broadcast_key: Option<String>,
+
     /// Largest stream broadcast payload in bytes; a larger one is skipped and counted.
     /// Default: 1048576 (1 MiB)
     #[arg(long, env = "CABLE_MAX_BROADCAST_SIZE", default_value_t = 1 << 20, hide_env_values = true, hide_default_value = true)]

@@ -72,6 +72,10 @@ struct Http {
     /// Each enabled stream ingress connection, by name.
     ingress_ready: Vec<(&'static str, watch::Receiver<bool>)>,
     pool: PgPool,
+    /// The HTTP broadcast API's key, when it is on.
+    broadcast_key: Option<String>,
+    streams: Arc<Streams>,
+    max_broadcast_size: usize,
 }
 
 /// A started gateway.
@@ -262,6 +266,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         listen_ready: listen_ready.clone(),
         ingress_ready: ingress_ready.clone(),
         pool,
+        broadcast_key: nonempty(&config.broadcast_key),
+        streams,
+        max_broadcast_size: config.max_broadcast_size,
     });
     let (stop, stopped) = oneshot::channel();
     let accept = tokio::spawn(accept_loop(http, listener, stopped));
@@ -338,6 +345,7 @@ async fn route(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match request.uri().path() {
         "/cable" => upgrade(http, request),
+        "/_broadcast" if http.broadcast_key.is_some() => broadcast(&http, request).await,
         "/health" => text(StatusCode::OK, "ok\n"),
         "/ready" => ready(&http).await,
         "/metrics" => {
@@ -351,6 +359,42 @@ async fn route(
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
+}
+
+fn with_status(status: u16, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    response
+}
+
+/// `POST /_broadcast` ([`crate::ingress::http`]).
+async fn broadcast(http: &Http, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    use crate::ingress::http as api;
+    use http_body_util::BodyExt;
+    if request.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+    }
+    let key = http.broadcast_key.as_deref().unwrap_or_default();
+    let given = request.headers().get(hyper::header::AUTHORIZATION);
+    if !api::authorized(given.map(|v| v.as_bytes()), key) {
+        return text(StatusCode::UNAUTHORIZED, "missing or wrong bearer key\n");
+    }
+    let limit = api::body_limit(http.max_broadcast_size);
+    let body = match http_body_util::Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return with_status(413, format!("the body is over {limit} bytes\n"));
+        }
+        Err(_) => return text(StatusCode::BAD_REQUEST, "could not read the body\n"),
+    };
+    let answer = match api::parse(&body, http.max_broadcast_size) {
+        Ok(broadcasts) => api::deliver(&http.streams, &broadcasts),
+        Err(refused) => refused,
+    };
+    with_status(answer.status, answer.body + "\n")
 }
 
 async fn ready(http: &Http) -> Response<Full<Bytes>> {
