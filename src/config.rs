@@ -162,6 +162,11 @@ pub struct ServeConfig {
     #[arg(long, env = "CABLE_EVENT_RETENTION", default_value = "24h", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
     pub event_retention: Duration,
 
+    /// Hear a Rails backend's ActionCable PostgreSQL adapter (`NOTIFY`) on this database:
+    /// the streams of every live subscription are LISTENed to. Default: true
+    #[arg(long, env = "CABLE_RAILS_POSTGRES", default_value_t = true, action = clap::ArgAction::Set, hide_env_values = true, hide_default_value = true)]
+    pub rails_postgres: bool,
+
     /// Redis URL (`redis://` or `rediss://` for TLS) of a Rails backend's ActionCable Redis
     /// adapter: broadcasts published there reach the subscriptions streaming them. Default: off
     #[arg(long, env = "CABLE_REDIS_URL", hide_env_values = true)]

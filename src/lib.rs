@@ -28,7 +28,9 @@
 //! - [`db`]: how to reach PostgreSQL, TLS included, for the pool and the LISTEN connection.
 //! - [`ingress`]: where events come from; [`ingress::outbox`] reads `cable_events` losslessly
 //!   in commit order; [`ingress::streams`] delivers broadcasts by stream name, as Rails'
-//!   adapters send them, heard from Redis by [`ingress::redis`].
+//!   adapters send them, heard from Redis by [`ingress::redis`], from PostgreSQL's `NOTIFY`
+//!   by [`ingress::postgres`] (per-stream channels on the LISTEN connection), and from
+//!   `POST /_broadcast` by [`ingress::http`].
 //! - [`revalidate`]: live subscriptions follow role/inbox changes; revoked tokens are rejected.
 //! - [`session`]: one connection: [`session::frame`] (frames → messages),
 //!   [`session::reader`] (commands, strictly in order), [`session::writer`] (frames, pings).
@@ -50,15 +52,18 @@
 //!    `{"identifier":"..","message":` prefix followed by the shared bytes, batching whatever is
 //!    queued into one write. A client whose queue stays full is disconnected (`too_slow`).
 //!
-//! A broadcast from Rails' Redis adapter takes a shorter way: the Redis subscriber connection
-//! hands `(stream, payload)` to [`ingress::streams`], which checks it once (JSON, size, and
+//! A broadcast from Rails' adapters or `POST /_broadcast` takes a shorter way: the Redis
+//! subscriber, the LISTEN connection or the HTTP handler hands `(stream, payload)` to
+//! [`ingress::streams`], which checks it once (JSON, size, and
 //! whether contacts may see it: [`routing::contacts_may_receive`]), splices the payload into
 //! one shared message, and the [`router`] queues it on the subscriptions streaming that name.
 //!
 //! # Life of a subscribe
 //! The reader decodes the command, and [`channel::subscribe`] parses the identifier (kept byte
 //! for byte), checks the connection's subscription limit and the token (cache, then
-//! PostgreSQL). The reader then registers the subscription with the router and queues
+//! PostgreSQL). With Rails' PostgreSQL adapter on, it then waits until the subscription's
+//! streams are LISTENed to ([`ingress::postgres::PgAdapter::acquire`]; the lease is released
+//! when the subscription ends). The reader then registers the subscription with the router and queues
 //! `confirm_subscription` in one step (no event can be queued before its confirm), and asks
 //! [`presence`] for the `presence.update` answer. A reject is classified by the bad-input
 //! table; a database failure becomes `disconnect` with `reconnect:true`, never a reject.

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub too_slow: Counter,
     /// Exposed as `cable_listener_reconnects_total` (the name is kept for dashboards).
     pub listen_reconnects: Counter,
+    pub listen_channels: Gauge,
     pub outbox_lag: Histogram,
     pub revocations: Counter,
     pub presence_pushes: Counter,
@@ -87,6 +88,7 @@ impl Metrics {
             delivery_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             too_slow: Counter::default(),
             listen_reconnects: Counter::default(),
+            listen_channels: Gauge::default(),
             outbox_lag: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             revocations: Counter::default(),
             presence_pushes: Counter::default(),
@@ -182,6 +184,11 @@ impl Metrics {
             "cable_listener_reconnects",
             "LISTEN connection re-establishments",
             m.listen_reconnects.clone(),
+        );
+        r.register(
+            "cable_listen_channels",
+            "Channels the LISTEN connection listens on (fixed, and Rails' per-stream ones)",
+            m.listen_channels.clone(),
         );
         r.register(
             "cable_outbox_lag_seconds",

@@ -26,7 +26,13 @@ struct Entry {
     sub: Arc<Subscription>,
     principal: Principal,
     token: Arc<str>,
+    /// Held for the subscription's life and dropped when it ends (the LISTEN lease of its
+    /// streams, see [`crate::ingress::postgres`]).
+    _held: Option<Held>,
 }
+
+/// Something a subscription keeps while it lives; dropping it is its release.
+pub type Held = Box<dyn Send + Sync>;
 
 #[derive(Default)]
 struct AccountIndex {
@@ -164,6 +170,7 @@ impl Router {
         principal: Principal,
         token: Arc<str>,
         confirm: Bytes,
+        held: Option<Held>,
     ) {
         let mut registry = self.registry.write();
         registry
@@ -183,6 +190,7 @@ impl Router {
                 sub,
                 principal,
                 token,
+                _held: held,
             },
         );
         self.metrics.subscriptions_live.inc();
@@ -483,7 +491,7 @@ mod tests {
                 let session = SessionHandle::new(1 << 16, metrics.clone());
                 let sub = Subscription::new("{}".into(), session, principal);
                 let token: Arc<str> = token_of(principal).into();
-                router.register(sub.clone(), principal.clone(), token, Bytes::new());
+                router.register(sub.clone(), principal.clone(), token, Bytes::new(), None);
                 sub.session.queue.take_now(); // the confirm
                 subs.push((sub, principal.clone()));
             }
@@ -559,6 +567,7 @@ mod tests {
                     principal.clone(),
                     (*token).into(),
                     Bytes::new(),
+                    None,
                 );
                 sub.session.queue.take_now();
                 sub

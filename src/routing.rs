@@ -48,6 +48,15 @@ pub fn account_stream(account_id: i64) -> String {
     format!("account_{account_id}")
 }
 
+/// The streams a subscription streams: its own token, and for a user `account_<id>`.
+pub fn streams(principal: &Principal, token: &str) -> Vec<String> {
+    let mut streams = vec![token.to_string()];
+    if principal.is_user() {
+        streams.push(account_stream(principal.account_id()));
+    }
+    streams
+}
+
 /// Whether a subscription of `principal` with `token` receives `event` (rules 1–6).
 pub fn receives(principal: &Principal, token: &str, event: &Event) -> bool {
     principal.account_id() == event.account_id

@@ -30,6 +30,7 @@ use crate::config::ServeConfig;
 use crate::connections::Slots;
 use crate::db::{cause, ConfigError, Database};
 use crate::ingress::outbox;
+use crate::ingress::postgres::PgAdapter;
 use crate::ingress::redis::{RedisConfigError, RedisIngress};
 use crate::ingress::streams::Streams;
 use crate::listen::Listen;
@@ -198,19 +199,28 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             presence.resync();
         }));
     }
-    let listen_ready = listen.readiness();
-    let (shutdown, shutting_down) = watch::channel(false);
     let streams = Arc::new(Streams::new(
         router.clone(),
         metrics.clone(),
         config.max_broadcast_size,
     ));
     let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    let prefix = nonempty(&config.rails_channel_prefix);
+    let rails_postgres = config.rails_postgres.then(|| {
+        let adapter = PgAdapter::new(prefix.clone(), listen.handle(), streams.clone());
+        let notified = adapter.clone();
+        listen.on_channel(Box::new(move |channel, payload| {
+            notified.notified(channel, payload)
+        }));
+        adapter
+    });
+    let listen_ready = listen.readiness();
+    let (shutdown, shutting_down) = watch::channel(false);
     let redis = match nonempty(&config.redis_url) {
         Some(url) => Some(RedisIngress::new(
             &url,
             config.redis_ca_cert.clone(),
-            nonempty(&config.rails_channel_prefix),
+            prefix,
             streams.clone(),
             metrics.clone(),
         )?),
@@ -260,6 +270,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             metrics: metrics.clone(),
             limits: Limits::from(&config),
             shutdown: shutting_down,
+            rails_postgres,
         }),
         slots: slots.clone(),
         allowed_origins: config.allowed_origins.clone(),

@@ -191,7 +191,7 @@ async fn a_transaction_committing_after_a_higher_id_is_delivered_once() {
 async fn kill_listener(db: &TestDb) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE datname = $1 AND query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()) t",
+          WHERE datname = $1 AND query ILIKE '%LISTEN%' AND pid <> pg_backend_pid()) t",
     )
     .bind(&db.name)
     .fetch_one(&db.pool)

@@ -5,5 +5,6 @@
 
 pub mod http;
 pub mod outbox;
+pub mod postgres;
 pub mod redis;
 pub mod streams;

@@ -32,6 +32,9 @@ const WARN_EVERY: Duration = Duration::from_secs(60);
 pub enum Skip {
     NotJson,
     TooLarge,
+    /// A notification on a channel name several streams share (PostgreSQL cut their long
+    /// names to the same 63 bytes): whose it is cannot be told.
+    AmbiguousChannel,
 }
 
 impl Skip {
@@ -39,6 +42,7 @@ impl Skip {
         match self {
             Skip::NotJson => "not_json",
             Skip::TooLarge => "too_large",
+            Skip::AmbiguousChannel => "ambiguous_channel",
         }
     }
 }
@@ -94,7 +98,8 @@ impl Streams {
             .broadcast(stream, &message, contacts, &mut scratch))
     }
 
-    fn skip(&self, ingress: &'static str, stream: &str, skip: Skip) -> Skip {
+    /// Counts (and logs, at most once a minute) a broadcast skipped before delivery.
+    pub fn skip(&self, ingress: &'static str, stream: &str, skip: Skip) -> Skip {
         self.metrics.broadcast_skipped(ingress, skip.label());
         let now = Instant::now();
         let mut warned = self.warned.lock();

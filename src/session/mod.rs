@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use crate::auth::AuthCache;
 use crate::config::ServeConfig;
 use crate::delivery::{CloseReason, SessionHandle};
+use crate::ingress::postgres::PgAdapter;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::router::Router;
@@ -62,6 +63,9 @@ pub struct Services {
     pub presence: Arc<Presence>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Rails' PostgreSQL adapter ingress, when on: a subscription's streams are LISTENed to
+    /// before its confirm.
+    pub rails_postgres: Option<Arc<PgAdapter>>,
     /// Becomes `true` when the process shuts down: say `server_restart` and close.
     pub shutdown: watch::Receiver<bool>,
 }

@@ -15,6 +15,7 @@ use crate::channel::SubscribeError;
 use crate::delivery::{CloseReason, Outbound, SessionHandle, Subscription};
 use crate::protocol::reply;
 use crate::protocol::{BadInput, Command, Identifier, IdentifierError, Verdict};
+use crate::router::Held;
 
 pub struct Reader<R> {
     messages: Messages<R>,
@@ -185,12 +186,21 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     user = principal.is_user(),
                     "subscription confirmed"
                 );
+                // Rails' PostgreSQL adapter: its streams are LISTENed to before the confirm.
+                let held: Option<Held> = match &services.rails_postgres {
+                    Some(adapter) => {
+                        let streams = crate::routing::streams(&principal, &token);
+                        Some(Box::new(adapter.acquire(streams).await))
+                    }
+                    None => None,
+                };
                 let sub = Subscription::new(identifier.raw, self.session.clone(), &principal);
                 services.router.register(
                     sub.clone(),
                     principal,
                     token.into(),
                     reply::confirm(&raw),
+                    held,
                 );
                 subs.insert(sub.clone());
                 services.presence.answer(sub);
