@@ -177,6 +177,11 @@ pub struct ServeConfig {
     #[arg(long, env = "CABLE_REDIS_CA_CERT", hide_env_values = true)]
     pub redis_ca_cert: Option<std::path::PathBuf>,
 
+    /// With CABLE_REDIS_URL: keep Chatwoot's ONLINE_PRESENCE::<account>::USERS/CONTACTS keys
+    /// in that Redis, for the Rails code that reads who is online. Default: true
+    #[arg(long, env = "CABLE_CHATWOOT_PRESENCE", default_value_t = true, action = clap::ArgAction::Set, hide_env_values = true, hide_default_value = true)]
+    pub chatwoot_presence: bool,
+
     /// The `channel_prefix` of the Rails backend's `config/cable.yml` (Chatwoot:
     /// `chatwoot_<RAILS_ENV>_action_cable`): its broadcasts travel as `<prefix>:<stream>`.
     /// Default: none

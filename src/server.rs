@@ -36,6 +36,7 @@ use crate::ingress::streams::Streams;
 use crate::listen::Listen;
 use crate::metrics::Metrics;
 use crate::migrate::{self, MigrateError};
+use crate::presence::chatwoot::ChatwootPresence;
 use crate::presence::{self, Presence};
 use crate::revalidate::{self, Revalidation};
 use crate::router::Router;
@@ -179,11 +180,25 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         config.auth_negative_ttl,
         config.auth_cache_size,
     );
+    let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    let redis_url = nonempty(&config.redis_url);
+    let redis_client = match &redis_url {
+        Some(url) => Some(crate::ingress::redis::client(
+            url,
+            config.redis_ca_cert.as_deref(),
+        )?),
+        None => None,
+    };
+    let chatwoot = redis_client
+        .clone()
+        .filter(|_| config.chatwoot_presence)
+        .map(ChatwootPresence::new);
     let (presence, answers) = Presence::new(
         pool.clone(),
         config.presence_ttl,
         config.presence_push_budget,
         metrics.clone(),
+        chatwoot,
     );
     let doorbell = Arc::new(Notify::new());
     let mut listen = Listen::new(db.clone(), metrics.clone());
@@ -204,7 +219,6 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         metrics.clone(),
         config.max_broadcast_size,
     ));
-    let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
     let prefix = nonempty(&config.rails_channel_prefix);
     let rails_postgres = config.rails_postgres.then(|| {
         let adapter = PgAdapter::new(prefix.clone(), listen.handle(), streams.clone());
@@ -216,15 +230,15 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     });
     let listen_ready = listen.readiness();
     let (shutdown, shutting_down) = watch::channel(false);
-    let redis = match nonempty(&config.redis_url) {
-        Some(url) => Some(RedisIngress::new(
-            &url,
-            config.redis_ca_cert.clone(),
+    let redis = match (redis_client, &redis_url) {
+        (Some(client), Some(url)) => Some(RedisIngress::new(
+            client,
+            url,
             prefix,
             streams.clone(),
             metrics.clone(),
-        )?),
-        None => None,
+        )),
+        _ => None,
     };
     let mut ingress_ready = Vec::new();
     let slots = Slots::new(config.max_connections, config.db_pool_size);

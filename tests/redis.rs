@@ -255,3 +255,82 @@ async fn rediss_is_tls_checked_against_the_given_ca() {
     assert_eq!(http_get(untrusting.addr, "/ready").await.0, 503);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Waits for the presence answer: by then the subscriber was recorded as seen.
+async fn answered(client: &mut Client) {
+    loop {
+        let frame = client.next().await;
+        if frame["message"]["event"] == "presence.update" {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn chatwoots_online_presence_keys_are_kept_in_redis() {
+    let db = TestDb::new().await;
+    let redis = RedisServer::start().await;
+    let mut config = db.config();
+    config.redis_url = Some(redis.url());
+    config.presence_ttl = Duration::from_millis(1500); // a heartbeat every 500 ms
+    let gw = start(config).await;
+    ready(&gw).await;
+
+    let mut alice = Client::ready(gw.addr).await;
+    alice.send(subscribe(&user("demo-user-alice", 1, 1))).await;
+    answered(&mut alice).await;
+    let mut dave = Client::ready(gw.addr).await;
+    dave.send(subscribe(&contact("demo-contact-dave", Some(1))))
+        .await;
+    answered(&mut dave).await;
+
+    // At subscribe: the user by user id, the contact by contact id (dave is contact 1).
+    let users = "ONLINE_PRESENCE::1::USERS";
+    let contacts = "ONLINE_PRESENCE::1::CONTACTS";
+    let first = redis
+        .zscore(users, 1)
+        .await
+        .expect("alice is online in Redis");
+    assert!((unix_now() - first).abs() < 3.0, "scored now: {first}");
+    assert!(
+        redis.zscore(contacts, 1).await.is_some(),
+        "dave is online in Redis"
+    );
+    assert_eq!(redis.zscore(users, 2).await, None, "bob is not connected");
+    assert_eq!(redis.zscore("ONLINE_PRESENCE::2::USERS", 1).await, None);
+
+    // While connected, the heartbeat moves the score forward.
+    let moved = async {
+        loop {
+            if redis.zscore(users, 1).await.unwrap() > first {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), moved)
+        .await
+        .expect("the heartbeat refreshes the score");
+}
+
+#[tokio::test]
+async fn chatwoot_presence_keys_can_be_turned_off() {
+    let db = TestDb::new().await;
+    let redis = RedisServer::start().await;
+    let mut config = db.config();
+    config.redis_url = Some(redis.url());
+    config.chatwoot_presence = false;
+    let gw = start(config).await;
+    ready(&gw).await;
+    let mut alice = Client::ready(gw.addr).await;
+    alice.send(subscribe(&user("demo-user-alice", 1, 1))).await;
+    answered(&mut alice).await;
+    assert_eq!(redis.zscore("ONLINE_PRESENCE::1::USERS", 1).await, None);
+}

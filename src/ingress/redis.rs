@@ -12,7 +12,7 @@
 //! failure, not live → wait ([`crate::backoff`]) → again.
 //! Broadcasts made while the connection is down are lost, as with Rails.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,33 +68,38 @@ pub fn stream_of<'a>(channel: &'a str, prefix: Option<&str>) -> Option<&'a str> 
     }
 }
 
+/// A client for `url` (TLS for `rediss://`, trusting `ca_cert` when given, else the public
+/// web roots). It connects only when asked.
+pub fn client(url: &str, ca_cert: Option<&Path>) -> Result<redis::Client, RedisConfigError> {
+    match ca_cert {
+        None => redis::Client::open(url).map_err(RedisConfigError::Url),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| RedisConfigError::CaCert {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            redis::Client::build_with_tls(url, certs).map_err(RedisConfigError::Url)
+        }
+    }
+}
+
 impl RedisIngress {
     pub fn new(
+        client: redis::Client,
         url: &str,
-        ca_cert: Option<PathBuf>,
         prefix: Option<String>,
         streams: Arc<Streams>,
         metrics: Arc<Metrics>,
-    ) -> Result<RedisIngress, RedisConfigError> {
-        let client = match ca_cert {
-            None => redis::Client::open(url).map_err(RedisConfigError::Url)?,
-            Some(path) => {
-                let pem = std::fs::read(&path).map_err(|e| RedisConfigError::CaCert {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                let certs = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                };
-                redis::Client::build_with_tls(url, certs).map_err(RedisConfigError::Url)?
-            }
-        };
+    ) -> RedisIngress {
         let pattern = match &prefix {
             Some(prefix) => format!("{}:*", glob_literal(prefix)),
             None => "*".to_string(),
         };
-        Ok(RedisIngress {
+        RedisIngress {
             client,
             url: crate::db::redact(url),
             pattern,
@@ -102,7 +107,7 @@ impl RedisIngress {
             streams,
             metrics,
             live: watch::channel(false).0,
-        })
+        }
     }
 
     /// `true` while the subscriber connection is live.

@@ -28,6 +28,7 @@
 //! The rules themselves (who is in an online set, when a row expires, every period) are pure
 //! functions in [`rules`]; this module holds the SQL and the task that applies them.
 
+pub mod chatwoot;
 pub mod rules;
 
 use std::collections::{HashMap, HashSet};
@@ -46,6 +47,7 @@ use crate::config::tuning::{PRESENCE_MAX_BATCH, PRESENCE_PUSH_CHECK};
 use crate::delivery::{Outbound, Subscription};
 use crate::metrics::Metrics;
 use crate::router::Router;
+use chatwoot::ChatwootPresence;
 use rules::{AccountUser, OnlineSet};
 
 /// The channel presence changes are announced on (payload: the account id).
@@ -77,6 +79,8 @@ pub struct Presence {
     dirty: Mutex<HashSet<i64>>,
     /// Announcements may have been missed: push every account served here.
     resync: AtomicBool,
+    /// Chatwoot's ONLINE_PRESENCE keys in Redis, when they are kept.
+    chatwoot: Option<ChatwootPresence>,
 }
 
 /// The queue of subscriptions waiting for an answer, owned by the presence task.
@@ -88,6 +92,7 @@ impl Presence {
         ttl: Duration,
         push_budget: u64,
         metrics: Arc<Metrics>,
+        chatwoot: Option<ChatwootPresence>,
     ) -> (Arc<Presence>, Answers) {
         let (answers, queue) = mpsc::unbounded_channel();
         let presence = Presence {
@@ -98,6 +103,7 @@ impl Presence {
             answers,
             dirty: Mutex::new(HashSet::new()),
             resync: AtomicBool::new(false),
+            chatwoot,
         };
         (Arc::new(presence), Answers(queue))
     }
@@ -105,6 +111,14 @@ impl Presence {
     /// Marks `sub`'s principal seen and answers it with a `presence.update`.
     pub fn answer(&self, sub: Arc<Subscription>) {
         let _ = self.answers.send(sub);
+    }
+
+    /// A sign of life of `keys`: their rows in PostgreSQL, and Chatwoot's keys in Redis.
+    async fn seen(&self, keys: &HashSet<PresenceKey>) -> Result<(), sqlx::Error> {
+        if let Some(chatwoot) = &self.chatwoot {
+            chatwoot.seen(keys).await;
+        }
+        self.mark_seen(keys).await
     }
 
     /// Refreshes `seen_at` of `keys` (one statement).
@@ -231,7 +245,7 @@ impl Presence {
     /// Answers a batch: one upsert, one online set per account, one encoding per audience.
     async fn answer_batch(&self, batch: Vec<Arc<Subscription>>) {
         let keys: HashSet<PresenceKey> = batch.iter().map(|s| s.presence).collect();
-        if let Err(e) = self.mark_seen(&keys).await {
+        if let Err(e) = self.seen(&keys).await {
             tracing::warn!(error = %e, "presence: could not mark subscribers seen");
         }
         let mut bodies: HashMap<(i64, bool), Bytes> = HashMap::new();
@@ -351,7 +365,7 @@ impl Presence {
                 _ = heartbeat.tick() => {
                     let keys: HashSet<PresenceKey> =
                         router.live().iter().map(|(_, p, _)| PresenceKey::from(p)).collect();
-                    if let Err(e) = self.mark_seen(&keys).await {
+                    if let Err(e) = self.seen(&keys).await {
                         tracing::warn!(error = %e, "presence: heartbeat failed");
                     }
                 }

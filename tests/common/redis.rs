@@ -110,6 +110,27 @@ impl RedisServer {
 
     /// PUBLISHes `payload` on `channel`; returns how many subscribers received it.
     pub async fn publish(&self, channel: &str, payload: &str) -> i64 {
+        let mut conn = self.connect().await;
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// ZSCORE of `member` in the sorted set `key`.
+    pub async fn zscore(&self, key: &str, member: i64) -> Option<f64> {
+        let mut conn = self.connect().await;
+        redis::cmd("ZSCORE")
+            .arg(key)
+            .arg(member)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    async fn connect(&self) -> redis::aio::MultiplexedConnection {
         let client = match &self.tls {
             None => redis::Client::open(self.url()).unwrap(),
             Some(tls) => {
@@ -120,13 +141,7 @@ impl RedisServer {
                 redis::Client::build_with_tls(self.url(), certs).unwrap()
             }
         };
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(payload)
-            .query_async(&mut conn)
-            .await
-            .unwrap()
+        client.get_multiplexed_async_connection().await.unwrap()
     }
 }
 
