@@ -17,6 +17,7 @@ import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import net from "node:net";
 import path from "node:path";
 import readline from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -153,15 +154,91 @@ for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
   });
 }
 
+// Helper processes (redis-server, the Rails broadcasters): killed whatever happens.
+const helpers = new Set();
+process.on("exit", () => helpers.forEach((child) => child.kill("SIGKILL")));
+
+/** Spawns a helper process; resolves with it and its stdout lines once `ready` matches one. */
+function spawnHelper(command, args, env, ready, what) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { env, stdio: ["pipe", "pipe", "pipe"] });
+    helpers.add(child);
+    child.once("exit", () => helpers.delete(child));
+    let stderr = "";
+    child.stderr.setEncoding("utf8").on("data", (chunk) => (stderr = (stderr + chunk).slice(-4096)));
+    const lines = [];
+    const waiters = new Set();
+    const timer = setTimeout(() => reject(new Error(`${what} did not start: ${stderr}`)), READY_TIMEOUT_MS);
+    child.once("error", (error) => reject(new Error(`cannot run ${command}: ${error.message}`)));
+    child.once("exit", (code) => reject(new Error(`${what} exited (${code}): ${stderr}`)));
+    readline.createInterface({ input: child.stdout }).on("line", (line) => {
+      if (ready.test(line)) {
+        clearTimeout(timer);
+        resolve({ child, lines, waiters });
+      } else {
+        lines.push(line);
+        for (const waiter of [...waiters]) waiter();
+      }
+    });
+  });
+}
+
+/** A free TCP port on loopback. */
+function freePort() {
+  return new Promise((resolve) => {
+    const server = net.createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * A Rails backend's ActionCable (tests/rails/broadcast.rb, Debian's ruby-actioncable) with the
+ * given subscription adapter: `broadcast(stream, message)` runs ActionCable.server.broadcast.
+ */
+async function railsBackend(adapter, env) {
+  const script = path.join(REPO, "tests/rails/broadcast.rb");
+  const { child, lines, waiters } = await spawnHelper(
+    "ruby",
+    [script],
+    { ...process.env, ...env, CABLE_ADAPTER: adapter },
+    /^ready /,
+    `Rails (${adapter} adapter)`,
+  );
+  let sent = 0;
+  return {
+    child,
+    async broadcast(stream, message) {
+      child.stdin.write(`${stream}\t${JSON.stringify(message)}\n`);
+      const want = ++sent;
+      await withTimeout(
+        new Promise((resolve) => {
+          const attempt = () => {
+            if (lines.filter((l) => l === "sent").length >= want) {
+              waiters.delete(attempt);
+              resolve();
+            }
+          };
+          waiters.add(attempt);
+          attempt();
+        }),
+        STEP_TIMEOUT_MS,
+        `Rails to broadcast on ${stream}`,
+      );
+    },
+  };
+}
+
 function logTail() {
   return gatewayStderr ? `\n--- gateway stderr (tail) ---\n${gatewayStderr}` : "";
 }
 
 /** Starts `cable-gateway serve` and resolves with its port once it accepts connections. */
-function startGateway(databaseUrl) {
+function startGateway(databaseUrl, extraEnv = {}) {
   return new Promise((resolve, reject) => {
     gateway = spawn(GATEWAY_BIN, ["serve", "--listen", "127.0.0.1:0"], {
-      env: { ...process.env, DATABASE_URL: databaseUrl },
+      env: { ...process.env, DATABASE_URL: databaseUrl, ...extraEnv },
       stdio: ["ignore", "pipe", "pipe"],
     });
     gatewayExit = new Promise((res) => gateway.once("exit", (code, signal) => res({ code, signal })));
@@ -352,6 +429,9 @@ describe("@rails/actioncable against cable-gateway", { timeout: 120_000 }, () =>
   const adminUrl = process.env.CABLE_PG_ADMIN_URL;
   const databaseName = `cable_js_${process.pid}_${Date.now()}`;
   let databaseUrl = null;
+  // Chatwoot's channel_prefix shape; the Rails backends below broadcast with it.
+  const RAILS_PREFIX = "chatwoot_test_action_cable";
+  let rails = null; // { postgresql, redis }: Rails backends, one per subscription adapter
 
   before(async () => {
     assert.ok(
@@ -368,11 +448,30 @@ describe("@rails/actioncable against cable-gateway", { timeout: 120_000 }, () =>
     await run(GATEWAY_BIN, ["migrate"], { env: { ...process.env, DATABASE_URL: databaseUrl } });
     await psql(databaseUrl, "-f", FIXTURES);
 
-    const port = await startGateway(databaseUrl);
+    // A Redis for Rails' Redis adapter, and the gateway hearing both of Rails' adapters.
+    const redisPort = await freePort();
+    await spawnHelper(
+      "redis-server",
+      ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+      process.env,
+      /Ready to accept connections/,
+      "redis-server",
+    );
+    const redisUrl = `redis://127.0.0.1:${redisPort}`;
+    const port = await startGateway(databaseUrl, {
+      CABLE_REDIS_URL: redisUrl,
+      CABLE_RAILS_CHANNEL_PREFIX: RAILS_PREFIX,
+    });
     cableUrl = `ws://127.0.0.1:${port}/cable`;
+    const railsEnv = { DATABASE_URL: databaseUrl, REDIS_URL: redisUrl, CHANNEL_PREFIX: RAILS_PREFIX };
+    rails = {
+      postgresql: await railsBackend("postgresql", railsEnv),
+      redis: await railsBackend("redis", railsEnv),
+    };
   });
 
   after(async () => {
+    helpers.forEach((child) => child.kill("SIGKILL"));
     const problems = [];
     if (gatewayRunning()) {
       gateway.kill("SIGTERM");
@@ -589,6 +688,66 @@ describe("@rails/actioncable against cable-gateway", { timeout: 120_000 }, () =>
       content: "from the README",
       account_id: 1,
     });
+  });
+
+  // Rails unchanged: ActionCable.server.broadcast through Rails' own adapters, received by the
+  // official client through the gateway. Chatwoot broadcasts {event, data} per recipient token.
+  const notPresence = (received) => received.filter((m) => m && m.event !== "presence.update");
+
+  for (const adapter of ["postgresql", "redis"]) {
+    test(`10. Rails' ${adapter} adapter: a broadcast right after each confirm arrives`, { timeout: 60_000 }, async (t) => {
+      // Each round a new consumer: with PostgreSQL the stream's channel is new to the gateway
+      // (UNLISTENed when the previous round's consumer left) and must be LISTENed to before
+      // the confirm.
+      for (let round = 0; round < 5; round++) {
+        const consumer = ActionCable.createConsumer(cableUrl);
+        try {
+          const sub = subscribe(consumer, { channel: "RoomChannel", pubsub_token: "demo-contact-dave", account_id: 1 });
+          assert.equal(await sub.outcome(), "connected", `round ${round}`);
+          const message = { event: "message.created", data: { id: round, content: `via ${adapter}` } };
+          await rails[adapter].broadcast("demo-contact-dave", message);
+          const got = await sub.until((received) => notPresence(received)[0], `round ${round}'s broadcast`);
+          assert.deepEqual(got, message);
+        } finally {
+          await closeConsumer(consumer);
+        }
+      }
+    });
+  }
+
+  test("11. Rails' broadcasts reach exactly their streams: a user's token and account_<id>", { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    const consumer = newConsumer(t);
+    const alice = subscribe(consumer, { channel: "RoomChannel", pubsub_token: "demo-user-alice", account_id: 1, user_id: 1 });
+    const dave = subscribe(consumer, { channel: "RoomChannel", pubsub_token: "demo-contact-dave", account_id: 1 });
+    assert.equal(await alice.outcome(), "connected");
+    assert.equal(await dave.outcome(), "connected");
+    await rails.redis.broadcast("account_1", { event: "contact.created", data: { id: 5 } });
+    await rails.postgresql.broadcast("demo-user-alice", { event: "notification.created", data: { id: 9 } });
+    await rails.postgresql.broadcast("demo-contact-dave", { event: "conversation.updated", data: { id: 7 } });
+    await alice.until((r) => notPresence(r).length >= 2, "alice's two broadcasts");
+    assert.deepEqual(notPresence(alice.state.received).map((m) => m.event), ["contact.created", "notification.created"]);
+    await dave.until((r) => notPresence(r).length >= 1, "dave's broadcast");
+    // account_1 is a user stream: the contact did not get contact.created.
+    assert.deepEqual(notPresence(dave.state.received).map((m) => m.event), ["conversation.updated"]);
+  });
+
+  test("12. private typing from Rails never reaches the widget (a fix over Rails)", { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    const consumer = newConsumer(t);
+    const dave = subscribe(consumer, { channel: "RoomChannel", pubsub_token: "demo-contact-dave", account_id: 1 });
+    assert.equal(await dave.outcome(), "connected");
+    for (const adapter of ["postgresql", "redis"]) {
+      await rails[adapter].broadcast("demo-contact-dave", {
+        event: "conversation.typing_on",
+        data: { conversation: { id: 7 }, user: { id: 2 }, is_private: true },
+      });
+      await rails[adapter].broadcast("demo-contact-dave", { event: "message.created", data: { id: 1, private: true } });
+      await rails[adapter].broadcast("demo-contact-dave", { event: "conversation.typing_off", data: { is_private: false, via: adapter } });
+    }
+    await dave.until((r) => notPresence(r).length >= 2, "the two public broadcasts");
+    assert.deepEqual(notPresence(dave.state.received), [
+      { event: "conversation.typing_off", data: { is_private: false, via: "postgresql" } },
+      { event: "conversation.typing_off", data: { is_private: false, via: "redis" } },
+    ]);
   });
 
   test("8a. the 101 response selects actioncable-v1-json", { timeout: TEST_TIMEOUT_MS }, async (t) => {
