@@ -141,6 +141,14 @@ pub async fn publish_outbox(client: &Client, data: &str) -> Result<(), tokio_pos
     Ok(())
 }
 
+/// What a Rails backend broadcasts for an event: `{"event":..,"data":..}` with `account_id`.
+pub fn rails_payload(data: &str) -> String {
+    format!(
+        r#"{{"event":"message.created","data":{}}}"#,
+        data.replacen('{', &format!(r#"{{"account_id":{FANOUT_ACCOUNT},"#), 1)
+    )
+}
+
 /// The same event the Rails way: one broadcast (NOTIFY on the stream's channel) per recipient
 /// token, all in one statement and transaction (the cheapest way a backend can send them).
 pub async fn publish_notify(
@@ -148,10 +156,7 @@ pub async fn publish_notify(
     tokens: &[String],
     data: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    let payload = format!(
-        r#"{{"event":"message.created","data":{}}}"#,
-        data.replacen('{', &format!(r#"{{"account_id":{FANOUT_ACCOUNT},"#), 1)
-    );
+    let payload = rails_payload(data);
     client
         .query_one(
             "SELECT count(pg_notify(t, $2::text)) FROM unnest($1::text[]) AS t",
@@ -159,6 +164,21 @@ pub async fn publish_notify(
         )
         .await?;
     Ok(())
+}
+
+/// The same event as Rails' Redis adapter sends it: one PUBLISH per recipient token (no
+/// channel prefix), pipelined in one round trip.
+pub async fn publish_redis(
+    redis: &mut redis::aio::MultiplexedConnection,
+    tokens: &[String],
+    data: &str,
+) -> redis::RedisResult<()> {
+    let payload = rails_payload(data);
+    let mut pipeline = redis::pipe();
+    for token in tokens {
+        pipeline.cmd("PUBLISH").arg(token).arg(&payload).ignore();
+    }
+    pipeline.query_async::<()>(redis).await
 }
 
 #[cfg(test)]

@@ -28,11 +28,29 @@ pub enum Target {
     Rails,
 }
 
+/// How events are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Publish {
+    /// One `cable_events` row per event (the gateway's outbox).
+    Outbox,
+    /// One NOTIFY per recipient token, as Rails' PostgreSQL adapter broadcasts.
+    Notify,
+    /// One PUBLISH per recipient token, as Rails' Redis adapter broadcasts.
+    Redis,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// What is being measured (decides how events are published).
+    /// What is being measured.
     #[arg(long, value_enum)]
     pub target: Target,
+    /// How events are published. Default: outbox for the gateway, notify for Rails.
+    #[arg(long, value_enum)]
+    pub publish: Option<Publish>,
+    /// Redis URL, for `--publish redis`.
+    #[arg(long)]
+    pub redis_url: Option<String>,
     /// WebSocket URL of the server (an IP address, not a name).
     #[arg(long)]
     pub url: String,
@@ -112,6 +130,8 @@ struct Run {
     args: RunArgs,
     metrics_addr: Option<String>,
     db: tokio_postgres::Client,
+    publishing: Publish,
+    redis: Option<redis::aio::MultiplexedConnection>,
     fleet: Fleet,
     /// Server CPU per second while idle (for "net of idle" figures).
     idle_cpu_rate: f64,
@@ -285,9 +305,13 @@ impl Run {
             tick.tick().await;
             let ts = unix_us();
             let data = db::event_data(run, seq, ts, pad);
-            match self.args.target {
-                Target::Gateway => db::publish_outbox(&self.db, &data).await?,
-                Target::Rails => db::publish_notify(&self.db, &tokens, &data).await?,
+            match self.publishing {
+                Publish::Outbox => db::publish_outbox(&self.db, &data).await?,
+                Publish::Notify => db::publish_notify(&self.db, &tokens, &data).await?,
+                Publish::Redis => {
+                    let redis = self.redis.as_mut().expect("connected for --publish redis");
+                    db::publish_redis(redis, &tokens, &data).await?
+                }
             }
             let _ = publish_us.record(unix_us().saturating_sub(ts).max(1));
         }
@@ -415,6 +439,7 @@ impl Run {
 pub enum RunError {
     Io(std::io::Error),
     Db(tokio_postgres::Error),
+    Redis(redis::RedisError),
 }
 
 pub type Result<T> = std::result::Result<T, RunError>;
@@ -424,6 +449,7 @@ impl std::fmt::Display for RunError {
         match self {
             RunError::Io(e) => write!(f, "client processes or files: {e}"),
             RunError::Db(e) => write!(f, "database: {e}"),
+            RunError::Redis(e) => write!(f, "redis: {e}"),
         }
     }
 }
@@ -431,6 +457,12 @@ impl std::fmt::Display for RunError {
 impl From<std::io::Error> for RunError {
     fn from(e: std::io::Error) -> Self {
         RunError::Io(e)
+    }
+}
+
+impl From<redis::RedisError> for RunError {
+    fn from(e: redis::RedisError) -> Self {
+        RunError::Redis(e)
     }
 }
 
@@ -490,7 +522,26 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         args.target,
         fleet.processes()
     );
+    let publishing = args.publish.unwrap_or(match args.target {
+        Target::Gateway => Publish::Outbox,
+        Target::Rails => Publish::Notify,
+    });
+    let redis = match (publishing, &args.redis_url) {
+        (Publish::Redis, Some(url)) => Some(
+            redis::Client::open(url.as_str())?
+                .get_multiplexed_async_connection()
+                .await?,
+        ),
+        (Publish::Redis, None) => {
+            return Err(RunError::Io(std::io::Error::other(
+                "--publish redis needs --redis-url",
+            )))
+        }
+        _ => None,
+    };
     let mut run = Run {
+        publishing,
+        redis,
         metrics_addr,
         db,
         fleet,
@@ -549,6 +600,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         "connections": n,
         "machine": machine(),
         "settings": {
+            "publish": publishing,
             "client_processes": crate::fleet::split(n, args.per_process).len(),
             "per_address": args.per_address,
             "hold_s": args.hold,
