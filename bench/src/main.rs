@@ -11,6 +11,7 @@ mod db;
 mod fleet;
 mod frame;
 mod layout;
+mod listen_scale;
 mod probe;
 mod report;
 mod scenario;
@@ -42,6 +43,20 @@ enum Cmd {
     Report {
         #[arg(long, default_value = "bench/results")]
         dir: std::path::PathBuf,
+    },
+    /// What many LISTENed channels cost PostgreSQL (LISTEN time, notification delivery).
+    ListenScale {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Numbers of channels to listen on, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "100,5000,20000")]
+        sizes: Vec<usize>,
+        /// Notifications in the burst (one per recipient of an event, as Rails sends them).
+        #[arg(long, default_value_t = 1000)]
+        burst: usize,
+        /// Write the JSON results here.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// A client process (spawned by `run`; speaks JSON lines on stdin/stdout).
     #[command(hide = true)]
@@ -92,6 +107,27 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::ListenScale {
+            database_url,
+            sizes,
+            burst,
+            out,
+        } => match runtime(2).block_on(listen_scale::run(&database_url, &sizes, burst)) {
+            Ok(results) => {
+                if let Some(out) = out {
+                    let text = serde_json::to_string_pretty(&results).expect("json") + "\n";
+                    if let Err(e) = std::fs::write(&out, text) {
+                        eprintln!("cable-bench: writing {}: {e}", out.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cable-bench: listen-scale: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Report { dir } => match report::write(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
