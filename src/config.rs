@@ -152,8 +152,8 @@ pub struct ServeConfig {
     #[arg(long, env = "CABLE_OUTBOX_POLL", default_value = "1s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
     pub outbox_poll: Duration,
 
-    /// Largest outbox event `data` in bytes (as JSON text, `account_id` included); a larger
-    /// row is skipped, logged and counted (`cable_events_skipped_total{reason="too_large"}`).
+    /// Largest outbox event `data` in bytes (as stored, in jsonb's text form); a larger row
+    /// is skipped, logged and counted (`cable_events_skipped_total{reason="too_large"}`).
     /// Default: 1048576 (1 MiB)
     #[arg(long, env = "CABLE_MAX_EVENT_SIZE", default_value_t = 1 << 20, hide_env_values = true, hide_default_value = true)]
     pub max_event_size: usize,

@@ -108,10 +108,18 @@ async fn data_over_the_size_limit_is_skipped_and_counted() {
     let gw = start(config).await;
     let mut alice = Client::ready(gw.addr).await;
     alice.subscribe_ok(&user(ALICE, 1, 1)).await;
-    // `data` as the reader measures it: jsonb's text, `account_id` included.
-    let skeleton = |tag: &str| json!({"tag": tag, "pad": "", "account_id": 1});
+    // `data` as the backend stored it (jsonb's text): with `account_id`, and without it (the
+    // gateway adds it, and that must not push a row at the limit over it).
+    let skeleton = |tag: &str| match tag {
+        "at the limit, no account_id" => json!({"tag": tag, "pad": ""}),
+        _ => json!({"tag": tag, "pad": "", "account_id": 1}),
+    };
     let mut sized = Vec::new();
-    for (tag, bytes) in [("too large", 1001), ("at the limit", 1000)] {
+    for (tag, bytes) in [
+        ("too large", 1001),
+        ("at the limit, no account_id", 1000),
+        ("at the limit", 1000),
+    ] {
         let base: i32 = sqlx::query_scalar("SELECT octet_length($1::jsonb::text)")
             .bind(skeleton(tag))
             .fetch_one(&db.pool)
@@ -124,6 +132,7 @@ async fn data_over_the_size_limit_is_skipped_and_counted() {
     for data in sized {
         db.publish(1, "message.created", data, json!({})).await;
     }
+    assert_eq!(next_tag(&mut alice).await, "at the limit, no account_id");
     assert_eq!(next_tag(&mut alice).await, "at the limit");
     assert_eq!(metric(&gw, "cable_events_skipped_total", "too_large"), 1.0);
 }

@@ -86,6 +86,7 @@ type Row = (
     Option<i64>,      // actor_contact_inbox_id
     Option<String>,   // stream
     Option<f64>,      // created_at, unix seconds
+    Option<i32>,      // data's length as stored, when account_id was added (else data's)
 );
 
 const READ: &str = "
@@ -106,7 +107,8 @@ SELECT cur.snap::text, f.id, f.account_id, f.event,
                ELSE f.data || jsonb_build_object('account_id', f.account_id) END)::text
        END,
        f.inbox_id, f.contact_inbox_ids, f.user_id, f.private, f.actor_user_id,
-       f.actor_contact_inbox_id, f.stream, extract(epoch FROM f.created_at)::float8
+       f.actor_contact_inbox_id, f.stream, extract(epoch FROM f.created_at)::float8,
+       CASE WHEN NOT f.data ? 'account_id' THEN octet_length(f.data::text) END
   FROM cur
   LEFT JOIN LATERAL (
     SELECT * FROM fresh WHERE pg_visible_in_snapshot(fresh.xid, cur.snap) ORDER BY fresh.id LIMIT $4
@@ -115,11 +117,13 @@ SELECT cur.snap::text, f.id, f.account_id, f.event,
 
 /// Why an outbox row is skipped (logged and counted; the reader goes on). The table's CHECK
 /// constraints refuse the first two at insert; rows from before them may still hold them.
+/// The size limit applies to `data` as the backend stored it, before `account_id` is added.
 fn malformed(row: &Row, max_data: usize) -> Option<&'static str> {
+    let stored_len = |data: &String| row.13.map_or(data.len(), |len| len.max(0) as usize);
     match row {
         (_, _, _, Some(event), ..) if event.is_empty() => Some("empty_event"),
         (_, _, _, _, None, ..) => Some("data_not_object"),
-        (_, _, _, _, Some(data), ..) if data.len() > max_data => Some("too_large"),
+        (_, _, _, _, Some(data), ..) if stored_len(data) > max_data => Some("too_large"),
         _ => None,
     }
 }
@@ -147,6 +151,7 @@ fn event_from(row: Row) -> Option<Event> {
         actor_contact_inbox_id,
         stream,
         created_at,
+        _,
     ) = row;
     let (id, account_id, event, data) = (id?, account_id?, event?, data?);
     let mut body = String::with_capacity(data.len() + event.len() + 24);
