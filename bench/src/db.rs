@@ -143,10 +143,97 @@ pub async fn publish_outbox(client: &Client, data: &str) -> Result<(), tokio_pos
 
 /// What a Rails backend broadcasts for an event: `{"event":..,"data":..}` with `account_id`.
 pub fn rails_payload(data: &str) -> String {
+    rails_payload_for(FANOUT_ACCOUNT, data)
+}
+
+fn rails_payload_for(account_id: i64, data: &str) -> String {
     format!(
         r#"{{"event":"message.created","data":{}}}"#,
-        data.replacen('{', &format!(r#"{{"account_id":{FANOUT_ACCOUNT},"#), 1)
+        data.replacen('{', &format!(r#"{{"account_id":{account_id},"#), 1)
     )
+}
+
+/// The `groups` layout as an audience: Chatwoot's shape, accounts of 100 subscribers (20
+/// agents, 80 widgets), each event of an account meant for all 100.
+pub struct Groups {
+    /// Every subscriber's token, and its account.
+    pub tokens: Vec<String>,
+    pub accounts: Vec<i64>,
+    /// `[{"a":<account>,"c":[<contact session ids>]},...]`, for the outbox rows.
+    outbox_rows: String,
+}
+
+impl Groups {
+    pub fn new(n: usize) -> Groups {
+        let mut tokens = Vec::with_capacity(n);
+        let mut accounts = Vec::with_capacity(n);
+        let mut sessions: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+        for i in 0..n {
+            let account = group_account(i);
+            if is_group_agent(i) {
+                tokens.push(user_token(i));
+            } else {
+                tokens.push(contact_token(i));
+                sessions
+                    .entry(account)
+                    .or_default()
+                    .push(CONTACT_ID_BASE + i as i64);
+            }
+            sessions.entry(account).or_default();
+            accounts.push(account);
+        }
+        let rows: Vec<serde_json::Value> = sessions
+            .into_iter()
+            .map(|(a, c)| serde_json::json!({"a": a, "c": c}))
+            .collect();
+        Groups {
+            tokens,
+            accounts,
+            outbox_rows: serde_json::Value::from(rows).to_string(),
+        }
+    }
+
+    /// Each subscriber's broadcast of an event, as Chatwoot sends one per recipient.
+    pub fn payloads(&self, data: &str) -> Vec<String> {
+        self.accounts
+            .iter()
+            .map(|a| rails_payload_for(*a, data))
+            .collect()
+    }
+}
+
+/// One event per account of the `groups` layout, through the outbox: each row names its
+/// account's contact sessions, so it reaches the account's agents and widgets (rule 4).
+pub async fn publish_outbox_groups(
+    client: &Client,
+    groups: &Groups,
+    data: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO cable_events (account_id, event, data, contact_inbox_ids)
+             SELECT (g->>'a')::bigint, 'message.created', $2::text::jsonb,
+                    ARRAY(SELECT jsonb_array_elements_text(g->'c')::bigint)
+               FROM jsonb_array_elements($1::text::jsonb) AS g",
+            &[&groups.outbox_rows, &data],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The same events as Rails' PostgreSQL adapter sends them: one NOTIFY per recipient.
+pub async fn publish_notify_each(
+    client: &Client,
+    tokens: &[String],
+    payloads: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .query_one(
+            "SELECT count(pg_notify(t, p)) FROM unnest($1::text[], $2::text[]) AS x(t, p)",
+            &[&tokens, &payloads],
+        )
+        .await?;
+    Ok(())
 }
 
 /// The same event the Rails way: one broadcast (NOTIFY on the stream's channel) per recipient
@@ -167,16 +254,16 @@ pub async fn publish_notify(
 }
 
 /// The same event as Rails' Redis adapter sends it: one PUBLISH per recipient token (no
-/// channel prefix), pipelined in one round trip.
+/// channel prefix), pipelined in one round trip; `payloads` has one per token, or one for all.
 pub async fn publish_redis(
     redis: &mut redis::aio::MultiplexedConnection,
     tokens: &[String],
-    data: &str,
+    payloads: &[String],
 ) -> redis::RedisResult<()> {
-    let payload = rails_payload(data);
     let mut pipeline = redis::pipe();
-    for token in tokens {
-        pipeline.cmd("PUBLISH").arg(token).arg(&payload).ignore();
+    for (i, token) in tokens.iter().enumerate() {
+        let payload = payloads.get(i).unwrap_or(&payloads[0]);
+        pipeline.cmd("PUBLISH").arg(token).arg(payload).ignore();
     }
     pipeline.query_async::<()>(redis).await
 }

@@ -3,7 +3,10 @@
 //!
 //! Order (each step bounded in time):
 //! 1. `storm`: N clients of the `groups` layout connect and subscribe at once.
-//! 2. `idle`: they are held; server RSS per connection and idle CPU. Then closed.
+//! 2. `idle`: they are held; server RSS per connection and idle CPU. Then `fanout_groups`:
+//!    events to them in Chatwoot's shape, each account's 100 subscribers (through the outbox:
+//!    one row per account; through Rails' adapters: one broadcast per recipient token). Then
+//!    they are closed.
 //! 3. `storm_one_account`: N agents of one account connect at once (the fan-out audience).
 //! 4. `fanout`: events at a fixed rate to that account; latency at every receiver,
 //!    delivered vs expected, deliveries per server CPU-second.
@@ -26,6 +29,16 @@ use crate::probe;
 pub enum Target {
     Gateway,
     Rails,
+}
+
+/// Who an event is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Every agent of the one fan-out account (N recipients per event).
+    OneAccount,
+    /// The `groups` layout: each account's 100 subscribers, one event per account per tick
+    /// (Chatwoot's shape; every subscriber receives one per tick).
+    Groups,
 }
 
 /// How events are published.
@@ -281,7 +294,13 @@ impl Run {
 
     /// Publishes `rate × duration` events and waits until every reading client has them
     /// (or nothing arrives for 10 s).
-    async fn publish(&mut self, run: u64, pad: usize, name: &str) -> Result<Value> {
+    async fn publish(
+        &mut self,
+        run: u64,
+        pad: usize,
+        name: &str,
+        audience: Audience,
+    ) -> Result<Value> {
         let settled = self.settle().await;
         let reset = self.fleet.ask_merged(&Request::Reset { run }).await?;
         let receivers = reset.sum.receivers;
@@ -289,7 +308,11 @@ impl Run {
             .round()
             .max(1.0) as u64;
         let expected = events * receivers as u64;
-        let tokens: Vec<String> = (0..self.args.connections).map(user_token).collect();
+        let groups = (audience == Audience::Groups).then(|| db::Groups::new(self.args.connections));
+        let tokens: Vec<String> = match &groups {
+            Some(groups) => groups.tokens.clone(),
+            None => (0..self.args.connections).map(user_token).collect(),
+        };
         let m0 = self.metrics();
         let cpu0 = self.cpu();
         let split0 = probe::cpu_split(self.args.server_pid);
@@ -305,12 +328,22 @@ impl Run {
             tick.tick().await;
             let ts = unix_us();
             let data = db::event_data(run, seq, ts, pad);
-            match self.publishing {
-                Publish::Outbox => db::publish_outbox(&self.db, &data).await?,
-                Publish::Notify => db::publish_notify(&self.db, &tokens, &data).await?,
-                Publish::Redis => {
+            match (self.publishing, &groups) {
+                (Publish::Outbox, None) => db::publish_outbox(&self.db, &data).await?,
+                (Publish::Outbox, Some(groups)) => {
+                    db::publish_outbox_groups(&self.db, groups, &data).await?
+                }
+                (Publish::Notify, None) => db::publish_notify(&self.db, &tokens, &data).await?,
+                (Publish::Notify, Some(groups)) => {
+                    db::publish_notify_each(&self.db, &tokens, &groups.payloads(&data)).await?
+                }
+                (Publish::Redis, _) => {
+                    let payloads = match &groups {
+                        Some(groups) => groups.payloads(&data),
+                        None => vec![db::rails_payload(&data)],
+                    };
                     let redis = self.redis.as_mut().expect("connected for --publish redis");
-                    db::publish_redis(redis, &tokens, &data).await?
+                    db::publish_redis(redis, &tokens, &payloads).await?
                 }
             }
             let _ = publish_us.record(unix_us().saturating_sub(ts).max(1));
@@ -554,11 +587,17 @@ pub async fn run(args: RunArgs) -> Result<Value> {
     emit(&mut results, "storm", storm);
     let idle = run.idle(rss_base).await?;
     emit(&mut results, "idle", idle);
+    let groups = run
+        .publish(3, args.pad, "fanout_groups", Audience::Groups)
+        .await?;
+    emit(&mut results, "fanout_groups", groups);
     run.close().await?;
 
     let storm = run.storm(Layout::Fanout, n).await?;
     emit(&mut results, "storm_one_account", storm);
-    let fanout = run.publish(1, args.pad, "fanout").await?;
+    let fanout = run
+        .publish(1, args.pad, "fanout", Audience::OneAccount)
+        .await?;
     emit(&mut results, "fanout", fanout);
     let paused = run
         .fleet
@@ -567,7 +606,9 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         })
         .await?;
     eprintln!("cable-bench: {} clients stopped reading", paused.sum.paused);
-    let slow = run.publish(2, args.pad, "slow").await?;
+    let slow = run
+        .publish(2, args.pad, "slow", Audience::OneAccount)
+        .await?;
     emit(&mut results, "slow", slow);
     run.close().await?;
 
