@@ -189,10 +189,13 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         )?),
         None => None,
     };
-    let chatwoot = redis_client
-        .clone()
-        .filter(|_| config.chatwoot_presence)
-        .map(ChatwootPresence::new);
+    let (chatwoot, chatwoot_writer) = match redis_client.clone() {
+        Some(client) if config.chatwoot_presence => {
+            let (presence, writer) = ChatwootPresence::new(client);
+            (Some(presence), Some(writer))
+        }
+        _ => (None, None),
+    };
     let (presence, answers) = Presence::new(
         pool.clone(),
         config.presence_ttl,
@@ -208,10 +211,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         let announced = presence.clone();
         listen.channel(presence::CHANNEL, Box::new(move |p| announced.changed(p)));
         // Whatever was announced while the connection was down is lost: catch up.
-        let (doorbell, presence) = (doorbell.clone(), presence.clone());
+        let (doorbell, presence, router) = (doorbell.clone(), presence.clone(), router.clone());
         listen.on_connect(Box::new(move || {
             doorbell.notify_one();
-            presence.resync();
+            presence.resync(router.accounts());
         }));
     }
     let streams = Arc::new(Streams::new(
@@ -272,6 +275,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             config.revalidate_interval,
         )),
     ];
+    if let Some(writer) = chatwoot_writer {
+        tasks.push(tokio::spawn(ChatwootPresence::run(writer)));
+    }
     if let Some(redis) = redis {
         ingress_ready.push((crate::ingress::redis::INGRESS, redis.readiness()));
         tasks.push(tokio::spawn(redis.run()));

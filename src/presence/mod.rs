@@ -32,7 +32,6 @@ pub mod chatwoot;
 pub mod rules;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,8 +76,6 @@ pub struct Presence {
     answers: mpsc::UnboundedSender<Arc<Subscription>>,
     /// Accounts whose online set changed and that await a push.
     dirty: Mutex<HashSet<i64>>,
-    /// Announcements may have been missed: push every account served here.
-    resync: AtomicBool,
     /// Chatwoot's ONLINE_PRESENCE keys in Redis, when they are kept.
     chatwoot: Option<ChatwootPresence>,
 }
@@ -102,7 +99,6 @@ impl Presence {
             push_budget: push_budget.max(1),
             answers,
             dirty: Mutex::new(HashSet::new()),
-            resync: AtomicBool::new(false),
             chatwoot,
         };
         (Arc::new(presence), Answers(queue))
@@ -116,7 +112,7 @@ impl Presence {
     /// A sign of life of `keys`: their rows in PostgreSQL, and Chatwoot's keys in Redis.
     async fn seen(&self, keys: &HashSet<PresenceKey>) -> Result<(), sqlx::Error> {
         if let Some(chatwoot) = &self.chatwoot {
-            chatwoot.seen(keys).await;
+            chatwoot.seen(keys);
         }
         self.mark_seen(keys).await
     }
@@ -190,10 +186,12 @@ impl Presence {
         }
     }
 
-    /// Announcements may have been missed (the LISTEN connection was down): every account
-    /// this process serves gets a push.
-    pub fn resync(&self) {
-        self.resync.store(true, Ordering::Release);
+    /// Announcements may have been missed (the LISTEN connection was down): `accounts`, those
+    /// this process serves now, get a push. Taken at the moment of reconnecting, not at the
+    /// next push: a subscription made meanwhile is answered by its own answer, and a push
+    /// computed before that answer marked it online would reach it first, without itself.
+    pub fn resync(&self, accounts: Vec<i64>) {
+        self.dirty.lock().extend(accounts);
     }
 
     /// The account's online set as of now ([`rules::online_set`]). Only users who may be in
@@ -279,9 +277,6 @@ impl Presence {
     /// Pushes a fresh online set to this process's user subscriptions of every changed account
     /// whose budget allows it now. Returns the accounts pushed.
     async fn push_due(&self, router: &Router, next_push: &mut HashMap<i64, Instant>) -> usize {
-        if self.resync.swap(false, Ordering::AcqRel) {
-            self.dirty.lock().extend(router.accounts());
-        }
         let now = Instant::now();
         let due: Vec<i64> = {
             let mut dirty = self.dirty.lock();
