@@ -81,11 +81,12 @@ impl Dynamic {
         match request {
             Request::Acquire(channels, ack) => {
                 for channel in channels {
-                    let statement = format!("LISTEN {}", quote_ident(&channel));
-                    let count = self.counts.entry(channel).or_insert(0);
-                    *count += 1;
-                    if *count == 1 {
-                        statements.push(statement);
+                    match self.counts.get_mut(&channel) {
+                        Some(count) => *count += 1,
+                        None => {
+                            statements.push(format!("LISTEN {}", quote_ident(&channel)));
+                            self.counts.insert(channel, 1);
+                        }
                     }
                 }
                 (statements, Some(ack))
