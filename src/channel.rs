@@ -47,11 +47,15 @@ fn invalid(why: &'static str) -> SubscribeError {
 /// The policy of a subscribe: `raw` parsed (the caller has already checked it is a JSON
 /// object), the connection's subscription limit, then the token. Returns the token, the
 /// parsed identifier and who subscribes.
+///
+/// `fresh` skips the token cache (a restored subscription: its token may have been revoked
+/// while its client was away).
 pub async fn subscribe(
     auth: &AuthCache,
     raw: &str,
     held: usize,
     max_subscriptions: usize,
+    fresh: bool,
 ) -> Result<(String, Identifier, Principal), SubscribeError> {
     let identifier = Identifier::parse(raw).map_err(|_| bad("no_channel"))?;
     let params = RoomParams::parse(&identifier)?;
@@ -60,6 +64,10 @@ pub async fn subscribe(
             BadInput::TooManySubscriptions,
             "too_many_subscriptions",
         ));
+    }
+    if fresh {
+        let account = params.user_id.and(params.account_id);
+        auth.forget(&params.pubsub_token, account).await;
     }
     let principal = params.authorize(auth).await?;
     Ok((params.pubsub_token, identifier, principal))

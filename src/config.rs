@@ -162,6 +162,39 @@ pub struct ServeConfig {
     #[arg(long, env = "CABLE_EVENT_RETENTION", default_value = "24h", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
     pub event_retention: Duration,
 
+    /// Extended protocol: how long a session can be restored by its `sid` after its socket
+    /// was lost (on any process of the database). Default: 5m
+    #[arg(long, env = "CABLE_SESSION_TTL", default_value = "5m", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
+    pub session_ttl: Duration,
+
+    /// Extended protocol: the most outbox events (of every account) one history request may
+    /// reach back over; a request for more gets `reject_history` (the client refetches).
+    /// Default: 10000
+    #[arg(
+        long,
+        env = "CABLE_HISTORY_MAX_SPAN",
+        default_value_t = 10_000,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub history_max_span: i64,
+
+    /// Extended protocol: broadcasts of stream ingress kept per stream, in memory, for
+    /// history on the process that heard them (0 keeps none). Default: 100
+    #[arg(
+        long,
+        env = "CABLE_HISTORY_LIMIT",
+        default_value_t = 100,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub history_limit: usize,
+
+    /// Extended protocol: how long a stream ingress broadcast is kept for history.
+    /// Default: 5m
+    #[arg(long, env = "CABLE_HISTORY_TTL", default_value = "5m", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
+    pub history_ttl: Duration,
+
     /// Hear a Rails backend's ActionCable PostgreSQL adapter (`NOTIFY`) on this database:
     /// the streams of every live subscription are LISTENed to. Default: true
     #[arg(long, env = "CABLE_RAILS_POSTGRES", default_value_t = true, action = clap::ArgAction::Set, hide_env_values = true, hide_default_value = true)]
@@ -300,6 +333,16 @@ pub mod tuning {
     /// Retention pruning runs every `CABLE_EVENT_RETENTION / 10`, within these bounds.
     pub const PRUNE_PERIOD_MIN: Duration = Duration::from_secs(1);
     pub const PRUNE_PERIOD_MAX: Duration = Duration::from_secs(60);
+
+    // --- the extended protocol -----------------------------------------------------------
+
+    /// How long a restored subscription holds its live events back for the client's history
+    /// request (`@anycable/core` sends it right after the welcome); then they flow anyway.
+    pub const RESTORE_HOLD: Duration = Duration::from_secs(5);
+    /// Most session rows written in one statement.
+    pub const SESSION_MAX_BATCH: usize = 1000;
+    /// How often stream ingress history is swept of expired broadcasts and unused streams.
+    pub const HISTORY_SWEEP: Duration = Duration::from_secs(10);
 
     // --- database ------------------------------------------------------------------------
 

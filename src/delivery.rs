@@ -29,6 +29,27 @@ pub struct Message {
     pub body: Bytes,
     /// When it was published, seconds since the Unix epoch (for the latency histogram).
     pub created_at: f64,
+    /// Where it stands in its stream's history, for clients of the extended protocol.
+    pub position: Position,
+}
+
+/// A message's place in a stream's history: what an extended-protocol client is told with it
+/// (`stream_id`, `epoch`, `offset`) and may ask to replay after (CONTRACT §8).
+#[derive(Debug, Clone)]
+pub enum Position {
+    /// Not history (presence snapshots, replies).
+    None,
+    /// An outbox event's offset; the epoch is the database's, the stream id the
+    /// subscription's own ([`Positions::outbox_stream_id`]).
+    Outbox(i64),
+    /// A broadcast of stream ingress, kept in this process's memory (`crate::resume::rings`):
+    /// its stream, its offset there, and `,"stream_id":..,"epoch":..,"offset":N}` ready to
+    /// close a frame with.
+    Stream {
+        stream: Arc<str>,
+        offset: i64,
+        suffix: Bytes,
+    },
 }
 
 /// An outbox event: its shared [`Message`], with what the routing rules read.
@@ -58,6 +79,8 @@ pub struct Subscription {
     pub session: SessionHandle,
     /// Whose presence this subscription keeps alive.
     pub presence: PresenceKey,
+    /// Extended protocol only: where its streams stand, and live frames held during a replay.
+    pub positions: Option<Box<Positions>>,
     /// Cleared on unsubscribe or revocation: frames still queued for it are dropped.
     active: AtomicBool,
 }
@@ -67,6 +90,7 @@ impl Subscription {
         identifier: Arc<str>,
         session: SessionHandle,
         principal: &Principal,
+        positions: Option<Box<Positions>>,
     ) -> Arc<Subscription> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(Subscription {
@@ -75,8 +99,22 @@ impl Subscription {
             identifier,
             session,
             presence: PresenceKey::from(principal),
+            positions,
             active: AtomicBool::new(true),
         })
+    }
+
+    /// Queues a live event or broadcast for this subscription (held back during a replay,
+    /// dropped when the client already has it, see [`Positions`]).
+    pub fn deliver(self: &Arc<Self>, message: &Arc<Message>) {
+        let frame = Outbound::Message {
+            sub: self.clone(),
+            message: message.clone(),
+        };
+        match &self.positions {
+            None => self.session.send(frame),
+            Some(positions) => positions.deliver(&self.session, &message.position, frame),
+        }
     }
 
     pub fn is_active(&self) -> bool {
@@ -86,6 +124,179 @@ impl Subscription {
     /// Ends delivery to this subscription: frames still queued for it are dropped.
     pub fn deactivate(&self) {
         self.active.store(false, Ordering::Release);
+    }
+}
+
+/// Where one stream of an extended-protocol subscription stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark {
+    /// Live delivery to this subscription covers every offset above this one: a replay never
+    /// needs to go beyond it.
+    pub live_from: i64,
+    /// The client already has everything up to here: live frames at or below it are dropped.
+    pub floor: i64,
+}
+
+/// What an extended-protocol subscription keeps beside the plain one.
+///
+/// Live frames are held (not queued) while history is being replayed for it, so that the
+/// replay goes first and nothing is sent twice: a replay covers `(position, live_from]`, live
+/// delivery everything after `live_from`, and frames the client already had (at or below its
+/// position, which may be ahead of this process) are dropped. Restored subscriptions start
+/// held: their client asks for history right after the `welcome`.
+pub struct Positions {
+    /// The stream id of this subscription's outbox events (stable per identifier).
+    pub outbox_stream_id: Box<str>,
+    /// `,"stream_id":"<id>","epoch":"<epoch>","offset":` (the offset and `}` follow).
+    pub outbox_suffix: Bytes,
+    /// The most frames held before the client counts as too slow.
+    hold_limit: usize,
+    state: Mutex<PositionState>,
+}
+
+struct PositionState {
+    held: Option<Vec<Outbound>>,
+    /// Held since it was restored, for a history request that has not come yet.
+    awaiting: bool,
+    outbox: Mark,
+    /// By ingress stream name (a subscription streams at most two).
+    streams: Vec<(Arc<str>, Mark)>,
+}
+
+impl PositionState {
+    fn mark(&mut self, position: &Position) -> Option<(&mut Mark, i64)> {
+        match position {
+            Position::None => None,
+            Position::Outbox(offset) => Some((&mut self.outbox, *offset)),
+            Position::Stream { stream, offset, .. } => self
+                .streams
+                .iter_mut()
+                .find(|(name, _)| name == stream)
+                .map(|(_, mark)| (mark, *offset)),
+        }
+    }
+}
+
+impl Positions {
+    pub fn new(outbox_stream_id: String, epoch: &str, hold_limit: usize) -> Box<Positions> {
+        let quoted = |s: &str| serde_json::to_string(s).expect("a string always serializes");
+        let outbox_suffix = format!(
+            r#","stream_id":{},"epoch":{},"offset":"#,
+            quoted(&outbox_stream_id),
+            quoted(epoch)
+        );
+        Box::new(Positions {
+            outbox_stream_id: outbox_stream_id.into(),
+            outbox_suffix: outbox_suffix.into(),
+            hold_limit,
+            state: Mutex::new(PositionState {
+                held: None,
+                awaiting: false,
+                outbox: Mark::default(),
+                streams: Vec::new(),
+            }),
+        })
+    }
+
+    /// Where live delivery starts (called as the subscription goes live, under the router's
+    /// lock, so nothing at or below these offsets reaches it live).
+    pub fn start(&self, outbox: i64, streams: Vec<(Arc<str>, i64)>, held: bool) {
+        let mut state = self.state.lock();
+        state.outbox = Mark {
+            live_from: outbox,
+            floor: 0,
+        };
+        state.streams = streams
+            .into_iter()
+            .map(|(name, live_from)| {
+                (
+                    name,
+                    Mark {
+                        live_from,
+                        floor: 0,
+                    },
+                )
+            })
+            .collect();
+        if held {
+            state.held.get_or_insert_with(Vec::new);
+            state.awaiting = true;
+        }
+    }
+
+    fn deliver(&self, session: &SessionHandle, position: &Position, frame: Outbound) {
+        let mut state = self.state.lock();
+        if let Some((mark, offset)) = state.mark(position) {
+            if offset <= mark.floor {
+                return;
+            }
+        }
+        match &mut state.held {
+            Some(held) if held.len() >= self.hold_limit => {
+                drop(state);
+                session.too_slow();
+            }
+            Some(held) => held.push(frame),
+            None => session.send(frame),
+        }
+    }
+
+    /// Holds live frames back (a replay is about to be sent).
+    pub fn hold(&self) {
+        let mut state = self.state.lock();
+        state.held.get_or_insert_with(Vec::new);
+        state.awaiting = false;
+    }
+
+    /// Lets live frames flow if they are still held for a history request that never came.
+    pub fn release_if_awaiting(&self, session: &SessionHandle) {
+        if self.state.lock().awaiting {
+            self.release(session);
+        }
+    }
+
+    /// The marks of the outbox and of each ingress stream, as they are now.
+    pub fn marks(&self) -> (Mark, Vec<(Arc<str>, Mark)>) {
+        let state = self.state.lock();
+        (state.outbox, state.streams.clone())
+    }
+
+    /// Records a replay: the client now has everything of the outbox (or of `stream`) above
+    /// `from`, and everything up to `floor`.
+    pub fn replayed(&self, stream: Option<&str>, from: i64, floor: i64) {
+        let mut state = self.state.lock();
+        let mark = match stream {
+            None => Some(&mut state.outbox),
+            Some(stream) => state
+                .streams
+                .iter_mut()
+                .find(|(name, _)| &**name == stream)
+                .map(|(_, mark)| mark),
+        };
+        if let Some(mark) = mark {
+            mark.live_from = mark.live_from.min(from);
+            mark.floor = mark.floor.max(floor);
+        }
+    }
+
+    /// Queues the held frames (those the client does not already have) and delivers live
+    /// again.
+    pub fn release(&self, session: &SessionHandle) {
+        let mut state = self.state.lock();
+        state.awaiting = false;
+        let Some(held) = state.held.take() else {
+            return;
+        };
+        for frame in held {
+            if let Outbound::Message { message, .. } = &frame {
+                if let Some((mark, offset)) = state.mark(&message.position) {
+                    if offset <= mark.floor {
+                        continue;
+                    }
+                }
+            }
+            session.send(frame);
+        }
     }
 }
 
@@ -115,6 +326,9 @@ pub enum CloseReason {
     ClientClosed(Bytes),
     /// The socket ended or broke without a close frame.
     ConnectionLost,
+    /// Its session was restored on another connection (extended protocol): the client is
+    /// already elsewhere, so the socket is closed without a `disconnect`.
+    Replaced,
 }
 
 impl CloseReason {
@@ -124,6 +338,7 @@ impl CloseReason {
             CloseReason::Disconnect(reason) => reason.as_str(),
             CloseReason::ClientClosed(_) => "client_closed",
             CloseReason::ConnectionLost => "connection_lost",
+            CloseReason::Replaced => "session_restored",
         }
     }
 }
@@ -136,6 +351,8 @@ pub struct SendQueue {
     notify: Notify,
     queue: Mutex<VecDeque<Outbound>>,
     queued: Notify,
+    /// Notified each time the writer takes what is queued (a replay waits on it).
+    taken: Notify,
     capacity: usize,
     /// When the writer's current socket write began ([`millis`] + 1), or 0 when it is not
     /// waiting on the socket.
@@ -157,6 +374,7 @@ impl SendQueue {
             notify: Notify::new(),
             queue: Mutex::new(VecDeque::new()),
             queued: Notify::new(),
+            taken: Notify::new(),
             capacity: capacity.max(1),
             writing_since: AtomicU64::new(0),
         })
@@ -205,10 +423,29 @@ impl SendQueue {
                 let mut queue = self.queue.lock();
                 if !queue.is_empty() {
                     std::mem::swap(&mut *queue, batch);
+                    drop(queue);
+                    self.taken.notify_waiters();
                     return;
                 }
             }
             self.queued.notified().await;
+        }
+    }
+
+    /// Waits until fewer than half the queue's capacity are queued (or the session ends), so
+    /// that a long replay is paced by the client instead of overflowing its queue.
+    pub async fn room(&self) {
+        loop {
+            let taken = self.taken.notified();
+            tokio::pin!(taken);
+            taken.as_mut().enable();
+            if self.queue.lock().len() < self.capacity / 2 + 1 || self.reason.get().is_some() {
+                return;
+            }
+            tokio::select! {
+                _ = taken => {}
+                _ = self.closed() => return,
+            }
         }
     }
 
@@ -261,11 +498,16 @@ impl SessionHandle {
     /// fast enough: the session is ended with `too_slow`, and nobody else is delayed.
     pub fn send(&self, frame: Outbound) {
         if !self.queue.push(frame) {
-            if self.queue.close_reason().is_none() {
-                self.metrics.too_slow.inc();
-            }
-            self.queue
-                .close(CloseReason::Disconnect(DisconnectReason::TooSlow));
+            self.too_slow();
         }
+    }
+
+    /// Ends the session: its client does not read fast enough.
+    pub fn too_slow(&self) {
+        if self.queue.close_reason().is_none() {
+            self.metrics.too_slow.inc();
+        }
+        self.queue
+            .close(CloseReason::Disconnect(DisconnectReason::TooSlow));
     }
 }

@@ -82,6 +82,7 @@ pub mod migrate;
 pub mod origin;
 pub mod presence;
 pub mod protocol;
+pub mod resume;
 pub mod revalidate;
 pub mod router;
 pub mod routing;

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub broadcasts_skipped: Family<IngressReasonLabels, Counter>,
     pub ingress_reconnects: Family<IngressLabels, Counter>,
     pub ingress_up: Family<IngressLabels, Gauge>,
+    pub history_replayed: Counter,
+    pub history_queries: Counter,
+    pub session_restores: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -97,6 +100,9 @@ impl Metrics {
             broadcasts_skipped: Family::default(),
             ingress_reconnects: Family::default(),
             ingress_up: Family::default(),
+            history_replayed: Counter::default(),
+            history_queries: Counter::default(),
+            session_restores: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -229,6 +235,21 @@ impl Metrics {
             "cable_ingress_up",
             "1 while an enabled stream ingress connection is live, by ingress",
             m.ingress_up.clone(),
+        );
+        r.register(
+            "cable_history_replayed",
+            "Messages sent by history replays (extended protocol)",
+            m.history_replayed.clone(),
+        );
+        r.register(
+            "cable_history_queries",
+            "Database queries made by history replays",
+            m.history_queries.clone(),
+        );
+        r.register(
+            "cable_session_restores",
+            "Session restore attempts by result (restored, unknown, failed)",
+            m.session_restores.clone(),
         );
         Metrics { registry, ..m }
     }

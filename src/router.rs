@@ -11,14 +11,16 @@
 //! disconnects that client (`too_slow`), see [`crate::delivery::SessionHandle::send`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::auth::{Membership, Principal};
-use crate::delivery::{Event, Message, Outbound, Subscription};
+use crate::delivery::{Event, Outbound, Position, Subscription};
 use crate::metrics::Metrics;
+use crate::resume::rings::Rings;
 use crate::routing::{account_stream, entitled};
 
 /// A live subscription with what the router knows about it.
@@ -148,31 +150,63 @@ struct Registry {
     by_token: HashMap<Arc<str>, HashSet<u64>>,
 }
 
+impl Registry {
+    fn streams(&self, stream: &str) -> bool {
+        self.by_token.contains_key(stream)
+            || stream
+                .strip_prefix("account_")
+                .and_then(|n| n.parse::<i64>().ok())
+                .filter(|id| account_stream(*id) == stream)
+                .and_then(|id| self.accounts.get(&id))
+                .is_some_and(|index| !index.users.is_empty())
+    }
+}
+
 /// The live subscriptions of this process.
 pub struct Router {
     registry: RwLock<Registry>,
     metrics: Arc<Metrics>,
+    /// Stream ingress history: broadcasts get their positions here, under the registry's lock.
+    rings: Arc<Rings>,
+    /// The offset of the last outbox event dispatched (set under the registry's lock).
+    outbox_offset: AtomicI64,
 }
 
 impl Router {
-    pub fn new(metrics: Arc<Metrics>) -> Router {
+    /// `outbox_offset`: where the outbox reader starts (nothing at or below it is dispatched).
+    pub fn new(metrics: Arc<Metrics>, rings: Arc<Rings>, outbox_offset: i64) -> Router {
         Router {
             registry: RwLock::default(),
             metrics,
+            rings,
+            outbox_offset: AtomicI64::new(outbox_offset),
         }
     }
 
-    /// Makes `sub` live and queues `confirm` on its session in one step, so no event frame
-    /// for it can be queued before its confirm.
+    /// Makes `sub` live and queues `confirm` (when given) on its session in one step, so no
+    /// event frame for it can be queued before its confirm. An extended-protocol subscription
+    /// learns where live delivery starts for each of its streams, and starts `hold`ing live
+    /// frames if asked (a replay follows).
     pub fn register(
         &self,
         sub: Arc<Subscription>,
         principal: Principal,
         token: Arc<str>,
-        confirm: Bytes,
+        confirm: Option<Bytes>,
         held: Option<Held>,
+        hold: bool,
     ) {
         let mut registry = self.registry.write();
+        if let Some(positions) = &sub.positions {
+            let streams = crate::routing::streams(&principal, &token)
+                .into_iter()
+                .map(|stream| {
+                    let last = self.rings.last(&stream);
+                    (Arc::<str>::from(stream), last)
+                })
+                .collect();
+            positions.start(self.outbox_offset.load(Ordering::Acquire), streams, hold);
+        }
         registry
             .accounts
             .entry(principal.account_id())
@@ -183,7 +217,9 @@ impl Router {
             .entry(token.clone())
             .or_default()
             .insert(sub.id);
-        sub.session.send(Outbound::Frame(confirm));
+        if let Some(confirm) = confirm {
+            sub.session.send(Outbound::Frame(confirm));
+        }
         registry.entries.insert(
             sub.id,
             Entry {
@@ -266,6 +302,13 @@ impl Router {
         index.add(id, &entry.principal, &entry.token);
     }
 
+    /// Who a live subscription belongs to, and its token.
+    pub fn principal_of(&self, id: u64) -> Option<(Principal, Arc<str>)> {
+        let registry = self.registry.read();
+        let entry = registry.entries.get(&id)?;
+        Some((entry.principal.clone(), entry.token.clone()))
+    }
+
     /// Every live subscription: id, principal and token (revalidation, presence heartbeats).
     pub fn live(&self) -> Vec<(u64, Principal, Arc<str>)> {
         let registry = self.registry.read();
@@ -280,6 +323,9 @@ impl Router {
     pub fn dispatch(&self, event: &Arc<Event>, scratch: &mut Vec<u64>) -> usize {
         scratch.clear();
         let registry = self.registry.read();
+        if let Position::Outbox(offset) = event.message.position {
+            self.outbox_offset.store(offset, Ordering::Release);
+        }
         let Some(index) = registry.accounts.get(&event.account_id) else {
             return 0;
         };
@@ -290,10 +336,7 @@ impl Router {
                 continue;
             };
             if entitled(&entry.principal, event) {
-                entry.sub.session.send(Outbound::Message {
-                    sub: entry.sub.clone(),
-                    message: event.message.clone(),
-                });
+                entry.sub.deliver(&event.message);
                 delivered += 1;
             }
         }
@@ -303,23 +346,30 @@ impl Router {
     /// Whether any subscription streams `stream` here (its token, or `account_<id>` of an
     /// account with user subscriptions).
     pub fn streams(&self, stream: &str) -> bool {
+        self.registry.read().streams(stream)
+    }
+
+    /// Drops expired stream history, and the history of streams nobody here streams any longer.
+    pub fn sweep_history(&self) {
+        // The same lock order as a broadcast: the registry, then the rings.
         let registry = self.registry.read();
-        registry.by_token.contains_key(stream)
-            || stream
-                .strip_prefix("account_")
-                .and_then(|n| n.parse::<i64>().ok())
-                .filter(|id| account_stream(*id) == stream)
-                .and_then(|id| registry.accounts.get(&id))
-                .is_some_and(|index| !index.users.is_empty())
+        self.rings.sweep(|stream| registry.streams(stream));
+    }
+
+    /// Stream ingress history.
+    pub fn rings(&self) -> &Rings {
+        &self.rings
     }
 
     /// Queues a broadcast on every subscription streaming `stream` (its own token, or
     /// `account_<id>` for the user subscriptions of that account), contact subscriptions only
-    /// if `contacts` ([`crate::routing`] rule 7). Returns how many received it.
+    /// if `contacts` ([`crate::routing`] rule 7), and keeps it in the stream's history. `body`
+    /// is the payload followed by `}`. Returns how many received it.
     pub fn broadcast(
         &self,
         stream: &str,
-        message: &Arc<Message>,
+        body: Bytes,
+        created_at: f64,
         contacts: bool,
         scratch: &mut Vec<u64>,
     ) -> usize {
@@ -337,16 +387,17 @@ impl Router {
             scratch.sort_unstable();
             scratch.dedup();
         }
+        if scratch.is_empty() {
+            return 0;
+        }
+        let message = self.rings.record(stream, body, created_at, contacts);
         let mut delivered = 0;
         for id in scratch.iter() {
             let Some(entry) = registry.entries.get(id) else {
                 continue;
             };
             if contacts || entry.principal.is_user() {
-                entry.sub.session.send(Outbound::Message {
-                    sub: entry.sub.clone(),
-                    message: message.clone(),
-                });
+                entry.sub.deliver(&message);
                 delivered += 1;
             }
         }
@@ -379,7 +430,7 @@ impl Router {
 mod tests {
     use super::*;
     use crate::auth::ContactRecord;
-    use crate::delivery::SessionHandle;
+    use crate::delivery::{Message, SessionHandle};
     use crate::routing::{receives, CONTACT_EVENTS};
     use proptest::prelude::*;
 
@@ -468,6 +519,7 @@ mod tests {
                         message: Arc::new(Message {
                             body: Bytes::new(),
                             created_at: 0.0,
+                            position: Position::None,
                         }),
                     }
                 },
@@ -485,13 +537,13 @@ mod tests {
             promote in prop::collection::vec(any::<bool>(), 12),
         ) {
             let metrics = Arc::new(Metrics::new());
-            let router = Router::new(metrics.clone());
+            let router = Router::new(metrics.clone(), Arc::new(Rings::new(10, std::time::Duration::from_secs(60))), 0);
             let mut subs = Vec::new();
             for principal in &population {
                 let session = SessionHandle::new(1 << 16, metrics.clone());
-                let sub = Subscription::new("{}".into(), session, principal);
+                let sub = Subscription::new("{}".into(), session, principal, None);
                 let token: Arc<str> = token_of(principal).into();
-                router.register(sub.clone(), principal.clone(), token, Bytes::new(), None);
+                router.register(sub.clone(), principal.clone(), token, Some(Bytes::new()), None, false);
                 sub.session.queue.take_now(); // the confirm
                 subs.push((sub, principal.clone()));
             }
@@ -531,7 +583,11 @@ mod tests {
     #[test]
     fn broadcasts_reach_the_streams_subscribers_and_contacts_only_if_allowed() {
         let metrics = Arc::new(Metrics::new());
-        let router = Router::new(metrics.clone());
+        let router = Router::new(
+            metrics.clone(),
+            Arc::new(Rings::new(10, std::time::Duration::from_secs(60))),
+            0,
+        );
         let user = |account_id, user_id| Principal::User {
             account_id,
             user_id,
@@ -561,25 +617,23 @@ mod tests {
             .iter()
             .map(|(token, principal)| {
                 let session = SessionHandle::new(64, metrics.clone());
-                let sub = Subscription::new("{}".into(), session, principal);
+                let sub = Subscription::new("{}".into(), session, principal, None);
                 router.register(
                     sub.clone(),
                     principal.clone(),
                     (*token).into(),
-                    Bytes::new(),
+                    Some(Bytes::new()),
                     None,
+                    false,
                 );
                 sub.session.queue.take_now();
                 sub
             })
             .collect();
-        let message = Arc::new(Message {
-            body: Bytes::from_static(b"{}}"),
-            created_at: 0.0,
-        });
         let got = |stream: &str, contacts: bool| -> Vec<&str> {
             let mut scratch = Vec::new();
-            let n = router.broadcast(stream, &message, contacts, &mut scratch);
+            let body = Bytes::from_static(b"{}}");
+            let n = router.broadcast(stream, body, 0.0, contacts, &mut scratch);
             let names: Vec<&str> = parties
                 .iter()
                 .zip(&subs)

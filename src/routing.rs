@@ -221,6 +221,7 @@ mod tests {
             message: std::sync::Arc::new(Message {
                 body: Bytes::new(),
                 created_at: 0.0,
+                position: crate::delivery::Position::None,
             }),
         }
     }

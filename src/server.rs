@@ -23,8 +23,8 @@ use tokio::task::JoinHandle;
 use crate::auth::batch::Batcher;
 use crate::auth::AuthCache;
 use crate::config::tuning::{
-    ACCEPT_RETRY, DRAIN_TIMEOUT, LISTEN_BACKLOG, POOL_ACQUIRE_TIMEOUT, READY_QUERY_TIMEOUT,
-    SHUTDOWN_PRESENCE_TIMEOUT,
+    ACCEPT_RETRY, DRAIN_TIMEOUT, HISTORY_SWEEP, LISTEN_BACKLOG, POOL_ACQUIRE_TIMEOUT,
+    READY_QUERY_TIMEOUT, SHUTDOWN_PRESENCE_TIMEOUT,
 };
 use crate::config::ServeConfig;
 use crate::connections::Slots;
@@ -38,12 +38,19 @@ use crate::metrics::Metrics;
 use crate::migrate::{self, MigrateError};
 use crate::presence::chatwoot::ChatwootPresence;
 use crate::presence::{self, Presence};
+use crate::resume::replay::History;
+use crate::resume::rings::Rings;
+use crate::resume::sessions::{self, Sessions};
 use crate::revalidate::{self, Revalidation};
 use crate::router::Router;
 use crate::session::{Limits, Services};
 
-/// The only sub-protocol we speak.
+/// The sub-protocol of ActionCable.
 pub const SUBPROTOCOL: &str = "actioncable-v1-json";
+/// AnyCable's extended protocol (CONTRACT §8), preferred when offered.
+pub const SUBPROTOCOL_EXT: &str = "actioncable-v1-ext-json";
+/// The header a client may name the session to restore in (instead of `?sid=`).
+const RESTORE_SID_HEADER: &str = "x-anycable-restore-sid";
 
 /// Why `serve` refuses to start. Each message is one line naming the fix.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +170,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         Err(e) => return Err(StartError::Schema(e)),
     }
     let cursor = outbox::Cursor::now(&pool).await.map_err(database)?;
+    let epoch: Arc<str> = outbox::epoch(&pool).await.map_err(database)?.into();
     let addr = config.listen;
     let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
     let addr = listener
@@ -171,7 +179,16 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
 
     // The components.
     let metrics = Arc::new(Metrics::new());
-    let router = Arc::new(Router::new(metrics.clone()));
+    let rings = Arc::new(Rings::new(config.history_limit, config.history_ttl));
+    let router = Arc::new(Router::new(metrics.clone(), rings, cursor.offset()));
+    let (sessions, session_writes) = Sessions::new(pool.clone(), config.session_ttl);
+    let history = Arc::new(History {
+        pool: pool.clone(),
+        epoch,
+        max_span: config.history_max_span,
+        max_event_size: config.max_event_size,
+        metrics: metrics.clone(),
+    });
     let (batcher, batching) = Batcher::new(pool.clone(), metrics.clone());
     let auth = AuthCache::new(
         batcher,
@@ -204,16 +221,23 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         chatwoot,
     );
     let doorbell = Arc::new(Notify::new());
+    let rounds = Arc::new(Notify::new());
     let mut listen = Listen::new(db.clone(), metrics.clone());
     {
         let ring = doorbell.clone();
         listen.channel(outbox::CHANNEL, Box::new(move |_| ring.notify_one()));
+        let ring = rounds.clone();
+        listen.channel(outbox::ROUNDS_CHANNEL, Box::new(move |_| ring.notify_one()));
+        let restored = sessions.clone();
+        listen.channel(sessions::CHANNEL, Box::new(move |sid| restored.taken(sid)));
         let announced = presence.clone();
         listen.channel(presence::CHANNEL, Box::new(move |p| announced.changed(p)));
         // Whatever was announced while the connection was down is lost: catch up.
         let (doorbell, presence, router) = (doorbell.clone(), presence.clone(), router.clone());
+        let rounds = rounds.clone();
         listen.on_connect(Box::new(move || {
             doorbell.notify_one();
+            rounds.notify_one();
             presence.resync(router.accounts());
         }));
     }
@@ -250,15 +274,32 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     let mut tasks = vec![
         tokio::spawn(batching),
         tokio::spawn(listen.run()),
+        tokio::spawn(outbox::append_task(
+            pool.clone(),
+            doorbell,
+            rounds.clone(),
+            config.outbox_poll,
+        )),
         tokio::spawn(outbox::run(
             pool.clone(),
             router.clone(),
             metrics.clone(),
             cursor,
-            doorbell,
+            rounds,
             config.outbox_poll,
             config.max_event_size,
         )),
+        tokio::spawn(session_writes),
+        tokio::spawn({
+            let router = router.clone();
+            async move {
+                let mut tick = tokio::time::interval(HISTORY_SWEEP);
+                loop {
+                    tick.tick().await;
+                    router.sweep_history();
+                }
+            }
+        }),
         tokio::spawn(outbox::prune(
             pool.clone(),
             metrics.clone(),
@@ -291,6 +332,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             limits: Limits::from(&config),
             shutdown: shutting_down,
             rails_postgres,
+            sessions,
+            history,
         }),
         slots: slots.clone(),
         allowed_origins: config.allowed_origins.clone(),
@@ -447,15 +490,33 @@ async fn ready(http: &Http) -> Response<Full<Bytes>> {
     }
 }
 
-/// Whether the client offered `actioncable-v1-json` (the header may repeat and hold lists).
-fn offers_actioncable(request: &Request<Incoming>) -> bool {
+/// Whether the client offered `protocol` (the header may repeat and hold lists).
+fn offers(request: &Request<Incoming>, protocol: &str) -> bool {
     request
         .headers()
         .get_all(SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == SUBPROTOCOL)
+        .any(|p| p.trim() == protocol)
+}
+
+/// The session an extended-protocol client asks to restore: `?sid=` or the header.
+fn restore_sid(request: &Request<Incoming>) -> Option<String> {
+    let from_query = request.uri().query().and_then(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == "sid")
+            .map(|(_, sid)| sid.into_owned())
+    });
+    from_query
+        .or_else(|| {
+            request
+                .headers()
+                .get(RESTORE_SID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .filter(|sid| !sid.is_empty() && sid.len() <= 128)
 }
 
 fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -484,7 +545,12 @@ fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Byt
             "connection limit reached\n",
         );
     };
-    let actioncable = offers_actioncable(&request);
+    let ext = offers(&request, SUBPROTOCOL_EXT);
+    let actioncable = ext || offers(&request, SUBPROTOCOL);
+    let handshake = crate::session::Handshake {
+        ext,
+        restore_sid: if ext { restore_sid(&request) } else { None },
+    };
     let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(pair) => pair,
         Err(e) => {
@@ -496,7 +562,7 @@ fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Byt
     tokio::spawn(async move {
         let _slot = slot;
         match upgraded.await {
-            Ok(ws) => crate::session::run(services, ws.into_inner()).await,
+            Ok(ws) => crate::session::run(services, ws.into_inner(), handshake).await,
             Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
         }
     });
@@ -505,7 +571,7 @@ fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Byt
         // The official JS client ignores every frame when this header is missing.
         parts.headers.insert(
             SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(SUBPROTOCOL),
+            HeaderValue::from_static(if ext { SUBPROTOCOL_EXT } else { SUBPROTOCOL }),
         );
     }
     Response::from_parts(parts, Full::new(Bytes::new()))

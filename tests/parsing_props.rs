@@ -102,7 +102,10 @@ fn command() -> impl Strategy<Value = (String, Command)> {
         |((identifier, _), kind, data, data_as_string)| match kind {
             0 => (
                 json!({"command": "subscribe", "identifier": identifier}).to_string(),
-                Command::Subscribe { identifier },
+                Command::Subscribe {
+                    identifier,
+                    history: None,
+                },
             ),
             1 => (
                 json!({"command": "unsubscribe", "identifier": identifier}).to_string(),
@@ -309,7 +312,7 @@ proptest! {
     #[test]
     fn arbitrary_text_never_panics(text in ".{0,200}") {
         if let Ok(command) = Command::parse(&text) {
-            if let Ok(identifier) = Identifier::parse(command.identifier()) {
+            if let Some(Ok(identifier)) = command.identifier().map(Identifier::parse) {
                 let _ = RoomParams::parse(&identifier);
             }
         }

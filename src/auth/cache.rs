@@ -103,6 +103,21 @@ impl AuthCache {
         }
     }
 
+    /// Forgets what is cached of `token` (for `account_id`, when a user's), so that the next
+    /// lookup asks the database: a restored subscription is checked afresh.
+    pub async fn forget(&self, token: &str, account_id: Option<i64>) {
+        let key = match account_id {
+            Some(account_id) => Key::User {
+                token: token.into(),
+                account_id,
+            },
+            None => Key::Contact {
+                token: token.into(),
+            },
+        };
+        self.cache.invalidate(&key).await;
+    }
+
     /// Forgets every cached lookup (tests, and after revalidation finds a change).
     pub fn invalidate_all(&self) {
         self.cache.invalidate_all();

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, BytesMut};
 use parking_lot::Mutex;
 
-use crate::delivery::Message;
 use crate::metrics::Metrics;
 use crate::router::Router;
 
@@ -85,17 +84,14 @@ impl Streams {
         let mut body = BytesMut::with_capacity(payload.len() + 1);
         body.put_slice(payload);
         body.put_u8(b'}');
-        let message = Arc::new(Message {
-            body: body.freeze(),
-            created_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
-        });
+        let created_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         let mut scratch = Vec::new();
         Ok(self
             .router
-            .broadcast(stream, &message, contacts, &mut scratch))
+            .broadcast(stream, body.freeze(), created_at, contacts, &mut scratch))
     }
 
     /// Counts (and logs, at most once a minute) a broadcast skipped before delivery.

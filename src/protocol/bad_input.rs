@@ -21,6 +21,9 @@ pub enum BadInput {
     BadData,
     /// A subscribe whose identifier is not a JSON object.
     IdentifierNotObject,
+    /// A `history` (alone or in a subscribe) that is not an object of `since` and stream
+    /// positions, or names more than 16 streams.
+    BadHistory,
     /// A text message that is not UTF-8.
     InvalidUtf8,
     /// A binary message.
@@ -59,12 +62,13 @@ pub enum Verdict {
 
 impl BadInput {
     /// Every kind, in the order of the README's table.
-    pub const ALL: [BadInput; 15] = [
+    pub const ALL: [BadInput; 16] = [
         BadInput::Malformed,
         BadInput::UnknownCommand,
         BadInput::MissingIdentifier,
         BadInput::BadData,
         BadInput::IdentifierNotObject,
+        BadInput::BadHistory,
         BadInput::InvalidUtf8,
         BadInput::Binary,
         BadInput::StrayContinuation,
@@ -82,7 +86,7 @@ impl BadInput {
         use BadInput::*;
         match self {
             Malformed | UnknownCommand | MissingIdentifier | BadData | IdentifierNotObject
-            | InvalidUtf8 | Binary | StrayContinuation => Verdict::Ignore,
+            | BadHistory | InvalidUtf8 | Binary | StrayContinuation => Verdict::Ignore,
             BadIdentifier | InvalidToken | TooManySubscriptions => Verdict::Reject,
             TooLarge | RateLimited => Verdict::Disconnect(DisconnectReason::InvalidRequest),
             TooManyRejects => Verdict::Disconnect(DisconnectReason::Unauthorized),
@@ -98,6 +102,7 @@ impl BadInput {
             BadInput::MissingIdentifier => "missing_identifier",
             BadInput::BadData => "bad_data",
             BadInput::IdentifierNotObject => "identifier_not_object",
+            BadInput::BadHistory => "bad_history",
             BadInput::InvalidUtf8 => "invalid_utf8",
             BadInput::Binary => "binary",
             BadInput::StrayContinuation => "stray_continuation",

@@ -10,7 +10,16 @@ use super::BadInput;
 pub enum Command {
     Subscribe {
         identifier: String,
+        /// Extended protocol: replay what was missed before going live.
+        history: Option<HistoryRequest>,
     },
+    /// Extended protocol: replay what a subscription missed.
+    History {
+        identifier: String,
+        history: HistoryRequest,
+    },
+    /// Extended protocol: the client's answer to a ping (accepted silently).
+    Pong,
     Unsubscribe {
         identifier: String,
     },
@@ -27,15 +36,76 @@ impl Command {
             Command::Subscribe { .. } => "subscribe",
             Command::Unsubscribe { .. } => "unsubscribe",
             Command::Message { .. } => "message",
+            Command::History { .. } => "history",
+            Command::Pong => "pong",
         }
     }
 
-    pub fn identifier(&self) -> &str {
+    /// The raw identifier the command names (`pong` names none).
+    pub fn identifier(&self) -> Option<&str> {
         match self {
-            Command::Subscribe { identifier }
+            Command::Subscribe { identifier, .. }
             | Command::Unsubscribe { identifier }
-            | Command::Message { identifier, .. } => identifier,
+            | Command::Message { identifier, .. }
+            | Command::History { identifier, .. } => Some(identifier),
+            Command::Pong => None,
         }
+    }
+}
+
+/// The most stream positions one history request may name.
+pub const MAX_HISTORY_STREAMS: usize = 16;
+
+/// What a client asks to have replayed (CONTRACT §8): everything after each listed stream's
+/// position, and for streams not listed, everything published at or after `since`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HistoryRequest {
+    /// Unix seconds.
+    pub since: Option<f64>,
+    pub streams: Vec<StreamPosition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub stream_id: String,
+    pub epoch: String,
+    pub offset: i64,
+}
+
+impl HistoryRequest {
+    fn parse(value: Value) -> Result<HistoryRequest, CommandError> {
+        let Value::Object(mut history) = value else {
+            return Err(CommandError::BadHistory);
+        };
+        let since = match history.remove("since") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(n.as_f64().ok_or(CommandError::BadHistory)?),
+            Some(_) => return Err(CommandError::BadHistory),
+        };
+        let streams = match history.remove("streams") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Object(streams)) if streams.len() <= MAX_HISTORY_STREAMS => streams
+                .into_iter()
+                .map(|(stream_id, position)| {
+                    let epoch = match position.get("epoch") {
+                        Some(Value::String(epoch)) => epoch.clone(),
+                        _ => return Err(CommandError::BadHistory),
+                    };
+                    let offset = position
+                        .get("offset")
+                        .and_then(Value::as_i64)
+                        .filter(|offset| *offset >= 0)
+                        .ok_or(CommandError::BadHistory)?;
+                    Ok(StreamPosition {
+                        stream_id,
+                        epoch,
+                        offset,
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(CommandError::BadHistory),
+        };
+        Ok(HistoryRequest { since, streams })
     }
 }
 
@@ -50,6 +120,8 @@ pub enum CommandError {
     MissingIdentifier,
     #[error("data is neither an object nor a string holding one")]
     BadData,
+    #[error("history is not an object of since and stream positions")]
+    BadHistory,
 }
 
 impl From<CommandError> for BadInput {
@@ -59,6 +131,7 @@ impl From<CommandError> for BadInput {
             CommandError::UnknownCommand => BadInput::UnknownCommand,
             CommandError::MissingIdentifier => BadInput::MissingIdentifier,
             CommandError::BadData => BadInput::BadData,
+            CommandError::BadHistory => BadInput::BadHistory,
         }
     }
 }
@@ -68,6 +141,7 @@ struct Envelope {
     command: Option<Value>,
     identifier: Option<Value>,
     data: Option<Value>,
+    history: Option<Value>,
 }
 
 impl Command {
@@ -85,7 +159,13 @@ impl Command {
             Some(Value::String(command)) => command,
             _ => return Err(CommandError::UnknownCommand),
         };
-        if !matches!(command.as_str(), "subscribe" | "unsubscribe" | "message") {
+        if command == "pong" {
+            return Ok(Command::Pong);
+        }
+        if !matches!(
+            command.as_str(),
+            "subscribe" | "unsubscribe" | "message" | "history"
+        ) {
             return Err(CommandError::UnknownCommand);
         }
         let identifier = match envelope.identifier {
@@ -93,8 +173,15 @@ impl Command {
             _ => return Err(CommandError::MissingIdentifier),
         };
         Ok(match command.as_str() {
-            "subscribe" => Command::Subscribe { identifier },
+            "subscribe" => Command::Subscribe {
+                identifier,
+                history: envelope.history.map(HistoryRequest::parse).transpose()?,
+            },
             "unsubscribe" => Command::Unsubscribe { identifier },
+            "history" => Command::History {
+                identifier,
+                history: HistoryRequest::parse(envelope.history.ok_or(CommandError::BadHistory)?)?,
+            },
             _ => Command::Message {
                 identifier,
                 data: parse_data(envelope.data)?,
@@ -124,9 +211,57 @@ mod tests {
         assert_eq!(
             Command::parse(raw),
             Ok(Command::Subscribe {
-                identifier: r#"{"channel":"RoomChannel", "pubsub_token":"t"}"#.into()
+                identifier: r#"{"channel":"RoomChannel", "pubsub_token":"t"}"#.into(),
+                history: None,
             })
         );
+    }
+
+    #[test]
+    fn history_in_subscribe_and_alone() {
+        let raw = r#"{"command":"subscribe","identifier":"{}","history":{"since":1700000000,"streams":{"s":{"epoch":"e","offset":7}}}}"#;
+        let expected = HistoryRequest {
+            since: Some(1_700_000_000.0),
+            streams: vec![StreamPosition {
+                stream_id: "s".into(),
+                epoch: "e".into(),
+                offset: 7,
+            }],
+        };
+        assert_eq!(
+            Command::parse(raw),
+            Ok(Command::Subscribe {
+                identifier: "{}".into(),
+                history: Some(expected.clone()),
+            })
+        );
+        let raw = r#"{"command":"history","identifier":"{}","history":{"since":1700000000,"streams":{"s":{"epoch":"e","offset":7}}}}"#;
+        assert_eq!(
+            Command::parse(raw),
+            Ok(Command::History {
+                identifier: "{}".into(),
+                history: expected,
+            })
+        );
+        assert_eq!(Command::parse(r#"{"command":"pong"}"#), Ok(Command::Pong));
+        for bad in [
+            r#"{"command":"history","identifier":"{}"}"#,
+            r#"{"command":"history","identifier":"{}","history":[]}"#,
+            r#"{"command":"history","identifier":"{}","history":{"since":"x"}}"#,
+            r#"{"command":"history","identifier":"{}","history":{"streams":{"s":{"offset":1}}}}"#,
+            r#"{"command":"history","identifier":"{}","history":{"streams":{"s":{"epoch":"e","offset":-1}}}}"#,
+            r#"{"command":"subscribe","identifier":"{}","history":{"streams":{"s":{"epoch":"e","offset":1.5}}}}"#,
+        ] {
+            assert_eq!(Command::parse(bad), Err(CommandError::BadHistory), "{bad}");
+        }
+        let many: Vec<String> = (0..=MAX_HISTORY_STREAMS)
+            .map(|i| format!(r#""s{i}":{{"epoch":"e","offset":1}}"#))
+            .collect();
+        let raw = format!(
+            r#"{{"command":"history","identifier":"{{}}","history":{{"streams":{{{}}}}}}}"#,
+            many.join(",")
+        );
+        assert_eq!(Command::parse(&raw), Err(CommandError::BadHistory));
     }
 
     #[test]

@@ -7,6 +7,6 @@ pub mod identifier;
 pub mod reply;
 
 pub use bad_input::{BadInput, Verdict};
-pub use command::{Command, CommandError};
+pub use command::{Command, CommandError, HistoryRequest, StreamPosition};
 pub use identifier::{Identifier, IdentifierError};
 pub use reply::DisconnectReason;

@@ -1,5 +1,7 @@
 //! Outbound frames: every message type and disconnect reason spelled in one place.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 pub const WELCOME: &str = r#"{"type":"welcome"}"#;
@@ -58,6 +60,33 @@ fn quoted(raw_identifier: &str) -> String {
     serde_json::to_string(raw_identifier).expect("a string always serializes")
 }
 
+/// The extended protocol's welcome: the session id, and what was restored, if anything.
+pub fn welcome_ext(sid: &str, restored: Option<&[Arc<str>]>) -> Bytes {
+    let mut frame = format!(r#"{{"type":"welcome","sid":{}"#, quoted(sid));
+    if let Some(ids) = restored {
+        frame.push_str(r#","restored":true,"restored_ids":"#);
+        frame.push_str(&serde_json::to_string(ids).expect("strings always serialize"));
+    }
+    frame.push('}');
+    frame.into()
+}
+
+pub fn confirm_history(raw_identifier: &str) -> Bytes {
+    format!(
+        r#"{{"identifier":{},"type":"confirm_history"}}"#,
+        quoted(raw_identifier)
+    )
+    .into()
+}
+
+pub fn reject_history(raw_identifier: &str) -> Bytes {
+    format!(
+        r#"{{"identifier":{},"type":"reject_history"}}"#,
+        quoted(raw_identifier)
+    )
+    .into()
+}
+
 pub fn confirm(raw_identifier: &str) -> Bytes {
     format!(
         r#"{{"identifier":{},"type":"confirm_subscription"}}"#,
@@ -95,6 +124,20 @@ mod tests {
         let frame: serde_json::Value = serde_json::from_slice(&composed).unwrap();
         assert_eq!(frame["identifier"].as_str().unwrap(), raw);
         assert_eq!(frame["message"]["event"], "x");
+    }
+
+    #[test]
+    fn welcome_of_the_extended_protocol() {
+        let plain: serde_json::Value = serde_json::from_slice(&welcome_ext("s1", None)).unwrap();
+        assert_eq!(plain, serde_json::json!({"type": "welcome", "sid": "s1"}));
+        let ids: Vec<Arc<str>> = vec!["{\"a\":1}".into()];
+        let restored: serde_json::Value =
+            serde_json::from_slice(&welcome_ext("s2", Some(&ids))).unwrap();
+        assert_eq!(
+            restored,
+            serde_json::json!({"type": "welcome", "sid": "s2", "restored": true,
+                               "restored_ids": ["{\"a\":1}"]})
+        );
     }
 
     #[test]

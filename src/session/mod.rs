@@ -30,6 +30,9 @@ use crate::delivery::{CloseReason, SessionHandle};
 use crate::ingress::postgres::PgAdapter;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
+use crate::protocol::reply;
+use crate::resume::replay::History;
+use crate::resume::sessions::Sessions;
 use crate::router::Router;
 use reader::Reader;
 use subscriptions::SessionSubscriptions;
@@ -68,10 +71,22 @@ pub struct Services {
     pub rails_postgres: Option<Arc<PgAdapter>>,
     /// Becomes `true` when the process shuts down: say `server_restart` and close.
     pub shutdown: watch::Receiver<bool>,
+    /// Extended protocol: restorable sessions, and history replay.
+    pub sessions: Arc<Sessions>,
+    pub history: Arc<History>,
+}
+
+/// What the upgrade request asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Handshake {
+    /// The extended protocol (`actioncable-v1-ext-json`) was negotiated.
+    pub ext: bool,
+    /// The session to restore (`?sid=` or `X-ANYCABLE-RESTORE-SID`).
+    pub restore_sid: Option<String>,
 }
 
 /// Serves one upgraded connection until it ends.
-pub async fn run(services: Arc<Services>, io: TokioIo<Upgraded>) {
+pub async fn run(services: Arc<Services>, io: TokioIo<Upgraded>, handshake: Handshake) {
     let started = Instant::now();
     let metrics = services.metrics.clone();
     metrics.connections.inc();
@@ -81,14 +96,29 @@ pub async fn run(services: Arc<Services>, io: TokioIo<Upgraded>) {
     let session = SessionHandle::new(services.limits.send_queue, metrics.clone());
     let queue = session.queue.clone();
 
+    // Extended protocol: a session id, and the old session's subscriptions restored before
+    // the welcome says which.
+    let sid: Option<Arc<str>> = handshake.ext.then(|| crate::resume::sid::new_sid().into());
+    let mut reader = Reader::new(read, services.clone(), session, sid.clone());
+    let mut subs = SessionSubscriptions::new(services.router.clone());
+    let welcome = match &sid {
+        None => bytes::Bytes::from_static(reply::WELCOME.as_bytes()),
+        Some(sid) => {
+            services.sessions.opened(sid, &queue);
+            let restored = match &handshake.restore_sid {
+                Some(old) => reader.restore(old, &mut subs).await,
+                None => None,
+            };
+            reply::welcome_ext(sid, restored.as_deref())
+        }
+    };
+
     // Reader and writer run concurrently in this one task (one task per connection, not two):
     // neither is ever cancelled while the connection lives. The writer ends when the session
     // is closed (by anyone) or the socket fails; the reader when the client leaves or
     // misbehaves.
-    let writer = writer::run(write, &queue, services.shutdown.clone(), &metrics);
+    let writer = writer::run(write, &welcome, &queue, services.shutdown.clone(), &metrics);
     tokio::pin!(writer);
-    let mut reader = Reader::new(read, services.clone(), session);
-    let mut subs = SessionSubscriptions::new(services.router.clone());
     let reader_ended = tokio::select! {
         reason = reader.run(&mut subs) => Some(reason),
         () = &mut writer => None,
@@ -105,6 +135,11 @@ pub async fn run(services: Arc<Services>, io: TokioIo<Upgraded>) {
         .close_reason()
         .cloned()
         .unwrap_or(CloseReason::ConnectionLost);
+    if let Some(sid) = &sid {
+        if reason != CloseReason::Replaced {
+            services.sessions.closed(sid);
+        }
+    }
     metrics.connections_open.dec();
     metrics
         .connections_closed

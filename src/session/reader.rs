@@ -10,11 +10,13 @@ use super::frame::{Inbound, Messages, ReadEnd};
 use super::rate::RateLimit;
 use super::subscriptions::SessionSubscriptions;
 use super::Services;
-use crate::auth::token_prefix;
+use crate::auth::{token_prefix, Principal};
 use crate::channel::SubscribeError;
-use crate::delivery::{CloseReason, Outbound, SessionHandle, Subscription};
+use crate::config::tuning::{HARD_LIMIT_FACTOR, RESTORE_HOLD};
+use crate::delivery::{CloseReason, Outbound, Positions, SessionHandle, Subscription};
+use crate::metrics::ReasonLabels;
 use crate::protocol::reply;
-use crate::protocol::{BadInput, Command, Identifier, IdentifierError, Verdict};
+use crate::protocol::{BadInput, Command, HistoryRequest, Identifier, IdentifierError, Verdict};
 use crate::router::Held;
 
 pub struct Reader<R> {
@@ -23,16 +25,24 @@ pub struct Reader<R> {
     session: SessionHandle,
     rate: RateLimit,
     rejects: u32,
+    /// The session id, on an extended-protocol connection.
+    sid: Option<Arc<str>>,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
-    pub fn new(read: R, services: Arc<Services>, session: SessionHandle) -> Self {
+    pub fn new(
+        read: R,
+        services: Arc<Services>,
+        session: SessionHandle,
+        sid: Option<Arc<str>>,
+    ) -> Self {
         Reader {
             messages: Messages::new(read, services.limits.max_frame_size),
             rate: RateLimit::new(services.limits.max_command_rate),
             services,
             session,
             rejects: 0,
+            sid,
         }
     }
 
@@ -115,12 +125,17 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         match command {
             // Boxed: a token lookup's state is large, and only a subscribe needs it; inline it
             // would make every idle connection's task that much bigger.
-            Command::Subscribe { identifier } => {
-                return Box::pin(self.subscribe(identifier, subs)).await
+            Command::Subscribe {
+                identifier,
+                history,
+            } => {
+                let history = history.filter(|_| self.sid.is_some());
+                return Box::pin(self.subscribe(identifier, history, subs)).await;
             }
             Command::Unsubscribe { identifier } => {
                 if subs.unsubscribe(&identifier) {
                     metrics.command("unsubscribe", "ok");
+                    self.save(subs);
                 } else {
                     tracing::debug!(
                         session = self.session.queue.id,
@@ -145,13 +160,184 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     metrics.command("message", "unknown_identifier");
                 }
             },
+            // The extended protocol's; a plain client sending them gets what any unknown
+            // command gets.
+            Command::History { .. } | Command::Pong if self.sid.is_none() => {
+                return self.bad(BadInput::UnknownCommand);
+            }
+            Command::Pong => metrics.command("pong", "ok"),
+            Command::History {
+                identifier,
+                history,
+            } => {
+                let live = subs
+                    .get(&identifier)
+                    .filter(|sub| sub.is_active())
+                    .cloned()
+                    .and_then(|sub| Some((self.services.router.principal_of(sub.id)?, sub)));
+                match live {
+                    Some(((principal, token), sub)) => {
+                        let services = self.services.clone();
+                        Box::pin(services.history.serve(
+                            &services.router,
+                            &sub,
+                            &principal,
+                            &token,
+                            &history,
+                        ))
+                        .await;
+                    }
+                    None => {
+                        self.session
+                            .send(Outbound::Frame(reply::reject_history(&identifier)));
+                        metrics.command("history", "unknown_identifier");
+                    }
+                }
+            }
         }
         None
+    }
+
+    /// Writes the session's subscriptions (extended protocol only).
+    fn save(&self, subs: &SessionSubscriptions) {
+        if let Some(sid) = &self.sid {
+            self.services.sessions.save(sid, subs.identifiers());
+        }
+    }
+
+    /// Makes an authorized subscription live: its streams LISTENed to (Rails' PostgreSQL
+    /// adapter) before anything else, registered with the router (confirm queued if given,
+    /// live frames held if `hold`), its presence answered.
+    async fn go_live(
+        &mut self,
+        raw: Arc<str>,
+        token: String,
+        principal: Principal,
+        confirm: bool,
+        hold: bool,
+        subs: &mut SessionSubscriptions,
+    ) -> Arc<Subscription> {
+        let services = self.services.clone();
+        let held: Option<Held> = match &services.rails_postgres {
+            Some(adapter) => {
+                let streams = crate::routing::streams(&principal, &token);
+                Some(Box::new(adapter.acquire(streams).await))
+            }
+            None => None,
+        };
+        let positions = self.sid.as_ref().map(|_| {
+            Positions::new(
+                crate::resume::outbox_stream_id(&raw),
+                &services.history.epoch,
+                services.limits.send_queue * HARD_LIMIT_FACTOR,
+            )
+        });
+        let confirm = confirm.then(|| reply::confirm(&raw));
+        let sub = Subscription::new(raw, self.session.clone(), &principal, positions);
+        services
+            .router
+            .register(sub.clone(), principal, token.into(), confirm, held, hold);
+        subs.insert(sub.clone());
+        services.presence.answer(sub.clone());
+        sub
+    }
+
+    /// Restores the subscriptions of session `sid` (extended protocol), checking each token
+    /// afresh: the identifiers restored (held until the client's history request), or `None`
+    /// when there is no such session. A subscription whose token is no longer valid is
+    /// rejected (after the welcome).
+    pub async fn restore(
+        &mut self,
+        sid: &str,
+        subs: &mut SessionSubscriptions,
+    ) -> Option<Vec<Arc<str>>> {
+        let services = self.services.clone();
+        let metrics = &services.metrics;
+        let identifiers = match services.sessions.take(sid).await {
+            Ok(Some(identifiers)) => identifiers,
+            Ok(None) => {
+                metrics
+                    .session_restores
+                    .get_or_create(&ReasonLabels { reason: "unknown" })
+                    .inc();
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(session = self.session.queue.id, error = %e, "restoring a session failed; starting a new one");
+                metrics
+                    .session_restores
+                    .get_or_create(&ReasonLabels { reason: "failed" })
+                    .inc();
+                return None;
+            }
+        };
+        let mut restored = Vec::new();
+        for raw in identifiers
+            .into_iter()
+            .take(services.limits.max_subscriptions)
+        {
+            if subs.get(&raw).is_some() {
+                continue;
+            }
+            let outcome = crate::channel::subscribe(
+                &services.auth,
+                &raw,
+                subs.len(),
+                services.limits.max_subscriptions,
+                true,
+            )
+            .await;
+            match outcome {
+                Ok((token, identifier, principal)) => {
+                    let sub = self
+                        .go_live(identifier.raw, token, principal, false, true, subs)
+                        .await;
+                    restored.push(sub.clone());
+                }
+                Err(SubscribeError::Reject(kind, why)) => {
+                    tracing::info!(
+                        session = self.session.queue.id,
+                        kind = kind.label(),
+                        reason = why,
+                        "restored subscription rejected"
+                    );
+                    self.session.send(Outbound::Frame(reply::reject(&raw)));
+                    metrics.subscribe_rejected(why);
+                }
+                // Left out of restored_ids: the client subscribes to it again.
+                Err(SubscribeError::Unavailable(e)) => {
+                    tracing::warn!(session = self.session.queue.id, error = %e, "database unavailable while restoring a subscription");
+                }
+            }
+        }
+        metrics
+            .session_restores
+            .get_or_create(&ReasonLabels { reason: "restored" })
+            .inc();
+        self.save(subs);
+        // A client that never asks for history still gets its live events.
+        let waiting: Vec<Arc<Subscription>> = restored.clone();
+        let session = self.session.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RESTORE_HOLD).await;
+            for sub in waiting {
+                if let Some(positions) = &sub.positions {
+                    positions.release_if_awaiting(&session);
+                }
+            }
+        });
+        Some(
+            restored
+                .into_iter()
+                .map(|sub| sub.identifier.clone())
+                .collect(),
+        )
     }
 
     async fn subscribe(
         &mut self,
         raw: String,
+        history: Option<HistoryRequest>,
         subs: &mut SessionSubscriptions,
     ) -> Option<CloseReason> {
         let services = self.services.clone();
@@ -175,6 +361,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             &raw,
             subs.len(),
             services.limits.max_subscriptions,
+            false,
         )
         .await;
         match outcome {
@@ -186,25 +373,28 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     user = principal.is_user(),
                     "subscription confirmed"
                 );
-                // Rails' PostgreSQL adapter: its streams are LISTENed to before the confirm.
-                let held: Option<Held> = match &services.rails_postgres {
-                    Some(adapter) => {
-                        let streams = crate::routing::streams(&principal, &token);
-                        Some(Box::new(adapter.acquire(streams).await))
-                    }
-                    None => None,
-                };
-                let sub = Subscription::new(identifier.raw, self.session.clone(), &principal);
-                services.router.register(
-                    sub.clone(),
-                    principal,
-                    token.into(),
-                    reply::confirm(&raw),
-                    held,
-                );
-                subs.insert(sub.clone());
-                services.presence.answer(sub);
+                let sub = self
+                    .go_live(
+                        identifier.raw,
+                        token.clone(),
+                        principal.clone(),
+                        true,
+                        history.is_some(),
+                        subs,
+                    )
+                    .await;
                 metrics.command("subscribe", "confirmed");
+                self.save(subs);
+                if let Some(history) = history {
+                    Box::pin(services.history.serve(
+                        &services.router,
+                        &sub,
+                        &principal,
+                        &token,
+                        &history,
+                    ))
+                    .await;
+                }
                 None
             }
             Err(SubscribeError::Reject(kind, why)) => {

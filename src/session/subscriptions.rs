@@ -36,6 +36,15 @@ impl SessionSubscriptions {
         self.by_identifier.insert(sub.identifier.clone(), sub);
     }
 
+    /// The raw identifiers of the live subscriptions (what a session restores).
+    pub fn identifiers(&self) -> Vec<Arc<str>> {
+        self.by_identifier
+            .values()
+            .filter(|sub| sub.is_active())
+            .map(|sub| sub.identifier.clone())
+            .collect()
+    }
+
     /// Forgets the subscription (revoked meanwhile, so already unregistered).
     pub fn forget(&mut self, identifier: &str) {
         self.by_identifier.remove(identifier);

@@ -12,9 +12,9 @@ use crate::config::tuning::{
     BATCH_BYTES, FAREWELL_TIMEOUT, KEEP_CAPACITY, KEEP_FRAMES, PING_INTERVAL,
     TOO_SLOW_FAREWELL_TIMEOUT,
 };
-use crate::delivery::{CloseReason, Outbound, SendQueue};
+use crate::delivery::{CloseReason, Outbound, Position, SendQueue};
 use crate::metrics::Metrics;
-use crate::protocol::reply::{self, DisconnectReason, WELCOME};
+use crate::protocol::reply::{self, DisconnectReason};
 
 const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
@@ -73,18 +73,46 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                 if !sub.is_active() {
                     return;
                 }
-                push_header(
-                    &mut self.buf,
-                    OP_TEXT,
-                    sub.prefix.len() + message.body.len(),
-                );
-                self.buf.extend_from_slice(&sub.prefix);
-                self.buf.extend_from_slice(&message.body);
+                match (&sub.positions, &message.position) {
+                    (Some(positions), Position::Outbox(offset)) => {
+                        let offset = offset.to_string();
+                        self.push_positioned(
+                            &sub.prefix,
+                            &message.body,
+                            &[&positions.outbox_suffix, offset.as_bytes(), b"}"],
+                        );
+                    }
+                    (Some(_), Position::Stream { suffix, .. }) => {
+                        self.push_positioned(&sub.prefix, &message.body, &[suffix]);
+                    }
+                    _ => {
+                        push_header(
+                            &mut self.buf,
+                            OP_TEXT,
+                            sub.prefix.len() + message.body.len(),
+                        );
+                        self.buf.extend_from_slice(&sub.prefix);
+                        self.buf.extend_from_slice(&message.body);
+                    }
+                }
                 self.metrics.messages_sent.inc();
                 self.metrics
                     .delivery_latency
                     .observe((unix_now() - message.created_at).max(0.0));
             }
+        }
+    }
+
+    /// An extended-protocol message: the prefix, the body without its closing brace, then
+    /// the position (`,"stream_id":..,"epoch":..,"offset":N}`) in `parts`.
+    fn push_positioned(&mut self, prefix: &[u8], body: &[u8], parts: &[&[u8]]) {
+        let body = &body[..body.len().saturating_sub(1)];
+        let len = prefix.len() + body.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+        push_header(&mut self.buf, OP_TEXT, len);
+        self.buf.extend_from_slice(prefix);
+        self.buf.extend_from_slice(body);
+        for part in parts {
+            self.buf.extend_from_slice(part);
         }
     }
 
@@ -119,6 +147,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
 /// to commands sent before it arrive after it.
 pub async fn run<W: AsyncWrite + Unpin>(
     sink: W,
+    welcome: &[u8],
     queue: &SendQueue,
     mut shutdown: watch::Receiver<bool>,
     metrics: &Metrics,
@@ -130,7 +159,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         metrics,
         last_ping: 0,
     };
-    push_text(&mut w.buf, WELCOME.as_bytes());
+    push_text(&mut w.buf, welcome);
     if w.flush().await.is_err() {
         queue.close(CloseReason::ConnectionLost);
         return;
@@ -204,6 +233,11 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 w.flush().await
             };
             let _ = timeout(FAREWELL_TIMEOUT, farewell).await;
+        }
+        CloseReason::Replaced => {
+            w.buf.clear();
+            w.push_close(&1000u16.to_be_bytes());
+            let _ = timeout(TOO_SLOW_FAREWELL_TIMEOUT, w.flush()).await;
         }
         CloseReason::ClientClosed(payload) => {
             let echo = if payload.len() >= 2 {

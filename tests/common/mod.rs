@@ -201,7 +201,17 @@ impl Client {
         protocols: &[&str],
         origin: Option<&str>,
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
-        let mut request = format!("ws://{addr}/cable").into_client_request()?;
+        Client::connect_path(addr, "/cable", protocols, origin).await
+    }
+
+    /// Connects to `path` (which may carry a query) offering `protocols`.
+    pub async fn connect_path(
+        addr: std::net::SocketAddr,
+        path: &str,
+        protocols: &[&str],
+        origin: Option<&str>,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let mut request = format!("ws://{addr}{path}").into_client_request()?;
         if !protocols.is_empty() {
             request.headers_mut().insert(
                 "Sec-WebSocket-Protocol",

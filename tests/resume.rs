@@ -1,0 +1,522 @@
+//! Reliable streams (CONTRACT §8): the extended protocol's session restore, positions and
+//! history, against real PostgreSQL and real sockets, across processes and restarts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const ALICE: &str = "demo-user-alice";
+const DAVE: &str = "demo-contact-dave";
+const EXT: &str = "actioncable-v1-ext-json";
+
+/// Connects with the extended protocol (restoring `sid` if given) and reads the welcome.
+async fn ext(addr: std::net::SocketAddr, sid: Option<&str>) -> (Client, Value) {
+    let path = match sid {
+        Some(sid) => format!("/cable?sid={sid}"),
+        None => "/cable".to_string(),
+    };
+    let mut client = Client::connect_path(addr, &path, &[EXT], None)
+        .await
+        .expect("websocket connects");
+    assert_eq!(client.protocol.as_deref(), Some(EXT));
+    let welcome = client.next().await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (client, welcome)
+}
+
+fn sid_of(welcome: &Value) -> String {
+    let sid = welcome["sid"].as_str().expect("a sid").to_string();
+    assert!(sid.len() >= 32, "a session id of 128 bits: {sid}");
+    sid
+}
+
+/// Waits until the session row of `sid` holds `n` subscriptions (saves are asynchronous).
+async fn saved(db: &TestDb, sid: &str, n: i64) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let count: Option<i32> = sqlx::query_scalar(
+                "SELECT jsonb_array_length(subscriptions) FROM cable_sessions WHERE sid = $1",
+            )
+            .bind(sid)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap();
+            if count == Some(n as i32) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the session row in time");
+}
+
+/// The position a message frame carries, as a history request's stream entry.
+fn position(frame: &Value) -> (String, Value) {
+    let stream = frame["stream_id"].as_str().expect("stream_id").to_string();
+    assert!(frame["offset"].is_i64(), "an integer offset: {frame}");
+    (
+        stream,
+        json!({"epoch": frame["epoch"], "offset": frame["offset"]}),
+    )
+}
+
+fn history(identifier: &str, streams: &[(String, Value)]) -> Value {
+    let streams: serde_json::Map<String, Value> = streams.iter().cloned().collect();
+    json!({"command": "history", "identifier": identifier,
+           "history": {"since": null, "streams": streams}})
+}
+
+/// Reads message frames until `confirm_history` (or `reject_history`) for `identifier`;
+/// returns the events' `data.n` in order and which answer came.
+async fn replay(client: &mut Client, identifier: &str) -> (Vec<i64>, &'static str) {
+    let mut got = Vec::new();
+    loop {
+        let frame = client.next_significant().await;
+        match frame["type"].as_str() {
+            Some("confirm_history") => {
+                assert_eq!(frame["identifier"], identifier);
+                return (got, "confirm_history");
+            }
+            Some("reject_history") => {
+                assert_eq!(frame["identifier"], identifier);
+                return (got, "reject_history");
+            }
+            None => got.push(frame["message"]["data"]["n"].as_i64().expect("data.n")),
+            Some(other) => panic!("unexpected {other}: {frame}"),
+        }
+    }
+}
+
+/// What a restored subscription gets after its history request: the replay, then (if the
+/// process had not read them yet when the subscription went live) live events, until `n`.
+async fn missed(client: &mut Client, identifier: &str, n: usize) -> Vec<i64> {
+    let (mut got, answer) = replay(client, identifier).await;
+    assert_eq!(answer, "confirm_history");
+    while got.len() < n {
+        let frame = client.next_significant().await;
+        got.push(frame["message"]["data"]["n"].as_i64().expect("data.n"));
+    }
+    got
+}
+
+/// Waits until `running` has read `n` outbox events in all (so that what follows does not
+/// race its reader).
+async fn read_events(running: &cable_gateway::server::Running, n: usize) {
+    tokio::time::timeout(WAIT, async {
+        while metric(running, "cable_events_read_total", "") < n as f64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the events read in time");
+}
+
+async fn newest_offset(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT max(first_offset + count - 1) FROM cable_rounds")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+async fn publish_n(db: &TestDb, n: i64) {
+    db.publish(1, "message.created", json!({"n": n}), json!({}))
+        .await;
+}
+
+#[tokio::test]
+async fn the_extended_protocol_is_negotiated_and_plain_clients_see_no_difference() {
+    let db = TestDb::new().await;
+    let running = start(db.config()).await;
+    let epoch: String = sqlx::query_scalar("SELECT epoch FROM cable_epoch")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+
+    let (mut extended, welcome) = ext(running.addr, None).await;
+    let sid = sid_of(&welcome);
+    assert!(welcome.get("restored").is_none());
+    let mut plain = Client::ready(running.addr).await;
+    let identifier = user(ALICE, 1, 1);
+    extended.subscribe_ok(&identifier).await;
+    plain.subscribe_ok(&identifier).await;
+    // pong is accepted silently; a plain client's history is an unknown command, ignored.
+    extended.send(json!({"command": "pong"})).await;
+    plain.send(history(&identifier, &[])).await;
+    saved(&db, &sid, 1).await;
+
+    publish_n(&db, 1).await;
+    publish_n(&db, 2).await;
+    let first = extended.next_significant().await;
+    let second = extended.next_significant().await;
+    assert_eq!(first["message"]["data"]["n"], 1);
+    assert_eq!(first["epoch"], epoch.as_str());
+    assert!(first["stream_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("cable_events/"));
+    assert_eq!(first["stream_id"], second["stream_id"]);
+    assert!(second["offset"].as_i64() > first["offset"].as_i64());
+
+    for n in [1, 2] {
+        let frame = plain.next_significant().await;
+        assert_eq!(frame["message"]["data"]["n"], n);
+        let keys: Vec<&str> = frame
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            ["identifier", "message"],
+            "no position bytes: {frame}"
+        );
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM cable_sessions")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "a session row for the extended client only");
+    running.shutdown().await;
+}
+
+/// The out-of-order trap, across a reconnect to another process: event 2 takes its id
+/// before event 3 but commits after the client has seen 3 and gone away. A position made of
+/// ids would lose it.
+#[tokio::test]
+async fn a_session_restored_on_another_process_gets_what_it_missed_once_in_order() {
+    let db = TestDb::new().await;
+    let a = start(db.config()).await;
+    let b = start(db.config()).await;
+    let identifier = user(ALICE, 1, 1);
+
+    let (mut client, welcome) = ext(a.addr, None).await;
+    let sid = sid_of(&welcome);
+    client.subscribe_ok(&identifier).await;
+    saved(&db, &sid, 1).await;
+    publish_n(&db, 1).await;
+    assert_eq!(client.next_significant().await["message"]["data"]["n"], 1);
+
+    let mut late = db.pool.begin().await.unwrap();
+    publish(&mut *late, 1, "message.created", json!({"n": 2}), json!({})).await;
+    publish_n(&db, 3).await;
+    let seen = client.next_significant().await;
+    assert_eq!(seen["message"]["data"]["n"], 3);
+    drop(client); // the phone changes networks
+
+    late.commit().await.unwrap();
+    publish_n(&db, 4).await;
+    read_events(&b, 4).await;
+
+    let (mut client, welcome) = ext(b.addr, Some(&sid)).await;
+    assert_eq!(welcome["restored"], true, "{welcome}");
+    assert_eq!(welcome["restored_ids"], json!([identifier]));
+    assert_ne!(welcome["sid"], sid.as_str(), "a new sid");
+    client.send(history(&identifier, &[position(&seen)])).await;
+    assert_eq!(
+        replay(&mut client, &identifier).await,
+        (vec![2, 4], "confirm_history")
+    );
+    publish_n(&db, 5).await;
+    assert_eq!(client.next_significant().await["message"]["data"]["n"], 5);
+
+    // A sid is restored once.
+    let (_again, welcome) = ext(a.addr, Some(&sid)).await;
+    assert!(welcome.get("restored").is_none(), "{welcome}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn restoring_before_the_old_socket_is_seen_dead_closes_it_and_the_client_position_wins() {
+    let db = TestDb::new().await;
+    let a = start(db.config()).await;
+    let b = start(db.config()).await;
+    let identifier = user(ALICE, 1, 1);
+    let (mut old, welcome) = ext(a.addr, None).await;
+    let sid = sid_of(&welcome);
+    old.subscribe_ok(&identifier).await;
+    saved(&db, &sid, 1).await;
+    publish_n(&db, 1).await;
+    let acknowledged = old.next_significant().await;
+    publish_n(&db, 2).await;
+    // Written into the old socket, but the client's position says it never got there.
+    assert_eq!(old.next_significant().await["message"]["data"]["n"], 2);
+    read_events(&b, 2).await;
+
+    let (mut client, welcome) = ext(b.addr, Some(&sid)).await;
+    assert_eq!(welcome["restored"], true);
+    let frames = old.until_closed().await;
+    assert!(
+        frames.iter().all(|f| f["type"] != "disconnect"),
+        "closed without a disconnect: {frames:?}"
+    );
+    client
+        .send(history(&identifier, &[position(&acknowledged)]))
+        .await;
+    assert_eq!(
+        replay(&mut client, &identifier).await,
+        (vec![2], "confirm_history")
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_session_survives_a_gateway_restart() {
+    let db = TestDb::new().await;
+    let identifier = user(ALICE, 1, 1);
+    let first = GatewayProcess::spawn(&db.url, &[]).await;
+    first.ready().await;
+    let (mut client, welcome) = ext(first.addr, None).await;
+    let sid = sid_of(&welcome);
+    client.subscribe_ok(&identifier).await;
+    saved(&db, &sid, 1).await;
+    publish_n(&db, 1).await;
+    let seen = client.next_significant().await;
+    drop(first); // SIGKILL: nothing is saved at the end
+
+    publish_n(&db, 2).await;
+    publish_n(&db, 3).await;
+    let second = GatewayProcess::spawn(&db.url, &[]).await;
+    second.ready().await;
+    let (mut client, welcome) = ext(second.addr, Some(&sid)).await;
+    assert_eq!(welcome["restored_ids"], json!([identifier]));
+    client.send(history(&identifier, &[position(&seen)])).await;
+    assert_eq!(missed(&mut client, &identifier, 2).await, vec![2, 3]);
+}
+
+#[tokio::test]
+async fn a_token_revoked_while_away_is_not_restored_and_is_rejected() {
+    let db = TestDb::new().await;
+    let running = start(db.config()).await;
+    let (alice, dave) = (user(ALICE, 1, 1), contact(DAVE, Some(1)));
+    let (mut client, welcome) = ext(running.addr, None).await;
+    let sid = sid_of(&welcome);
+    client.subscribe_ok(&alice).await;
+    client.subscribe_ok(&dave).await;
+    saved(&db, &sid, 2).await;
+    drop(client);
+
+    db.exec("UPDATE contact_inboxes SET pubsub_token = 'rotated' WHERE id = 1")
+        .await;
+    let (mut client, welcome) = ext(running.addr, Some(&sid)).await;
+    assert_eq!(welcome["restored_ids"], json!([alice]), "{welcome}");
+    assert_eq!(client.next_significant().await, reject(&dave));
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn positions_that_cannot_be_honoured_get_reject_history_and_stay_live() {
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.history_max_span = 3;
+    let running = start(config).await;
+    let identifier = user(ALICE, 1, 1);
+    let (mut client, welcome) = ext(running.addr, None).await;
+    let sid = sid_of(&welcome);
+    client.subscribe_ok(&identifier).await;
+    saved(&db, &sid, 1).await;
+    publish_n(&db, 1).await;
+    let seen = client.next_significant().await;
+    let (stream, at) = position(&seen);
+
+    // Another epoch.
+    let other = json!({"epoch": "elsewhere", "offset": at["offset"]});
+    client
+        .send(history(&identifier, &[(stream.clone(), other)]))
+        .await;
+    assert_eq!(
+        replay(&mut client, &identifier).await,
+        (vec![], "reject_history")
+    );
+    drop(client);
+
+    // More than CABLE_HISTORY_MAX_SPAN events missed.
+    for n in 2..=6 {
+        publish_n(&db, n).await;
+    }
+    read_events(&running, 6).await;
+    let (mut client, welcome) = ext(running.addr, Some(&sid)).await;
+    let sid = sid_of(&welcome);
+    client
+        .send(history(&identifier, &[(stream.clone(), at)]))
+        .await;
+    assert_eq!(
+        replay(&mut client, &identifier).await,
+        (vec![], "reject_history")
+    );
+    publish_n(&db, 7).await;
+    let seen = client.next_significant().await;
+    assert_eq!(seen["message"]["data"]["n"], 7, "still live");
+    saved(&db, &sid, 1).await;
+    drop(client);
+
+    // Older than what is kept: 8 and 9 in rounds of their own, all but the last one pruned.
+    for n in [8, 9] {
+        let before = newest_offset(&db).await;
+        publish_n(&db, n).await;
+        tokio::time::timeout(WAIT, async {
+            while newest_offset(&db).await == before {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("a round appended in time");
+    }
+    db.exec("DELETE FROM cable_rounds WHERE round < (SELECT max(round) FROM cable_rounds)")
+        .await;
+    let (mut client, _) = ext(running.addr, Some(&sid)).await;
+    client.send(history(&identifier, &[position(&seen)])).await;
+    assert_eq!(
+        replay(&mut client, &identifier).await,
+        (vec![], "reject_history")
+    );
+    publish_n(&db, 10).await;
+    assert_eq!(client.next_significant().await["message"]["data"]["n"], 10);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_contacts_replay_holds_only_its_own_sessions_public_events() {
+    let db = TestDb::new().await;
+    let running = start(db.config()).await;
+    let identifier = contact(DAVE, Some(1));
+    let (mut client, welcome) = ext(running.addr, None).await;
+    let sid = sid_of(&welcome);
+    client.subscribe_ok(&identifier).await;
+    saved(&db, &sid, 1).await;
+    let dave = json!({"inbox_id": 1, "contact_inbox_ids": [1]});
+    db.publish(1, "message.created", json!({"n": 1}), dave.clone())
+        .await;
+    let seen = client.next_significant().await;
+    drop(client);
+
+    let private = json!({"inbox_id": 1, "contact_inbox_ids": [1], "private": true});
+    db.publish(1, "message.created", json!({"n": 2}), private)
+        .await;
+    let erin = json!({"inbox_id": 2, "contact_inbox_ids": [2]});
+    db.publish(1, "message.created", json!({"n": 3}), erin)
+        .await;
+    db.publish(1, "conversation.updated", json!({"n": 4}), dave.clone())
+        .await;
+    db.publish(
+        2,
+        "message.created",
+        json!({"n": 5}),
+        json!({"contact_inbox_ids": [1]}),
+    )
+    .await;
+    db.publish(1, "message.created", json!({"n": 6}), dave.clone())
+        .await;
+    read_events(&running, 6).await;
+
+    let (mut client, welcome) = ext(running.addr, Some(&sid)).await;
+    assert_eq!(welcome["restored"], true);
+    client.send(history(&identifier, &[position(&seen)])).await;
+    assert_eq!(
+        replay(&mut client, &identifier).await,
+        (vec![6], "confirm_history")
+    );
+    db.publish(1, "message.created", json!({"n": 7}), dave)
+        .await;
+    assert_eq!(client.next_significant().await["message"]["data"]["n"], 7);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_subscribe_with_history_since_replays_before_going_live() {
+    let db = TestDb::new().await;
+    let running = start(db.config()).await;
+    let identifier = user(ALICE, 1, 1);
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 5;
+    // A gateway process sees the event before anyone subscribes.
+    let (mut watcher, _) = ext(running.addr, None).await;
+    watcher.subscribe_ok(&user("demo-user-bob", 1, 2)).await;
+    publish_n(&db, 1).await;
+    assert_eq!(watcher.next_significant().await["message"]["data"]["n"], 1);
+
+    let (mut client, _) = ext(running.addr, None).await;
+    client
+        .send(json!({"command": "subscribe", "identifier": identifier,
+                     "history": {"since": since}}))
+        .await;
+    assert_eq!(client.next_significant().await, confirm(&identifier));
+    assert_eq!(
+        replay(&mut client, &identifier).await,
+        (vec![1], "confirm_history")
+    );
+    publish_n(&db, 2).await;
+    assert_eq!(client.next_significant().await["message"]["data"]["n"], 2);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn stream_ingress_history_is_honoured_by_the_process_that_heard_it() {
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.broadcast_key = Some("k".into());
+    let a = start(config.clone()).await;
+    let b = start(config).await;
+    let identifier = user(ALICE, 1, 1);
+    let post = |addr, n: i64| async move {
+        let body =
+            json!({"stream": ALICE, "data": json!({"event": "x", "data": {"n": n}}).to_string()});
+        let (status, _) = http_request(
+            addr,
+            "POST",
+            "/_broadcast",
+            &["Authorization: Bearer k"],
+            body.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 201);
+    };
+
+    let (mut client, welcome) = ext(a.addr, None).await;
+    let sid = sid_of(&welcome);
+    client.subscribe_ok(&identifier).await;
+    saved(&db, &sid, 1).await;
+    post(a.addr, 1).await;
+    let seen = client.next_significant().await;
+    assert_eq!(seen["stream_id"], ALICE);
+    assert_eq!(seen["offset"], 1);
+    drop(client);
+    // Someone else keeps the stream heard on A while the client is away.
+    let mut other = Client::ready(a.addr).await;
+    other.subscribe_ok(&identifier).await;
+    post(a.addr, 2).await;
+    post(a.addr, 3).await;
+    for n in [2, 3] {
+        assert_eq!(other.next_significant().await["message"]["data"]["n"], n);
+    }
+
+    let (mut client, welcome) = ext(a.addr, Some(&sid)).await;
+    let sid = sid_of(&welcome);
+    client.send(history(&identifier, &[position(&seen)])).await;
+    assert_eq!(
+        replay(&mut client, &identifier).await,
+        (vec![2, 3], "confirm_history")
+    );
+    saved(&db, &sid, 1).await;
+    drop(client);
+
+    // B never heard them.
+    let (mut client, welcome) = ext(b.addr, Some(&sid)).await;
+    assert_eq!(welcome["restored"], true);
+    client.send(history(&identifier, &[position(&seen)])).await;
+    assert_eq!(
+        replay(&mut client, &identifier).await,
+        (vec![], "reject_history")
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
