@@ -22,6 +22,9 @@ import path from "node:path";
 import readline from "node:readline";
 import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
+import { FIXTURES, GATEWAY_BIN, REPO, VERBOSE, psql, run, withTimeout } from "./harness.mjs";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
 
 // ---------------------------------------------------------------------------------------------
 // @rails/actioncable under Node
@@ -58,60 +61,15 @@ ActionCable.adapters.WebSocket = class RecordingWebSocket extends WebSocket {
 };
 ActionCable.logger.enabled = process.env.CABLE_JS_VERBOSE === "1";
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const REPO = path.resolve(HERE, "../..");
-const GATEWAY_BIN = process.env.CABLE_GATEWAY_BIN
-  ? path.resolve(process.env.CABLE_GATEWAY_BIN)
-  : path.join(REPO, "target/debug/cable-gateway");
-const FIXTURES = path.join(REPO, "fixtures/demo.sql");
-const VERBOSE = process.env.CABLE_JS_VERBOSE === "1";
-
 const CONFIRM_TIMEOUT_MS = 5_000; // confirm/reject of a subscription (a single token lookup)
 const STEP_TIMEOUT_MS = 10_000; // any other expected reaction (event, reply, frame)
 const TEST_TIMEOUT_MS = 20_000; // backstop per test
-const COMMAND_TIMEOUT_MS = 30_000; // psql, migrate
 const READY_TIMEOUT_MS = 20_000; // gateway start-up until its "listening on" line
 const SHUTDOWN_TIMEOUT_MS = 10_000; // the README promises an exit within 10 s of SIGTERM
 
 // ---------------------------------------------------------------------------------------------
 // Process helpers
 // ---------------------------------------------------------------------------------------------
-
-/** Runs a command to completion; rejects with its output when it fails or takes too long. */
-function run(command, args, { env = process.env } = {}) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { env, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8").on("data", (chunk) => (stdout += chunk));
-    child.stderr.setEncoding("utf8").on("data", (chunk) => (stderr += chunk));
-    const timer = setTimeout(() => child.kill("SIGKILL"), COMMAND_TIMEOUT_MS);
-    child.once("error", (error) => {
-      clearTimeout(timer);
-      reject(new Error(`cannot run ${command}: ${error.message}`));
-    });
-    child.once("close", (code, signal) => {
-      clearTimeout(timer);
-      if (code === 0) resolve(stdout);
-      else {
-        const how = signal ? `was killed by ${signal}` : `exited with ${code}`;
-        reject(new Error(`${command} ${args.join(" ")} ${how}\n${stderr}${stdout}`));
-      }
-    });
-  });
-}
-
-function psql(url, ...args) {
-  return run("psql", ["-X", "-q", "-v", "ON_ERROR_STOP=1", `--dbname=${url}`, ...args]);
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 // ---------------------------------------------------------------------------------------------
 // The gateway under test. Module-level so the exit/signal handlers can always reach it.
