@@ -14,6 +14,7 @@ mod layout;
 mod listen_scale;
 mod probe;
 mod report;
+mod resume;
 mod scenario;
 
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ enum Cmd {
         #[arg(long, default_value = "bench/results")]
         dir: std::path::PathBuf,
     },
+    /// Reliable streams under churn: extended-protocol clients drop and restore their
+    /// sessions while events flow; checks exactly-once delivery and reports the cost.
+    Resume(Box<resume::ResumeArgs>),
     /// What many LISTENed channels cost PostgreSQL (LISTEN time, notification delivery).
     ListenScale {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -88,6 +92,17 @@ fn main() -> ExitCode {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("cable-bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Resume(args) => match runtime(2).block_on(resume::run(*args)) {
+            Ok(result) if result["all_exact"] == true => ExitCode::SUCCESS,
+            Ok(_) => {
+                eprintln!("cable-bench: resume: some client did not get every event exactly once");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("cable-bench: resume: {e}");
                 ExitCode::FAILURE
             }
         },

@@ -110,7 +110,8 @@ WITH last AS (
        AND pg_visible_in_snapshot(e.xid, cur.snap)
     UNION ALL
     SELECT 1 FROM cable_events e
-     WHERE e.xid IN (SELECT pg_snapshot_xip(last.snapshot)) AND pg_visible_in_snapshot(e.xid, cur.snap)
+     WHERE e.xid = ANY(ARRAY(SELECT pg_snapshot_xip(last.snapshot)))
+       AND pg_visible_in_snapshot(e.xid, cur.snap)
   ) rows
 ), appended AS (
   INSERT INTO cable_rounds (round, prev_snapshot, snapshot, first_offset, count)
@@ -175,7 +176,7 @@ pub(crate) const ROUND_ROWS: &str = "(
        AND pg_visible_in_snapshot(e.xid, r.snapshot)
     UNION ALL
     SELECT e.* FROM cable_events e
-     WHERE e.xid IN (SELECT pg_snapshot_xip(r.prev_snapshot))
+     WHERE e.xid = ANY(ARRAY(SELECT pg_snapshot_xip(r.prev_snapshot)))
        AND pg_visible_in_snapshot(e.xid, r.snapshot)
   )";
 

@@ -253,6 +253,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     ) -> Option<Vec<Arc<str>>> {
         let services = self.services.clone();
         let metrics = &services.metrics;
+        let started = std::time::Instant::now();
         let identifiers = match services.sessions.take(sid).await {
             Ok(Some(identifiers)) => identifiers,
             Ok(None) => {
@@ -314,6 +315,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             .session_restores
             .get_or_create(&ReasonLabels { reason: "restored" })
             .inc();
+        tracing::debug!(
+            session = self.session.queue.id,
+            restored = restored.len(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "session restored"
+        );
         self.save(subs);
         // A client that never asks for history still gets its live events.
         let waiting: Vec<Arc<Subscription>> = restored.clone();
