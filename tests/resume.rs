@@ -520,3 +520,44 @@ async fn stream_ingress_history_is_honoured_by_the_process_that_heard_it() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A replay longer than one page (1000 offsets), out of one round of 2500 rows of which a
+/// tenth are the subscriber's: offsets inside a round are numbered across page boundaries.
+#[tokio::test]
+async fn a_long_replay_is_paged_without_a_gap_or_a_duplicate() {
+    let db = TestDb::new().await;
+    let running = start(db.config()).await;
+    let identifier = user(ALICE, 1, 1);
+    let (mut client, welcome) = ext(running.addr, None).await;
+    let sid = sid_of(&welcome);
+    client.subscribe_ok(&identifier).await;
+    saved(&db, &sid, 1).await;
+    publish_n(&db, 0).await;
+    let seen = client.next_significant().await;
+    drop(client);
+
+    db.exec(
+        "INSERT INTO cable_events (account_id, event, data)
+         SELECT CASE WHEN i % 10 = 0 THEN 1 ELSE 2 END, 'message.created', jsonb_build_object('n', i)
+           FROM generate_series(1, 2500) AS i",
+    )
+    .await;
+    for n in 2501..=2503 {
+        publish_n(&db, n).await;
+    }
+    read_events(&running, 2504).await;
+    let (mut client, _) = ext(running.addr, Some(&sid)).await;
+    client.send(history(&identifier, &[position(&seen)])).await;
+    let (got, answer) = replay(&mut client, &identifier).await;
+    assert_eq!(answer, "confirm_history");
+    let want: Vec<i64> = (1..=2500)
+        .filter(|i| i % 10 == 0)
+        .chain(2501..=2503)
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        metric(&running, "cable_history_queries_total", "") >= 3.0,
+        "paged"
+    );
+    running.shutdown().await;
+}

@@ -44,15 +44,6 @@ pub struct History {
     pub metrics: Arc<Metrics>,
 }
 
-/// The outbox part of a request: replay offsets `(from, to]`, only rows created at or after
-/// `since` when set; afterwards the client has everything up to `floor`.
-struct OutboxReplay {
-    from: i64,
-    to: i64,
-    since: Option<f64>,
-    floor: i64,
-}
-
 /// Why a request gets `reject_history`.
 #[derive(Debug)]
 enum Refusal {
@@ -75,24 +66,90 @@ impl Refusal {
     }
 }
 
+/// One history page, bounds included, in one query. Parameters: `$1` the client's position,
+/// `$2` where live delivery starts (`live_from`), `$3` the account, `$4` `since` (NULL for a
+/// position), `$5` the page's span in offsets, `$6` `CABLE_HISTORY_MAX_SPAN`, `$7` where a
+/// later page continues (NULL for the first). Every row starts with the bounds (oldest and
+/// newest offsets kept, and the replay's `(lo, hi]`); a row without an event (offset NULL)
+/// carries them alone. Nothing but the bounds is read when the request cannot be honoured.
 fn replay_statement() -> String {
     format!(
-        "WITH r AS (
-  SELECT * FROM cable_rounds
-   WHERE round >= COALESCE((SELECT round FROM cable_rounds WHERE first_offset <= $1 + 1
-                             ORDER BY first_offset DESC, round DESC LIMIT 1), 0)
-     AND first_offset <= $2
+        "WITH bounds AS (
+  SELECT (SELECT first_offset FROM cable_rounds ORDER BY round LIMIT 1) AS oldest,
+         (SELECT first_offset + count - 1 FROM cable_rounds ORDER BY round DESC LIMIT 1) AS newest,
+         (SELECT first_offset - 1 FROM cable_rounds WHERE created_at >= to_timestamp($4)
+           ORDER BY created_at, round LIMIT 1) AS since_from
+), span AS (
+  SELECT oldest, newest,
+         COALESCE($7, CASE WHEN $4::float8 IS NULL THEN $1 ELSE COALESCE(since_from, newest) END) AS lo,
+         LEAST($2, newest) AS hi
+    FROM bounds
+), ok AS (
+  SELECT lo, LEAST(hi, lo + $5) AS page_hi FROM span
+   WHERE hi - lo <= $6 AND ($4::float8 IS NOT NULL OR (lo + 1 >= oldest AND lo <= newest))
+), r AS (
+  SELECT c.* FROM cable_rounds c, ok
+   WHERE c.round >= COALESCE((SELECT round FROM cable_rounds WHERE first_offset <= ok.lo + 1
+                               ORDER BY first_offset DESC, round DESC LIMIT 1), 0)
+     AND c.first_offset <= ok.page_hi
 ), numbered AS (
   SELECT e.id, e.account_id,
          r.first_offset - 1 + row_number() OVER (PARTITION BY r.round ORDER BY e.id) AS off
     FROM r CROSS JOIN LATERAL (SELECT e.id, e.account_id FROM {ROUND_ROWS} e) e
+), events AS (
+  SELECT n.off, {EVENT_COLUMNS}
+    FROM numbered n JOIN cable_events e ON e.id = n.id, ok
+   WHERE n.off > ok.lo AND n.off <= ok.page_hi AND n.account_id = $3
+     AND ($4::float8 IS NULL OR e.created_at >= to_timestamp($4))
 )
-SELECT 0::bigint, n.off, {EVENT_COLUMNS}
-  FROM numbered n JOIN cable_events e ON e.id = n.id
- WHERE n.off > $1 AND n.off <= $2 AND n.account_id = $3
-   AND ($4::float8 IS NULL OR e.created_at >= to_timestamp($4))
- ORDER BY n.off"
+SELECT span.oldest, span.newest, span.lo, span.hi, events.*
+  FROM span LEFT JOIN events ON true
+ ORDER BY events.off"
     )
+}
+
+/// A history page's bounds, and its events as outbox [`Row`]s with their offsets.
+fn page_from(rows: Vec<sqlx::postgres::PgRow>) -> Result<(Bounds, Vec<Row>), sqlx::Error> {
+    use sqlx::Row as _;
+    let mut bounds = Bounds::default();
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        bounds = Bounds {
+            oldest: row.try_get::<Option<i64>, _>(0)?.unwrap_or(1),
+            newest: row.try_get::<Option<i64>, _>(1)?.unwrap_or(0),
+            lo: row.try_get::<Option<i64>, _>(2)?.unwrap_or(0),
+            hi: row.try_get::<Option<i64>, _>(3)?.unwrap_or(0),
+        };
+        let Some(offset) = row.try_get::<Option<i64>, _>(4)? else {
+            continue;
+        };
+        events.push((
+            0,
+            offset,
+            row.try_get(5)?,
+            row.try_get(6)?,
+            row.try_get(7)?,
+            row.try_get(8)?,
+            row.try_get(9)?,
+            row.try_get(10)?,
+            row.try_get(11)?,
+            row.try_get(12)?,
+            row.try_get(13)?,
+            row.try_get(14)?,
+            row.try_get(15)?,
+            row.try_get(16)?,
+            row.try_get(17)?,
+        ));
+    }
+    Ok((bounds, events))
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Bounds {
+    oldest: i64,
+    newest: i64,
+    lo: i64,
+    hi: i64,
 }
 
 impl History {
@@ -176,27 +233,42 @@ impl History {
                 }
             }
         }
+        // The outbox first, page by page (one query each, bounds included), then stream
+        // ingress.
         let outbox = match (outbox_position, request.since) {
-            (Some(position), _) => Some(self.bounds(position, None, outbox_mark.live_from).await?),
-            (None, Some(since)) => Some(self.bounds(0, Some(since), outbox_mark.live_from).await?),
+            (Some(position), _) => Some((position, None)),
+            (None, Some(since)) => Some((0, Some(since))),
             (None, None) => None,
         };
-
-        // The outbox first, page by page, then stream ingress.
-        if let Some(replay) = &outbox {
+        if let Some((position, since)) = outbox {
             let statement = replay_statement();
-            let mut from = replay.from;
-            while from < replay.to {
-                let to = (from + OUTBOX_PAGE).min(replay.to);
+            let mut start: Option<i64> = None;
+            let mut next: Option<i64> = None;
+            loop {
                 self.metrics.history_queries.inc();
-                let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(statement.as_str()))
-                    .bind(from)
-                    .bind(to)
+                let rows = sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
+                    .bind(position)
+                    .bind(outbox_mark.live_from)
                     .bind(principal.account_id())
-                    .bind(replay.since)
+                    .bind(since)
+                    .bind(OUTBOX_PAGE)
+                    .bind(self.max_span)
+                    .bind(next)
                     .fetch_all(&self.pool)
                     .await
                     .map_err(Refusal::Database)?;
+                let (bounds, rows) = page_from(rows).map_err(Refusal::Database)?;
+                if start.is_none() {
+                    if since.is_none()
+                        && (bounds.lo + 1 < bounds.oldest || bounds.lo > bounds.newest)
+                    {
+                        return Err(Refusal::Unavailable);
+                    }
+                    if bounds.hi - bounds.lo > self.max_span {
+                        return Err(Refusal::TooLong);
+                    }
+                    start = Some(bounds.lo);
+                }
                 for row in rows {
                     if malformed(&row, self.max_event_size).is_some() {
                         continue;
@@ -213,10 +285,15 @@ impl History {
                         self.metrics.history_replayed.inc();
                     }
                 }
-                from = to;
+                let page_end = (bounds.lo + OUTBOX_PAGE).min(bounds.hi);
+                if page_end >= bounds.hi {
+                    let floor = if since.is_none() { position } else { 0 };
+                    positions.replayed(None, start.unwrap_or(bounds.lo), floor);
+                    break;
+                }
+                next = Some(page_end);
                 sub.session.queue.room().await;
             }
-            positions.replayed(None, replay.from, replay.floor);
         }
         for (name, position, kept) in streams {
             for kept in kept {
@@ -231,47 +308,5 @@ impl History {
             positions.replayed(Some(&name), position, position);
         }
         Ok(())
-    }
-
-    /// Checks an outbox request against what the database keeps: after `position`, or (with
-    /// `since`) from the first round made at or after it, up to `live_from`.
-    async fn bounds(
-        &self,
-        position: i64,
-        since: Option<f64>,
-        live_from: i64,
-    ) -> Result<OutboxReplay, Refusal> {
-        self.metrics.history_queries.inc();
-        let (oldest, newest, first_since): (Option<i64>, Option<i64>, Option<i64>) =
-            sqlx::query_as(
-                "SELECT min(first_offset), max(first_offset + count - 1),
-                        min(first_offset) FILTER (WHERE created_at >= to_timestamp($1))
-                   FROM cable_rounds",
-            )
-            .bind(since)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(Refusal::Database)?;
-        let (oldest, newest) = (oldest.unwrap_or(1), newest.unwrap_or(0));
-        let (from, floor) = match since {
-            None => {
-                if position + 1 < oldest || position > newest {
-                    return Err(Refusal::Unavailable);
-                }
-                (position, position)
-            }
-            // Nothing made since then: nothing to replay.
-            Some(_) => (first_since.map_or(newest, |first| first - 1), 0),
-        };
-        let to = live_from.min(newest);
-        if to - from > self.max_span {
-            return Err(Refusal::TooLong);
-        }
-        Ok(OutboxReplay {
-            from,
-            to,
-            since,
-            floor,
-        })
     }
 }
