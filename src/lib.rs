@@ -31,6 +31,9 @@
 //!   adapters send them, heard from Redis by [`ingress::redis`], from PostgreSQL's `NOTIFY`
 //!   by [`ingress::postgres`] (per-stream channels on the LISTEN connection), and from
 //!   `POST /_broadcast` by [`ingress::http`].
+//! - [`resume`]: AnyCable's extended protocol: sessions restored by `sid` on any process
+//!   ([`resume::sessions`]), history replay from the outbox's rounds ([`resume::replay`]) and
+//!   stream ingress memory ([`resume::rings`]).
 //! - [`revalidate`]: live subscriptions follow role/inbox changes; revoked tokens are rejected.
 //! - [`session`]: one connection: [`session::frame`] (frames → messages),
 //!   [`session::reader`] (commands, strictly in order), [`session::writer`] (frames, pings).
@@ -42,15 +45,20 @@
 //! 1. A backend inserts a row into `cable_events` in its own transaction; the statement
 //!    trigger queues `NOTIFY cable_events`, delivered at commit.
 //! 2. The LISTEN connection ([`listen`]) hands the notification to the outbox channel's
-//!    handler, which rings the reader's doorbell.
-//! 3. The reader ([`ingress::outbox::read`]) fetches every row that became visible since its
-//!    previous MVCC snapshot and encodes each event once: `{"event":..,"data":..}}`.
+//!    handler, which rings the appender's doorbell. Whichever process appends first cuts a
+//!    *round* ([`ingress::outbox::append`]): the rows that became visible since the previous
+//!    round's MVCC snapshot, which get the next offsets, in commit order, for every process.
+//! 3. `NOTIFY cable_rounds` wakes every process's reader ([`ingress::outbox::read`]), which
+//!    fetches the new rounds' rows and encodes each event once: `{"event":..,"data":..}}`,
+//!    with its offset.
 //! 4. The [`router`] looks up the account's indexes named by the event's scope (stream, user,
 //!    inbox, contact sessions), keeps those [`routing::entitled`] to it, and pushes the shared
 //!    bytes onto each recipient's send queue without waiting.
 //! 5. Each session's writer writes the subscription's precomputed
-//!    `{"identifier":"..","message":` prefix followed by the shared bytes, batching whatever is
-//!    queued into one write. A client whose queue stays full is disconnected (`too_slow`).
+//!    `{"identifier":"..","message":` prefix followed by the shared bytes (on an
+//!    extended-protocol connection, with `stream_id`, `epoch` and `offset` spliced before the
+//!    closing brace), batching whatever is queued into one write. A client whose queue stays
+//!    full is disconnected (`too_slow`).
 //!
 //! A broadcast from Rails' adapters or `POST /_broadcast` takes a shorter way: the Redis
 //! subscriber, the LISTEN connection or the HTTP handler hands `(stream, payload)` to
@@ -67,6 +75,12 @@
 //! `confirm_subscription` in one step (no event can be queued before its confirm), and asks
 //! [`presence`] for the `presence.update` answer. A reject is classified by the bad-input
 //! table; a database failure becomes `disconnect` with `reconnect:true`, never a reject.
+//!
+//! On an extended-protocol connection a subscribe may carry `history`: the subscription goes
+//! live holding its live frames, [`resume::replay`] sends what it missed, then
+//! `confirm_history`, then the held frames. A reconnect with `?sid=` restores the old session's
+//! subscriptions before the `welcome` ([`session::reader::Reader::restore`]), each token
+//! checked again without the cache.
 
 pub mod auth;
 pub mod backoff;

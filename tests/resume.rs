@@ -561,3 +561,44 @@ async fn a_long_replay_is_paged_without_a_gap_or_a_duplicate() {
     );
     running.shutdown().await;
 }
+
+/// The restore header instead of `?sid=`; an unknown sid gets a plain welcome with a new sid.
+#[tokio::test]
+async fn a_session_is_restored_by_header_and_an_unknown_sid_starts_afresh() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+    let db = TestDb::new().await;
+    let running = start(db.config()).await;
+    let identifier = user(ALICE, 1, 1);
+    let (mut client, welcome) = ext(running.addr, None).await;
+    let sid = sid_of(&welcome);
+    client.subscribe_ok(&identifier).await;
+    saved(&db, &sid, 1).await;
+    drop(client);
+
+    let connect = |sid: String| async move {
+        let mut request = format!("ws://{}/cable", running.addr)
+            .into_client_request()
+            .unwrap();
+        let headers = request.headers_mut();
+        headers.insert("Sec-WebSocket-Protocol", HeaderValue::from_static(EXT));
+        headers.insert(
+            "X-ANYCABLE-RESTORE-SID",
+            HeaderValue::from_str(&sid).unwrap(),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let mut client = Client {
+            ws,
+            protocol: Some(EXT.into()),
+        };
+        let welcome = client.next().await;
+        (client, welcome)
+    };
+    let (_client, welcome) = connect(sid.clone()).await;
+    assert_eq!(welcome["restored_ids"], json!([identifier]), "{welcome}");
+    let (_other, welcome) = connect("0123456789abcdef0123456789abcdef".into()).await;
+    assert!(welcome.get("restored").is_none(), "{welcome}");
+    assert_ne!(sid_of(&welcome), sid);
+    running.shutdown().await;
+}
