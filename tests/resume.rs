@@ -54,6 +54,15 @@ async fn saved(db: &TestDb, sid: &str, n: i64) {
     .expect("the session row in time");
 }
 
+/// An extended-protocol client subscribed to `identifier`, its session saved: (client, sid).
+async fn session(db: &TestDb, addr: std::net::SocketAddr, identifier: &str) -> (Client, String) {
+    let (mut client, welcome) = ext(addr, None).await;
+    let sid = sid_of(&welcome);
+    client.subscribe_ok(identifier).await;
+    saved(db, &sid, 1).await;
+    (client, sid)
+}
+
 /// The position a message frame carries, as a history request's stream entry.
 fn position(frame: &Value) -> (String, Value) {
     let stream = frame["stream_id"].as_str().expect("stream_id").to_string();
@@ -194,10 +203,7 @@ async fn a_session_restored_on_another_process_gets_what_it_missed_once_in_order
     let b = start(db.config()).await;
     let identifier = user(ALICE, 1, 1);
 
-    let (mut client, welcome) = ext(a.addr, None).await;
-    let sid = sid_of(&welcome);
-    client.subscribe_ok(&identifier).await;
-    saved(&db, &sid, 1).await;
+    let (mut client, sid) = session(&db, a.addr, &identifier).await;
     publish_n(&db, 1).await;
     assert_eq!(client.next_significant().await["message"]["data"]["n"], 1);
 
@@ -237,10 +243,7 @@ async fn restoring_before_the_old_socket_is_seen_dead_closes_it_and_the_client_p
     let a = start(db.config()).await;
     let b = start(db.config()).await;
     let identifier = user(ALICE, 1, 1);
-    let (mut old, welcome) = ext(a.addr, None).await;
-    let sid = sid_of(&welcome);
-    old.subscribe_ok(&identifier).await;
-    saved(&db, &sid, 1).await;
+    let (mut old, sid) = session(&db, a.addr, &identifier).await;
     publish_n(&db, 1).await;
     let acknowledged = old.next_significant().await;
     publish_n(&db, 2).await;
@@ -272,10 +275,7 @@ async fn a_session_survives_a_gateway_restart() {
     let identifier = user(ALICE, 1, 1);
     let first = GatewayProcess::spawn(&db.url, &[]).await;
     first.ready().await;
-    let (mut client, welcome) = ext(first.addr, None).await;
-    let sid = sid_of(&welcome);
-    client.subscribe_ok(&identifier).await;
-    saved(&db, &sid, 1).await;
+    let (mut client, sid) = session(&db, first.addr, &identifier).await;
     publish_n(&db, 1).await;
     let seen = client.next_significant().await;
     drop(first); // SIGKILL: nothing is saved at the end
@@ -317,10 +317,7 @@ async fn positions_that_cannot_be_honoured_get_reject_history_and_stay_live() {
     config.history_max_span = 3;
     let running = start(config).await;
     let identifier = user(ALICE, 1, 1);
-    let (mut client, welcome) = ext(running.addr, None).await;
-    let sid = sid_of(&welcome);
-    client.subscribe_ok(&identifier).await;
-    saved(&db, &sid, 1).await;
+    let (mut client, sid) = session(&db, running.addr, &identifier).await;
     publish_n(&db, 1).await;
     let seen = client.next_significant().await;
     let (stream, at) = position(&seen);
@@ -386,10 +383,7 @@ async fn a_contacts_replay_holds_only_its_own_sessions_public_events() {
     let db = TestDb::new().await;
     let running = start(db.config()).await;
     let identifier = contact(DAVE, Some(1));
-    let (mut client, welcome) = ext(running.addr, None).await;
-    let sid = sid_of(&welcome);
-    client.subscribe_ok(&identifier).await;
-    saved(&db, &sid, 1).await;
+    let (mut client, sid) = session(&db, running.addr, &identifier).await;
     let dave = json!({"inbox_id": 1, "contact_inbox_ids": [1]});
     db.publish(1, "message.created", json!({"n": 1}), dave.clone())
         .await;
@@ -481,10 +475,7 @@ async fn stream_ingress_history_is_honoured_by_the_process_that_heard_it() {
         assert_eq!(status, 201);
     };
 
-    let (mut client, welcome) = ext(a.addr, None).await;
-    let sid = sid_of(&welcome);
-    client.subscribe_ok(&identifier).await;
-    saved(&db, &sid, 1).await;
+    let (mut client, sid) = session(&db, a.addr, &identifier).await;
     post(a.addr, 1).await;
     let seen = client.next_significant().await;
     assert_eq!(seen["stream_id"], ALICE);
@@ -528,10 +519,7 @@ async fn a_long_replay_is_paged_without_a_gap_or_a_duplicate() {
     let db = TestDb::new().await;
     let running = start(db.config()).await;
     let identifier = user(ALICE, 1, 1);
-    let (mut client, welcome) = ext(running.addr, None).await;
-    let sid = sid_of(&welcome);
-    client.subscribe_ok(&identifier).await;
-    saved(&db, &sid, 1).await;
+    let (mut client, sid) = session(&db, running.addr, &identifier).await;
     publish_n(&db, 0).await;
     let seen = client.next_significant().await;
     drop(client);
@@ -571,10 +559,7 @@ async fn a_session_is_restored_by_header_and_an_unknown_sid_starts_afresh() {
     let db = TestDb::new().await;
     let running = start(db.config()).await;
     let identifier = user(ALICE, 1, 1);
-    let (mut client, welcome) = ext(running.addr, None).await;
-    let sid = sid_of(&welcome);
-    client.subscribe_ok(&identifier).await;
-    saved(&db, &sid, 1).await;
+    let (client, sid) = session(&db, running.addr, &identifier).await;
     drop(client);
 
     let connect = |sid: String| async move {

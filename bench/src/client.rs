@@ -270,9 +270,15 @@ async fn connect_all(
     report(shared)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-async fn open(source: IpAddr, server: SocketAddr, url: &str) -> Result<Ws, String> {
+/// Connects from `source` and upgrades offering `protocol`.
+pub async fn open(
+    source: IpAddr,
+    server: SocketAddr,
+    url: &str,
+    protocol: &'static str,
+) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     socket
         .bind(SocketAddr::new(source, 0))
@@ -285,7 +291,7 @@ async fn open(source: IpAddr, server: SocketAddr, url: &str) -> Result<Ws, Strin
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
     request.headers_mut().insert(
         "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("actioncable-v1-json"),
+        HeaderValue::from_static(protocol),
     );
     let config = WebSocketConfig {
         write_buffer_size: 0,
@@ -320,7 +326,7 @@ async fn subscribe(
     url: &str,
     command: String,
 ) -> Result<(Ws, bool), String> {
-    let mut ws = open(source, server, url).await?;
+    let mut ws = open(source, server, url, "actioncable-v1-json").await?;
     read_until(&mut ws, |f| matches!(f, Frame::Welcome)).await?;
     ws.send(Message::Text(command))
         .await

@@ -16,9 +16,6 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::layout::{source_address, Layout};
@@ -57,7 +54,7 @@ pub struct ResumeArgs {
     pub out: Option<std::path::PathBuf>,
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+use crate::client::{open, Ws};
 
 /// What one client saw.
 #[derive(Default)]
@@ -67,26 +64,6 @@ struct Seen {
     seqs: Vec<u64>,
     /// The last position: stream id, epoch, offset.
     position: Option<(String, Value, i64)>,
-}
-
-async fn open(source: IpAddr, server: SocketAddr, url: &str) -> Result<Ws, String> {
-    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-    socket
-        .bind(SocketAddr::new(source, 0))
-        .map_err(|e| format!("bind {source}: {e}"))?;
-    let stream = socket
-        .connect(server)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(EXT));
-    let (ws, _) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .map_err(|e| format!("upgrade: {e}"))?;
-    Ok(ws)
 }
 
 /// Reads one frame as JSON (None when the socket ends).
@@ -127,7 +104,7 @@ struct Client {
 
 impl Client {
     async fn connect(&self, server: SocketAddr, url: &str, seen: &mut Seen) -> Result<Ws, String> {
-        let mut ws = open(self.source, server, url).await?;
+        let mut ws = open(self.source, server, url, EXT).await?;
         let welcome = next(&mut ws).await.ok_or("closed before welcome")?;
         seen.sid = welcome["sid"].as_str().ok_or("no sid")?.to_string();
         let subscribe = json!({"command": "subscribe", "identifier": self.identifier});
@@ -152,7 +129,7 @@ impl Client {
         run: u64,
     ) -> Result<(Ws, bool), String> {
         let url = format!("{url}?sid={}", seen.sid);
-        let mut ws = open(self.source, server, &url).await?;
+        let mut ws = open(self.source, server, &url, EXT).await?;
         let welcome = next(&mut ws).await.ok_or("closed before welcome")?;
         let restored = welcome["restored"] == true;
         seen.sid = welcome["sid"].as_str().ok_or("no sid")?.to_string();

@@ -177,15 +177,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     .and_then(|sub| Some((self.services.router.principal_of(sub.id)?, sub)));
                 match live {
                     Some(((principal, token), sub)) => {
-                        let services = self.services.clone();
-                        Box::pin(services.history.serve(
-                            &services.router,
-                            &sub,
-                            &principal,
-                            &token,
-                            &history,
-                        ))
-                        .await;
+                        serve_history(&self.services, &sub, &principal, &token, &history).await;
                     }
                     None => {
                         self.session
@@ -393,14 +385,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 metrics.command("subscribe", "confirmed");
                 self.save(subs);
                 if let Some(history) = history {
-                    Box::pin(services.history.serve(
-                        &services.router,
-                        &sub,
-                        &principal,
-                        &token,
-                        &history,
-                    ))
-                    .await;
+                    serve_history(&services, &sub, &principal, &token, &history).await;
                 }
                 None
             }
@@ -437,4 +422,21 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
         }
     }
+}
+
+/// Serves a history request (boxed: its state is large and only the extended protocol needs
+/// it).
+async fn serve_history(
+    services: &Services,
+    sub: &Arc<Subscription>,
+    principal: &Principal,
+    token: &str,
+    history: &HistoryRequest,
+) {
+    Box::pin(
+        services
+            .history
+            .serve(&services.router, sub, principal, token, history),
+    )
+    .await;
 }
