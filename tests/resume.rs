@@ -587,3 +587,35 @@ async fn a_session_is_restored_by_header_and_an_unknown_sid_starts_afresh() {
     assert_ne!(sid_of(&welcome), sid);
     running.shutdown().await;
 }
+
+/// A session lost longer than `CABLE_SESSION_TTL` ago is not restored, and its row is pruned.
+#[tokio::test]
+async fn an_expired_session_is_pruned_and_not_restored() {
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.session_ttl = Duration::from_secs(1);
+    config.event_retention = Duration::from_secs(10); // prunes every second
+    let running = start(config).await;
+    let identifier = user(ALICE, 1, 1);
+    let (client, sid) = session(&db, running.addr, &identifier).await;
+    drop(client);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let rows: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM cable_sessions WHERE sid = $1")
+                    .bind(&sid)
+                    .fetch_one(&db.pool)
+                    .await
+                    .unwrap();
+            if rows == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the expired session pruned in time");
+    let (_client, welcome) = ext(running.addr, Some(&sid)).await;
+    assert!(welcome.get("restored").is_none(), "{welcome}");
+    running.shutdown().await;
+}

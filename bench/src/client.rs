@@ -289,10 +289,9 @@ pub async fn open(
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static(protocol),
-    );
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(protocol));
     let config = WebSocketConfig {
         write_buffer_size: 0,
         ..WebSocketConfig::default()
