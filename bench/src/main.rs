@@ -9,6 +9,7 @@
 mod client;
 mod db;
 mod fleet;
+mod floor;
 mod frame;
 mod layout;
 mod listen_scale;
@@ -45,6 +46,9 @@ enum Cmd {
         #[arg(long, default_value = "bench/results")]
         dir: std::path::PathBuf,
     },
+    /// The machine's floor: a minimal server writing one ready-made frame to N sockets per
+    /// event, nothing else; gateway fan-out figures are quoted against it.
+    Floor(Box<floor::FloorArgs>),
     /// Reliable streams under churn: extended-protocol clients drop and restore their
     /// sessions while events flow; checks exactly-once delivery and reports the cost.
     Resume(Box<resume::ResumeArgs>),
@@ -92,6 +96,13 @@ fn main() -> ExitCode {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("cable-bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Floor(args) => match runtime(2).block_on(floor::run(*args)) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cable-bench: floor: {e}");
                 ExitCode::FAILURE
             }
         },
