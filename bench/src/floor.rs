@@ -35,6 +35,10 @@ pub struct FloorArgs {
     /// Bytes of padding in each event's data (as `cable-bench run --pad`).
     #[arg(long, default_value_t = 200)]
     pub pad: usize,
+    /// Seconds of the idle phase first: a ping frame to every socket every 3 s, nothing else
+    /// (the floor of an idle gateway's CPU; as `cable-bench run --hold`).
+    #[arg(long, default_value_t = 15)]
+    pub hold: u64,
     /// Writing threads (default: the machine's cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -197,9 +201,39 @@ pub async fn run(args: FloorArgs) -> Result<Value, String> {
     let chunk = n.div_ceil(threads).max(1);
     let mut sockets = sockets;
     let mut chunks: Vec<&mut [std::net::TcpStream]> = sockets.chunks_mut(chunk).collect();
+    let me = std::process::id();
+
+    // Idle: pings only, every 3 s, as the gateway sends them.
+    let idle_cpu0 = crate::probe::cpu_seconds(me).unwrap_or(0.0);
+    let idle_start = Instant::now();
+    let mut pinged = 0u64;
+    while idle_start.elapsed() < Duration::from_secs(args.hold) {
+        let ping = text_frame(
+            format!(r#"{{"type":"ping","message":{}}}"#, unix_us() / 1_000_000).as_bytes(),
+        );
+        std::thread::scope(|scope| {
+            for part in chunks.iter_mut() {
+                let ping = &ping;
+                scope.spawn(move || {
+                    for socket in part.iter_mut() {
+                        let _ = socket.write_all(ping);
+                    }
+                });
+            }
+        });
+        pinged += 1;
+        let next = idle_start + Duration::from_secs(3) * pinged as u32;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(
+                wait.min(Duration::from_secs(args.hold).saturating_sub(idle_start.elapsed())),
+            );
+        }
+    }
+    let idle_s = idle_start.elapsed().as_secs_f64();
+    let idle_cpu = crate::probe::cpu_seconds(me).unwrap_or(0.0) - idle_cpu0;
+
     let events = (args.rate * args.duration as f64).round().max(1.0) as u64;
     let period = Duration::from_secs_f64(1.0 / args.rate);
-    let me = std::process::id();
     let cpu0 = crate::probe::cpu_seconds(me).unwrap_or(0.0);
     let mut fanout_us = hdrhistogram::Histogram::<u64>::new(3).expect("a histogram");
     let mut frame_len = 0;
@@ -259,6 +293,8 @@ pub async fn run(args: FloorArgs) -> Result<Value, String> {
         "events": events,
         "frame_bytes": frame_len,
         "threads": threads,
+        "idle_s": (idle_s * 100.0).round() / 100.0,
+        "idle_pings_cpu_percent": (idle_cpu / idle_s.max(1e-9) * 1000.0).round() / 10.0,
         "delivered_exactly": report.sum.received == expected,
         "fanout_time": summary(&fanout_us),
         "cpu_s": (cpu * 1000.0).round() / 1000.0,
