@@ -339,6 +339,10 @@ pub mod tuning {
     /// How long a restored subscription holds its live events back for the client's history
     /// request (`@anycable/core` sends it right after the welcome); then they flow anyway.
     pub const RESTORE_HOLD: Duration = Duration::from_secs(5);
+    /// History requests a connection may make per second, beyond a burst of
+    /// `CABLE_MAX_SUBSCRIPTIONS` (one per subscription, as a restore sends them). More get
+    /// `reject_history` without touching the database.
+    pub const HISTORY_RATE: f64 = 1.0;
     /// Most session rows written in one statement.
     pub const SESSION_MAX_BATCH: usize = 1000;
     /// How often stream ingress history is swept of expired broadcasts and unused streams.

@@ -619,3 +619,33 @@ async fn an_expired_session_is_pruned_and_not_restored() {
     assert!(welcome.get("restored").is_none(), "{welcome}");
     running.shutdown().await;
 }
+
+/// History requests have a budget of their own (a burst of `CABLE_MAX_SUBSCRIPTIONS`, then one
+/// a second): beyond it they get `reject_history` without a database query, and the
+/// connection and its subscription go on.
+#[tokio::test]
+async fn history_requests_beyond_the_budget_are_refused_without_a_query() {
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.max_subscriptions = 3;
+    config.max_command_rate = 1000;
+    let running = start(config).await;
+    let identifier = user(ALICE, 1, 1);
+    let (mut client, _) = ext(running.addr, None).await;
+    client.subscribe_ok(&identifier).await;
+    publish_n(&db, 1).await;
+    let seen = client.next_significant().await;
+    for _ in 0..12 {
+        client.send(history(&identifier, &[position(&seen)])).await;
+    }
+    let mut answers = Vec::new();
+    while answers.len() < 12 {
+        answers.push(replay(&mut client, &identifier).await.1);
+    }
+    let confirmed = answers.iter().filter(|a| **a == "confirm_history").count();
+    assert!((3..=5).contains(&confirmed), "{answers:?}");
+    assert!(metric(&running, "cable_history_queries_total", "") <= confirmed as f64);
+    publish_n(&db, 2).await;
+    assert_eq!(client.next_significant().await["message"]["data"]["n"], 2);
+    running.shutdown().await;
+}

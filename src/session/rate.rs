@@ -5,6 +5,7 @@ use std::time::Instant;
 
 pub struct RateLimit {
     rate: f64,
+    burst: f64,
     tokens: f64,
     last: Instant,
 }
@@ -12,9 +13,15 @@ pub struct RateLimit {
 impl RateLimit {
     pub fn new(rate: u32) -> RateLimit {
         let rate = f64::from(rate.max(1));
+        RateLimit::with_burst(rate, rate * 2.0)
+    }
+
+    /// `rate` per second on average, `burst` at once.
+    pub fn with_burst(rate: f64, burst: f64) -> RateLimit {
         RateLimit {
             rate,
-            tokens: rate * 2.0,
+            burst: burst.max(1.0),
+            tokens: burst.max(1.0),
             last: Instant::now(),
         }
     }
@@ -27,7 +34,7 @@ impl RateLimit {
     fn allow_at(&mut self, now: Instant) -> bool {
         self.tokens = (self.tokens
             + now.saturating_duration_since(self.last).as_secs_f64() * self.rate)
-            .min(self.rate * 2.0);
+            .min(self.burst);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

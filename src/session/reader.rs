@@ -12,7 +12,7 @@ use super::subscriptions::SessionSubscriptions;
 use super::Services;
 use crate::auth::{token_prefix, Principal};
 use crate::channel::SubscribeError;
-use crate::config::tuning::{HARD_LIMIT_FACTOR, RESTORE_HOLD};
+use crate::config::tuning::{HARD_LIMIT_FACTOR, HISTORY_RATE, RESTORE_HOLD};
 use crate::delivery::{CloseReason, Outbound, Positions, SessionHandle, Subscription};
 use crate::metrics::ReasonLabels;
 use crate::protocol::reply;
@@ -24,6 +24,8 @@ pub struct Reader<R> {
     services: Arc<Services>,
     session: SessionHandle,
     rate: RateLimit,
+    /// History requests: each may read the database, so they have a budget of their own.
+    history_rate: RateLimit,
     rejects: u32,
     /// The session id, on an extended-protocol connection.
     sid: Option<Arc<str>>,
@@ -39,6 +41,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Reader {
             messages: Messages::new(read, services.limits.max_frame_size),
             rate: RateLimit::new(services.limits.max_command_rate),
+            history_rate: RateLimit::with_burst(
+                HISTORY_RATE,
+                services.limits.max_subscriptions as f64,
+            ),
             services,
             session,
             rejects: 0,
@@ -177,7 +183,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     .and_then(|sub| Some((self.services.router.principal_of(sub.id)?, sub)));
                 match live {
                     Some(((principal, token), sub)) => {
-                        serve_history(&self.services, &sub, &principal, &token, &history).await;
+                        self.history(&sub, &principal, &token, &history).await;
                     }
                     None => {
                         self.session
@@ -188,6 +194,28 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
         }
         None
+    }
+
+    /// Serves a history request within the connection's history budget; beyond it,
+    /// `reject_history` at once (and live frames flow again).
+    async fn history(
+        &mut self,
+        sub: &Arc<Subscription>,
+        principal: &Principal,
+        token: &str,
+        history: &HistoryRequest,
+    ) {
+        if !self.history_rate.allow() {
+            self.services.metrics.command("history", "rate_limited");
+            self.session
+                .send(Outbound::Frame(reply::reject_history(&sub.identifier)));
+            if let Some(positions) = &sub.positions {
+                positions.release(&sub.session);
+            }
+            return;
+        }
+        let services = self.services.clone();
+        serve_history(&services, sub, principal, token, history).await;
     }
 
     /// Writes the session's subscriptions (extended protocol only).
@@ -385,7 +413,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 metrics.command("subscribe", "confirmed");
                 self.save(subs);
                 if let Some(history) = history {
-                    serve_history(&services, &sub, &principal, &token, &history).await;
+                    self.history(&sub, &principal, &token, &history).await;
                 }
                 None
             }
