@@ -180,7 +180,8 @@ pub(crate) const ROUND_ROWS: &str = "(
        AND pg_visible_in_snapshot(e.xid, r.snapshot)
   )";
 
-fn read_statement() -> String {
+/// Built once: the reader runs it on every doorbell.
+static READ: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT r.round, r.first_offset, {EVENT_COLUMNS}
   FROM (SELECT * FROM cable_rounds WHERE round >= $1 ORDER BY round LIMIT $3) r
@@ -190,7 +191,7 @@ fn read_statement() -> String {
  ORDER BY r.round, e.id
  LIMIT $3"
     )
-}
+});
 
 /// Why an outbox row is skipped (logged and counted; the reader goes on). The table's CHECK
 /// constraints refuse the first two at insert; rows from before them may still hold them.
@@ -270,10 +271,9 @@ pub async fn read(
     max_data: usize,
     mut dispatch: impl FnMut(Event),
 ) -> Result<usize, sqlx::Error> {
-    let statement = read_statement();
     let mut total = 0;
     loop {
-        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(statement.as_str()))
+        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(READ.as_str()))
             .bind(cursor.round)
             .bind(cursor.after_id)
             .bind(OUTBOX_PAGE)

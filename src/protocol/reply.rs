@@ -60,6 +60,15 @@ fn quoted(raw_identifier: &str) -> String {
     serde_json::to_string(raw_identifier).expect("a string always serializes")
 }
 
+/// `{"identifier":<raw id>,"type":<kind>}`: the answers that name a subscription.
+fn typed(raw_identifier: &str, kind: &str) -> Bytes {
+    format!(
+        r#"{{"identifier":{},"type":"{kind}"}}"#,
+        quoted(raw_identifier)
+    )
+    .into()
+}
+
 /// The extended protocol's welcome: the session id, and what was restored, if anything.
 pub fn welcome_ext(sid: &str, restored: Option<&[Arc<str>]>) -> Bytes {
     let mut frame = format!(r#"{{"type":"welcome","sid":{}"#, quoted(sid));
@@ -72,35 +81,19 @@ pub fn welcome_ext(sid: &str, restored: Option<&[Arc<str>]>) -> Bytes {
 }
 
 pub fn confirm_history(raw_identifier: &str) -> Bytes {
-    format!(
-        r#"{{"identifier":{},"type":"confirm_history"}}"#,
-        quoted(raw_identifier)
-    )
-    .into()
+    typed(raw_identifier, "confirm_history")
 }
 
 pub fn reject_history(raw_identifier: &str) -> Bytes {
-    format!(
-        r#"{{"identifier":{},"type":"reject_history"}}"#,
-        quoted(raw_identifier)
-    )
-    .into()
+    typed(raw_identifier, "reject_history")
 }
 
 pub fn confirm(raw_identifier: &str) -> Bytes {
-    format!(
-        r#"{{"identifier":{},"type":"confirm_subscription"}}"#,
-        quoted(raw_identifier)
-    )
-    .into()
+    typed(raw_identifier, "confirm_subscription")
 }
 
 pub fn reject(raw_identifier: &str) -> Bytes {
-    format!(
-        r#"{{"identifier":{},"type":"reject_subscription"}}"#,
-        quoted(raw_identifier)
-    )
-    .into()
+    typed(raw_identifier, "reject_subscription")
 }
 
 /// `{"identifier":"<escaped raw id>","message":` — computed once per subscription; a message

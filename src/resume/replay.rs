@@ -72,7 +72,7 @@ impl Refusal {
 /// later page continues (NULL for the first). Every row starts with the bounds (oldest and
 /// newest offsets kept, and the replay's `(lo, hi]`); a row without an event (offset NULL)
 /// carries them alone. Nothing but the bounds is read when the request cannot be honoured.
-fn replay_statement() -> String {
+static REPLAY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH bounds AS (
   SELECT (SELECT first_offset FROM cable_rounds ORDER BY round LIMIT 1) AS oldest,
@@ -106,7 +106,7 @@ SELECT span.oldest, span.newest, span.lo, span.hi, events.*
   FROM span LEFT JOIN events ON true
  ORDER BY events.off"
     )
-}
+});
 
 /// A history page's bounds, and its events as outbox [`Row`]s with their offsets.
 fn page_from(rows: Vec<sqlx::postgres::PgRow>) -> Result<(Bounds, Vec<Row>), sqlx::Error> {
@@ -241,12 +241,11 @@ impl History {
             (None, None) => None,
         };
         if let Some((position, since)) = outbox {
-            let statement = replay_statement();
             let mut start: Option<i64> = None;
             let mut next: Option<i64> = None;
             loop {
                 self.metrics.history_queries.inc();
-                let rows = sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
+                let rows = sqlx::query(sqlx::AssertSqlSafe(REPLAY.as_str()))
                     .bind(position)
                     .bind(outbox_mark.live_from)
                     .bind(principal.account_id())

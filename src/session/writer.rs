@@ -75,11 +75,15 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                 }
                 match (&sub.positions, &message.position) {
                     (Some(positions), Position::Outbox(offset)) => {
-                        let offset = offset.to_string();
+                        // Digits on the stack: no allocation per delivery.
+                        let mut digits = [0u8; 20];
+                        let mut cursor = std::io::Cursor::new(&mut digits[..]);
+                        let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{offset}"));
+                        let len = cursor.position() as usize;
                         self.push_positioned(
                             &sub.prefix,
                             &message.body,
-                            &[&positions.outbox_suffix, offset.as_bytes(), b"}"],
+                            &[&positions.outbox_suffix, &digits[..len], b"}"],
                         );
                     }
                     (Some(_), Position::Stream { suffix, .. }) => {
