@@ -185,6 +185,24 @@ async fn the_extended_protocol_is_negotiated_and_plain_clients_see_no_difference
             "no position bytes: {frame}"
         );
     }
+    // pong was accepted (not counted as bad input); the plain client's history was not.
+    tokio::time::timeout(WAIT, async {
+        while metric(
+            &running,
+            "cable_commands_total",
+            "command=\"pong\",result=\"ok\"",
+        ) < 1.0
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("pong accepted in time");
+    assert_eq!(
+        metric(&running, "cable_invalid_frames_total", "unknown_command"),
+        1.0,
+        "only the plain client's history is an unknown command"
+    );
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM cable_sessions")
         .fetch_one(&db.pool)
         .await
