@@ -302,14 +302,7 @@ pub async fn run(args: FloorArgs) -> Result<Value, String> {
         "deliveries_per_cpu_s": (deliveries as f64 / cpu.max(1e-9)).round(),
         "latency": summary(&report.latency),
     });
-    println!("{}", serde_json::to_string_pretty(&result).expect("json"));
-    if let Some(out) = &args.out {
-        std::fs::write(
-            out,
-            serde_json::to_string_pretty(&result).expect("json") + "\n",
-        )
-        .map_err(|e| format!("{}: {e}", out.display()))?;
-    }
+    crate::report::emit(&result, args.out.as_deref())?;
     drop(chunks);
     drop(sockets);
     fleet.stop().await;

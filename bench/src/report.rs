@@ -12,6 +12,16 @@ use std::path::{Path, PathBuf};
 use plotters::prelude::*;
 use serde_json::Value;
 
+/// Prints a standalone run's result and, with `--out`, writes it there.
+pub fn emit(result: &Value, out: Option<&Path>) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(result).expect("json");
+    println!("{text}");
+    if let Some(out) = out {
+        std::fs::write(out, text + "\n").map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    Ok(())
+}
+
 /// Results by target ("gateway", "rails"), then by connections.
 type Results = BTreeMap<String, BTreeMap<u64, Value>>;
 

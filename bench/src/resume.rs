@@ -363,14 +363,7 @@ pub async fn run(args: ResumeArgs) -> Result<Value, String> {
         "churn_gateway_cpu_s": churn_g,
         "churn_db_cpu_s": churn_d,
     });
-    println!("{}", serde_json::to_string_pretty(&result).expect("json"));
-    if let Some(out) = &args.out {
-        std::fs::write(
-            out,
-            serde_json::to_string_pretty(&result).expect("json") + "\n",
-        )
-        .map_err(|e| format!("{}: {e}", out.display()))?;
-    }
+    crate::report::emit(&result, args.out.as_deref())?;
     tasks.abort_all();
     Ok(result)
 }
