@@ -8,9 +8,14 @@
 //!   if given, must be the contact's account.
 //!
 //! Ids may arrive as JSON numbers or numeric strings.
+//!
+//! On a connection with a signed token (CONTRACT §10) `pubsub_token` may be omitted: the
+//! subscription acts as the token's user or contact session. Whatever the identifier does say
+//! (`pubsub_token`, `user_id`, `account_id`) must agree with the token.
 
 use serde_json::{Map, Value};
 
+use crate::auth::jwt::{ConnectionIdentity, Identity};
 use crate::auth::{AuthCache, AuthError, Principal};
 use crate::protocol::{BadInput, Identifier};
 
@@ -55,10 +60,11 @@ pub async fn subscribe(
     raw: &str,
     held: usize,
     max_subscriptions: usize,
+    connection: Option<&ConnectionIdentity>,
     fresh: bool,
 ) -> Result<(String, Identifier, Principal), SubscribeError> {
     let identifier = Identifier::parse(raw).map_err(|_| bad("no_channel"))?;
-    let params = RoomParams::parse(&identifier)?;
+    let params = RoomParams::parse(&identifier, connection)?;
     if held >= max_subscriptions {
         return Err(SubscribeError::Reject(
             BadInput::TooManySubscriptions,
@@ -89,19 +95,61 @@ fn id_param(params: &Map<String, Value>, key: &str) -> Result<Option<i64>, Subsc
 }
 
 impl RoomParams {
-    pub fn parse(identifier: &Identifier) -> Result<RoomParams, SubscribeError> {
+    /// The identifier's parameters; on a connection with a signed token, completed from it
+    /// (and checked against it).
+    pub fn parse(
+        identifier: &Identifier,
+        connection: Option<&ConnectionIdentity>,
+    ) -> Result<RoomParams, SubscribeError> {
         if identifier.channel != ROOM_CHANNEL {
             return Err(bad("unknown_channel"));
         }
         let pubsub_token = match identifier.params.get("pubsub_token") {
-            Some(Value::String(token)) if !token.is_empty() => token.clone(),
-            _ => return Err(bad("pubsub_token_missing")),
+            Some(Value::String(token)) if !token.is_empty() => Some(token.clone()),
+            _ => None,
         };
-        Ok(RoomParams {
-            pubsub_token,
-            account_id: id_param(&identifier.params, "account_id")?,
-            user_id: id_param(&identifier.params, "user_id")?,
-        })
+        let account_id = id_param(&identifier.params, "account_id")?;
+        let user_id = id_param(&identifier.params, "user_id")?;
+        let Some(connection) = connection else {
+            return Ok(RoomParams {
+                pubsub_token: pubsub_token.ok_or(bad("pubsub_token_missing"))?,
+                account_id,
+                user_id,
+            });
+        };
+        if pubsub_token.is_some_and(|token| *token != *connection.pubsub_token) {
+            return Err(invalid("not_the_connections_token"));
+        }
+        let pubsub_token = connection.pubsub_token.to_string();
+        match connection.identity {
+            Identity::User {
+                user_id: own_user,
+                account_id: own_account,
+            } => {
+                if user_id.is_some_and(|id| id != own_user) {
+                    return Err(invalid("not_the_connections_user"));
+                }
+                if account_id.is_some_and(|id| id != own_account) {
+                    return Err(invalid("not_the_connections_account"));
+                }
+                Ok(RoomParams {
+                    pubsub_token,
+                    account_id: Some(own_account),
+                    user_id: Some(own_user),
+                })
+            }
+            // The contact's account is checked against `account_id` by `authorize`.
+            Identity::Contact { .. } => {
+                if user_id.is_some() {
+                    return Err(invalid("not_the_connections_user"));
+                }
+                Ok(RoomParams {
+                    pubsub_token,
+                    account_id,
+                    user_id: None,
+                })
+            }
+        }
     }
 
     /// Checks the token against PostgreSQL (through the cache).
@@ -145,7 +193,80 @@ mod tests {
     use super::*;
 
     fn params(raw: &str) -> Result<RoomParams, SubscribeError> {
-        RoomParams::parse(&Identifier::parse(raw).unwrap())
+        RoomParams::parse(&Identifier::parse(raw).unwrap(), None)
+    }
+
+    fn on_connection(raw: &str, identity: Identity) -> Result<RoomParams, &'static str> {
+        let connection = ConnectionIdentity {
+            identity,
+            exp: 0,
+            pubsub_token: "own".into(),
+        };
+        RoomParams::parse(&Identifier::parse(raw).unwrap(), Some(&connection)).map_err(
+            |e| match e {
+                SubscribeError::Reject(_, why) => why,
+                SubscribeError::Unavailable(_) => "unavailable",
+            },
+        )
+    }
+
+    #[test]
+    fn a_signed_connection_completes_and_checks_the_identifier() {
+        let user = Identity::User {
+            user_id: 2,
+            account_id: 1,
+        };
+        let contact = Identity::Contact {
+            contact_inbox_id: 5,
+        };
+        assert_eq!(
+            on_connection(r#"{"channel":"RoomChannel"}"#, user),
+            Ok(RoomParams {
+                pubsub_token: "own".into(),
+                account_id: Some(1),
+                user_id: Some(2)
+            })
+        );
+        assert_eq!(
+            on_connection(
+                r#"{"channel":"RoomChannel","pubsub_token":"own","user_id":"2"}"#,
+                user
+            )
+            .map(|p| p.account_id),
+            Ok(Some(1))
+        );
+        for (raw, identity, why) in [
+            (
+                r#"{"channel":"RoomChannel","user_id":3}"#,
+                user,
+                "not_the_connections_user",
+            ),
+            (
+                r#"{"channel":"RoomChannel","account_id":9}"#,
+                user,
+                "not_the_connections_account",
+            ),
+            (
+                r#"{"channel":"RoomChannel","pubsub_token":"other"}"#,
+                user,
+                "not_the_connections_token",
+            ),
+            (
+                r#"{"channel":"RoomChannel","user_id":2}"#,
+                contact,
+                "not_the_connections_user",
+            ),
+        ] {
+            assert_eq!(on_connection(raw, identity), Err(why), "{raw}");
+        }
+        assert_eq!(
+            on_connection(r#"{"channel":"RoomChannel","account_id":4}"#, contact).map(|p| (
+                p.pubsub_token,
+                p.account_id,
+                p.user_id
+            )),
+            Ok(("own".into(), Some(4), None))
+        );
     }
 
     #[test]

@@ -226,6 +226,13 @@ pub struct ServeConfig {
     #[arg(long, env = "CABLE_BROADCAST_KEY", hide_env_values = true)]
     pub broadcast_key: Option<String>,
 
+    /// HMAC key (its UTF-8 bytes) of signed connection tokens: a client may connect with an
+    /// HS256 JWT as `?jid=`, `X-JID` or the sub-protocol `anycable-token.<token>`, naming a
+    /// user (`user_id`, `account_id`) or a contact session (`contact_inbox_id`) until its
+    /// `exp`. Default: off
+    #[arg(long, env = "CABLE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
     /// Largest stream broadcast payload in bytes; a larger one is skipped and counted.
     /// Default: 1048576 (1 MiB)
     #[arg(long, env = "CABLE_MAX_BROADCAST_SIZE", default_value_t = 1 << 20, hide_env_values = true, hide_default_value = true)]

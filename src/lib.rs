@@ -35,6 +35,8 @@
 //!   ([`resume::sessions`]), history replay from the outbox's rounds ([`resume::replay`]) and
 //!   stream ingress memory ([`resume::rings`]).
 //! - [`revalidate`]: live subscriptions follow role/inbox changes; revoked tokens are rejected.
+//! - [`typing`]: the RoomChannel action `typing`, written to the outbox with its visibility
+//!   check in one statement.
 //! - [`session`]: one connection: [`session::frame`] (frames → messages),
 //!   [`session::reader`] (commands, strictly in order), [`session::writer`] (frames, pings).
 //! - [`connections`]: the connection limit; [`origin`]: the Origin allow-list;
@@ -102,3 +104,4 @@ pub mod router;
 pub mod routing;
 pub mod server;
 pub mod session;
+pub mod typing;

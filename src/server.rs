@@ -21,6 +21,7 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::auth::batch::Batcher;
+use crate::auth::jwt::{self, Refusal, Verifier};
 use crate::auth::AuthCache;
 use crate::config::tuning::{
     ACCEPT_RETRY, DRAIN_TIMEOUT, HISTORY_SWEEP, LISTEN_BACKLOG, POOL_ACQUIRE_TIMEOUT,
@@ -51,6 +52,11 @@ pub const SUBPROTOCOL: &str = "actioncable-v1-json";
 pub const SUBPROTOCOL_EXT: &str = "actioncable-v1-ext-json";
 /// The header a client may name the session to restore in (instead of `?sid=`).
 const RESTORE_SID_HEADER: &str = "x-anycable-restore-sid";
+/// The header that may carry a signed connection token (instead of `?jid=`).
+const JID_HEADER: &str = "x-jid";
+/// The sub-protocol prefix that may carry a signed connection token (browsers cannot set
+/// headers on a WebSocket); never echoed.
+const TOKEN_SUBPROTOCOL: &str = "anycable-token.";
 
 /// Why `serve` refuses to start. Each message is one line naming the fix.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +89,8 @@ struct Http {
     pool: PgPool,
     /// The HTTP broadcast API's key, when it is on.
     broadcast_key: Option<String>,
+    /// Verifies signed connection tokens, when `CABLE_JWT_SECRET` is set.
+    jwt: Option<Verifier>,
     streams: Arc<Streams>,
     max_broadcast_size: usize,
 }
@@ -334,6 +342,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             rails_postgres,
             sessions,
             history,
+            pool: pool.clone(),
         }),
         slots: slots.clone(),
         allowed_origins: config.allowed_origins.clone(),
@@ -341,6 +350,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         ingress_ready: ingress_ready.clone(),
         pool,
         broadcast_key: nonempty(&config.broadcast_key),
+        jwt: config.jwt_secret.as_deref().and_then(Verifier::new),
         streams,
         max_broadcast_size: config.max_broadcast_size,
     });
@@ -490,33 +500,67 @@ async fn ready(http: &Http) -> Response<Full<Bytes>> {
     }
 }
 
-/// Whether the client offered `protocol` (the header may repeat and hold lists).
-fn offers(request: &Request<Incoming>, protocol: &str) -> bool {
+/// The sub-protocols the client offered (the header may repeat and hold lists).
+fn offered(request: &Request<Incoming>) -> impl Iterator<Item = &str> {
     request
         .headers()
         .get_all(SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == protocol)
+        .map(str::trim)
+}
+
+/// Whether the client offered `protocol`.
+fn offers(request: &Request<Incoming>, protocol: &str) -> bool {
+    offered(request).any(|p| p == protocol)
+}
+
+/// A query parameter's value.
+fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
+    request.uri().query().and_then(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    })
+}
+
+fn header(request: &Request<Incoming>, name: &str) -> Option<String> {
+    request
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// The session an extended-protocol client asks to restore: `?sid=` or the header.
 fn restore_sid(request: &Request<Incoming>) -> Option<String> {
-    let from_query = request.uri().query().and_then(|query| {
-        url::form_urlencoded::parse(query.as_bytes())
-            .find(|(key, _)| key == "sid")
-            .map(|(_, sid)| sid.into_owned())
-    });
-    from_query
-        .or_else(|| {
-            request
-                .headers()
-                .get(RESTORE_SID_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        })
+    query_param(request, "sid")
+        .or_else(|| header(request, RESTORE_SID_HEADER))
         .filter(|sid| !sid.is_empty() && sid.len() <= 128)
+}
+
+/// The signed connection token of the request (`?jid=`, `X-JID`, sub-protocol
+/// `anycable-token.<token>`), checked by `verifier`; `None` when none is given. Several must
+/// be equal.
+fn connection_token(
+    request: &Request<Incoming>,
+    verifier: &Verifier,
+) -> Option<Result<jwt::ConnectionToken, Refusal>> {
+    let mut given = query_param(request, "jid")
+        .into_iter()
+        .chain(header(request, JID_HEADER))
+        .chain(
+            offered(request)
+                .filter_map(|p| p.strip_prefix(TOKEN_SUBPROTOCOL))
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+        );
+    let token = given.next()?;
+    if given.any(|other| other != token) {
+        return Some(Err(Refusal::Unauthorized("tokens_differ")));
+    }
+    Some(verifier.verify(&token, jwt::unix_now()))
 }
 
 fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -550,6 +594,10 @@ fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Byt
     let handshake = crate::session::Handshake {
         ext,
         restore_sid: if ext { restore_sid(&request) } else { None },
+        token: http
+            .jwt
+            .as_ref()
+            .and_then(|verifier| connection_token(&request, verifier)),
     };
     let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(pair) => pair,

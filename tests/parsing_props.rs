@@ -235,7 +235,7 @@ proptest! {
     fn room_identifiers_round_trip((raw, expected) in room_identifier()) {
         let identifier = Identifier::parse(&raw).expect("a client identifier parses");
         prop_assert_eq!(&*identifier.raw, raw.as_str());
-        prop_assert_eq!(RoomParams::parse(&identifier).expect("valid params"), expected);
+        prop_assert_eq!(RoomParams::parse(&identifier, None).expect("valid params"), expected);
     }
 
     /// A command damaged in one way is that kind of bad input, ignored as the table says.
@@ -313,7 +313,7 @@ proptest! {
     fn arbitrary_text_never_panics(text in ".{0,200}") {
         if let Ok(command) = Command::parse(&text) {
             if let Some(Ok(identifier)) = command.identifier().map(Identifier::parse) {
-                let _ = RoomParams::parse(&identifier);
+                let _ = RoomParams::parse(&identifier, None);
             }
         }
         let _ = Identifier::parse(&text);

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::jwt::Identity;
 use super::{store, AuthError, ContactRecord, UserRecord};
 use crate::config::tuning::{AUTH_BATCHES_IN_FLIGHT, AUTH_MAX_BATCH};
 use crate::metrics::Metrics;
@@ -28,6 +29,11 @@ enum Lookup {
     Contact {
         token: Arc<str>,
         reply: Reply<ContactRecord>,
+    },
+    /// A connection token's identity, resolved to its pubsub token.
+    Identity {
+        identity: Identity,
+        reply: Reply<Arc<str>>,
     },
 }
 
@@ -72,6 +78,12 @@ impl Batcher {
         });
         answer.await.unwrap_or_else(|_| Err(AuthError::gone()))
     }
+
+    pub async fn identity(&self, identity: Identity) -> Result<Option<Arc<str>>, AuthError> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.lookups.send(Lookup::Identity { identity, reply });
+        answer.await.unwrap_or_else(|_| Err(AuthError::gone()))
+    }
 }
 
 async fn run(pool: PgPool, metrics: Arc<Metrics>, mut queue: mpsc::UnboundedReceiver<Lookup>) {
@@ -99,6 +111,7 @@ async fn run(pool: PgPool, metrics: Arc<Metrics>, mut queue: mpsc::UnboundedRece
 async fn answer(pool: &PgPool, metrics: &Metrics, batch: Vec<Lookup>) {
     let mut users = Vec::new();
     let mut contacts = Vec::new();
+    let mut identities = Vec::new();
     for lookup in batch {
         match lookup {
             Lookup::User {
@@ -107,11 +120,13 @@ async fn answer(pool: &PgPool, metrics: &Metrics, batch: Vec<Lookup>) {
                 reply,
             } => users.push(((token, account_id), reply)),
             Lookup::Contact { token, reply } => contacts.push((token, reply)),
+            Lookup::Identity { identity, reply } => identities.push((identity, reply)),
         }
     }
     let user_keys: Vec<(Arc<str>, i64)> = users.iter().map(|(key, _)| key.clone()).collect();
     let contact_keys: Vec<Arc<str>> = contacts.iter().map(|(key, _)| key.clone()).collect();
-    let (found_users, found_contacts) = tokio::join!(
+    let identity_keys: Vec<Identity> = identities.iter().map(|(key, _)| *key).collect();
+    let (found_users, found_contacts, found_identities) = tokio::join!(
         async {
             if user_keys.is_empty() {
                 return Ok(HashMap::new());
@@ -126,9 +141,17 @@ async fn answer(pool: &PgPool, metrics: &Metrics, batch: Vec<Lookup>) {
             metrics.auth_queries.inc();
             store::contacts(pool, &contact_keys).await
         },
+        async {
+            if identity_keys.is_empty() {
+                return Ok(HashMap::new());
+            }
+            metrics.auth_queries.inc();
+            store::identities(pool, &identity_keys).await
+        },
     );
     reply_all(users, found_users);
     reply_all(contacts, found_contacts);
+    reply_all(identities, found_identities);
 }
 
 fn reply_all<K: std::hash::Hash + Eq, T: Clone>(

@@ -13,6 +13,7 @@ use moka::future::Cache;
 use moka::Expiry;
 
 use super::batch::Batcher;
+use super::jwt::Identity;
 use super::{AuthError, ContactRecord, UserRecord};
 use crate::metrics::Metrics;
 
@@ -20,12 +21,14 @@ use crate::metrics::Metrics;
 enum Key {
     User { token: Box<str>, account_id: i64 },
     Contact { token: Box<str> },
+    Identity(Identity),
 }
 
 #[derive(Debug, Clone)]
 enum Found {
     User(Option<UserRecord>),
     Contact(Option<ContactRecord>),
+    Token(Option<Arc<str>>),
 }
 
 impl Found {
@@ -33,6 +36,7 @@ impl Found {
         match self {
             Found::User(found) => found.is_some(),
             Found::Contact(found) => found.is_some(),
+            Found::Token(found) => found.is_some(),
         }
     }
 }
@@ -89,7 +93,7 @@ impl AuthCache {
         };
         match self.get(key).await? {
             Found::User(found) => Ok(found),
-            Found::Contact(_) => unreachable!("user keys hold user records"),
+            _ => unreachable!("user keys hold user records"),
         }
     }
 
@@ -99,7 +103,16 @@ impl AuthCache {
         };
         match self.get(key).await? {
             Found::Contact(found) => Ok(found),
-            Found::User(_) => unreachable!("contact keys hold contact records"),
+            _ => unreachable!("contact keys hold contact records"),
+        }
+    }
+
+    /// The pubsub token a connection token's identity acts with (CONTRACT §10); `None` when
+    /// it names nobody (no such user in that account, no such contact session).
+    pub async fn identity(&self, identity: Identity) -> Result<Option<Arc<str>>, AuthError> {
+        match self.get(Key::Identity(identity)).await? {
+            Found::Token(found) => Ok(found),
+            _ => unreachable!("identity keys hold tokens"),
         }
     }
 
@@ -132,6 +145,7 @@ impl AuthCache {
                     self.batcher.user(token, *account_id).await.map(Found::User)
                 }
                 Key::Contact { token } => self.batcher.contact(token).await.map(Found::Contact),
+                Key::Identity(identity) => self.batcher.identity(*identity).await.map(Found::Token),
             }
         };
         let result = self.cache.try_get_with(key.clone(), load).await;

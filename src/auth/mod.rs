@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod cache;
+pub mod jwt;
 pub mod store;
 
 use std::sync::Arc;

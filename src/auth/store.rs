@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use super::jwt::Identity;
 use super::{AuthError, ContactRecord, Membership, UserRecord};
 
 fn db(e: sqlx::Error) -> AuthError {
@@ -111,6 +112,69 @@ pub async fn contacts(
                 account_id: row.account_id,
             };
             (Arc::from(row.token.as_str()), record)
+        })
+        .collect())
+}
+
+/// The pubsub token of each connection-token identity (CONTRACT §10) that names someone: a
+/// user who belongs to the account, or an existing contact session.
+const IDENTITIES: &str = "
+SELECT k.user_id, k.account_id, k.contact_inbox_id,
+       COALESCE(u.pubsub_token, ci.pubsub_token)::text AS token
+  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS k(user_id, account_id, contact_inbox_id)
+  LEFT JOIN users u ON u.id = k.user_id
+       AND EXISTS (SELECT 1 FROM account_users au
+                    WHERE au.user_id = u.id AND au.account_id = k.account_id)
+  LEFT JOIN contact_inboxes ci ON ci.id = k.contact_inbox_id
+ WHERE COALESCE(u.pubsub_token, ci.pubsub_token) <> ''";
+
+#[derive(sqlx::FromRow)]
+struct IdentityRow {
+    user_id: Option<i64>,
+    account_id: Option<i64>,
+    contact_inbox_id: Option<i64>,
+    token: String,
+}
+
+/// Pubsub tokens by connection-token identity.
+pub async fn identities(
+    pool: &PgPool,
+    identities: &[Identity],
+) -> Result<HashMap<Identity, Arc<str>>, AuthError> {
+    let mut users = Vec::with_capacity(identities.len());
+    let mut accounts = Vec::with_capacity(identities.len());
+    let mut contacts = Vec::with_capacity(identities.len());
+    for identity in identities {
+        let (user, account, contact) = match *identity {
+            Identity::User {
+                user_id,
+                account_id,
+            } => (Some(user_id), Some(account_id), None),
+            Identity::Contact { contact_inbox_id } => (None, None, Some(contact_inbox_id)),
+        };
+        users.push(user);
+        accounts.push(account);
+        contacts.push(contact);
+    }
+    let rows: Vec<IdentityRow> = sqlx::query_as(IDENTITIES)
+        .bind(users)
+        .bind(accounts)
+        .bind(contacts)
+        .fetch_all(pool)
+        .await
+        .map_err(db)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let identity = match (row.user_id, row.account_id, row.contact_inbox_id) {
+                (Some(user_id), Some(account_id), None) => Identity::User {
+                    user_id,
+                    account_id,
+                },
+                (None, None, Some(contact_inbox_id)) => Identity::Contact { contact_inbox_id },
+                _ => return None,
+            };
+            Some((identity, Arc::from(row.token.as_str())))
         })
         .collect())
 }

@@ -19,6 +19,8 @@ pub enum DisconnectReason {
     TooSlow,
     /// Protocol abuse (oversized frames, floods).
     InvalidRequest,
+    /// The connection's signed token expired: fetch a new one, then connect again.
+    TokenExpired,
 }
 
 impl DisconnectReason {
@@ -29,6 +31,7 @@ impl DisconnectReason {
             DisconnectReason::Remote => "remote",
             DisconnectReason::TooSlow => "too_slow",
             DisconnectReason::InvalidRequest => "invalid_request",
+            DisconnectReason::TokenExpired => "token_expired",
         }
     }
 

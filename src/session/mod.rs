@@ -18,19 +18,20 @@ pub mod subscriptions;
 pub mod writer;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use crate::auth::jwt::{ConnectionIdentity, ConnectionToken, Refusal};
 use crate::auth::AuthCache;
 use crate::config::ServeConfig;
 use crate::delivery::{CloseReason, SessionHandle};
 use crate::ingress::postgres::PgAdapter;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
-use crate::protocol::reply;
+use crate::protocol::{reply, DisconnectReason};
 use crate::resume::replay::History;
 use crate::resume::sessions::Sessions;
 use crate::router::Router;
@@ -74,6 +75,8 @@ pub struct Services {
     /// Extended protocol: restorable sessions, and history replay.
     pub sessions: Arc<Sessions>,
     pub history: Arc<History>,
+    /// The database, for what a command writes (the `typing` action).
+    pub pool: sqlx::PgPool,
 }
 
 /// What the upgrade request asked for.
@@ -83,6 +86,61 @@ pub struct Handshake {
     pub ext: bool,
     /// The session to restore (`?sid=` or `X-ANYCABLE-RESTORE-SID`).
     pub restore_sid: Option<String>,
+    /// The signed connection token, verified (only with `CABLE_JWT_SECRET`).
+    pub token: Option<Result<ConnectionToken, Refusal>>,
+}
+
+/// Who a connection with a signed token is: its identity resolved to the pubsub token its
+/// subscriptions act with, or the reason to end it before the welcome.
+async fn authenticate(
+    services: &Services,
+    token: Option<Result<ConnectionToken, Refusal>>,
+    session: u64,
+) -> Result<Option<ConnectionIdentity>, DisconnectReason> {
+    let refused = |why: &str| {
+        tracing::info!(session, reason = why, "connection token refused");
+    };
+    let token = match token {
+        None => return Ok(None),
+        Some(Ok(token)) => token,
+        Some(Err(Refusal::Expired)) => {
+            refused("expired");
+            return Err(DisconnectReason::TokenExpired);
+        }
+        Some(Err(Refusal::Unauthorized(why))) => {
+            refused(why);
+            return Err(DisconnectReason::Unauthorized);
+        }
+    };
+    match services.auth.identity(token.identity).await {
+        Ok(Some(pubsub_token)) => Ok(Some(ConnectionIdentity {
+            identity: token.identity,
+            exp: token.exp,
+            pubsub_token,
+        })),
+        Ok(None) => {
+            refused("names_nobody");
+            Err(DisconnectReason::Unauthorized)
+        }
+        Err(e) => {
+            tracing::warn!(session, error = %e, "database unavailable while authenticating a connection token");
+            Err(DisconnectReason::ServerRestart)
+        }
+    }
+}
+
+/// Resolves when the connection's token expires (never without one).
+async fn expiry(exp: Option<u64>) {
+    match exp {
+        Some(exp) => {
+            let exp = UNIX_EPOCH + Duration::from_secs(exp);
+            let left = exp
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::time::sleep(left).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves one upgraded connection until it ends.
@@ -96,20 +154,31 @@ pub async fn run(services: Arc<Services>, io: TokioIo<Upgraded>, handshake: Hand
     let session = SessionHandle::new(services.limits.send_queue, metrics.clone());
     let queue = session.queue.clone();
 
+    // A signed connection token is checked before anything else: refused, the client gets
+    // its `disconnect` and no welcome.
+    let (identity, refused) = match authenticate(&services, handshake.token, queue.id).await {
+        Ok(identity) => (identity, false),
+        Err(reason) => {
+            queue.close(CloseReason::Disconnect(reason));
+            (None, true)
+        }
+    };
     // Extended protocol: a session id, and the old session's subscriptions restored before
     // the welcome says which.
-    let sid: Option<Arc<str>> = handshake.ext.then(|| crate::resume::sid::new_sid().into());
-    let mut reader = Reader::new(read, services.clone(), session, sid.clone());
+    let sid: Option<Arc<str>> =
+        (handshake.ext && !refused).then(|| crate::resume::sid::new_sid().into());
+    let mut reader = Reader::new(read, services.clone(), session, sid.clone(), identity);
     let mut subs = SessionSubscriptions::new(services.router.clone());
     let welcome = match &sid {
-        None => bytes::Bytes::from_static(reply::WELCOME.as_bytes()),
+        _ if refused => None,
+        None => Some(bytes::Bytes::from_static(reply::WELCOME.as_bytes())),
         Some(sid) => {
             services.sessions.opened(sid, &queue);
             let restored = match &handshake.restore_sid {
                 Some(old) => reader.restore(old, &mut subs).await,
                 None => None,
             };
-            reply::welcome_ext(sid, restored.as_deref())
+            Some(reply::welcome_ext(sid, restored.as_deref()))
         }
     };
 
@@ -117,10 +186,18 @@ pub async fn run(services: Arc<Services>, io: TokioIo<Upgraded>, handshake: Hand
     // neither is ever cancelled while the connection lives. The writer ends when the session
     // is closed (by anyone) or the socket fails; the reader when the client leaves or
     // misbehaves.
-    let writer = writer::run(write, &welcome, &queue, services.shutdown.clone(), &metrics);
+    let writer = writer::run(
+        write,
+        welcome.as_deref(),
+        &queue,
+        services.shutdown.clone(),
+        &metrics,
+    );
     tokio::pin!(writer);
+    let expires = expiry(reader.identity().map(|identity| identity.exp));
     let reader_ended = tokio::select! {
-        reason = reader.run(&mut subs) => Some(reason),
+        reason = reader.run(&mut subs), if !refused => Some(reason),
+        () = expires => Some(CloseReason::Disconnect(DisconnectReason::TokenExpired)),
         () = &mut writer => None,
     };
     let subscriptions = subs.len();

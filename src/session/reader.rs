@@ -10,6 +10,7 @@ use super::frame::{Inbound, Messages, ReadEnd};
 use super::rate::RateLimit;
 use super::subscriptions::SessionSubscriptions;
 use super::Services;
+use crate::auth::jwt::ConnectionIdentity;
 use crate::auth::{token_prefix, Principal};
 use crate::channel::SubscribeError;
 use crate::config::tuning::{HARD_LIMIT_FACTOR, HISTORY_RATE, RESTORE_HOLD};
@@ -29,6 +30,8 @@ pub struct Reader<R> {
     rejects: u32,
     /// The session id, on an extended-protocol connection.
     sid: Option<Arc<str>>,
+    /// Who the connection is, when it carries a signed token.
+    identity: Option<ConnectionIdentity>,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
@@ -37,6 +40,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         services: Arc<Services>,
         session: SessionHandle,
         sid: Option<Arc<str>>,
+        identity: Option<ConnectionIdentity>,
     ) -> Self {
         Reader {
             messages: Messages::new(read, services.limits.max_frame_size),
@@ -49,7 +53,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             session,
             rejects: 0,
             sid,
+            identity,
         }
+    }
+
+    /// Who the connection is, when it carries a signed token.
+    pub fn identity(&self) -> Option<&ConnectionIdentity> {
+        self.identity.as_ref()
     }
 
     /// Counts bad input and says whether it ends the connection. Rejects are answered (and
@@ -155,6 +165,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     Some("update_presence") => {
                         self.services.presence.answer(sub.clone());
                         metrics.command("message", "ok");
+                    }
+                    Some("typing") => {
+                        let sub = sub.clone();
+                        Box::pin(typing(&self.services, &sub, &data)).await;
                     }
                     _ => metrics.command("message", "unknown_action"),
                 },
@@ -305,6 +319,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 &raw,
                 subs.len(),
                 services.limits.max_subscriptions,
+                self.identity.as_ref(),
                 true,
             )
             .await;
@@ -388,6 +403,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             &raw,
             subs.len(),
             services.limits.max_subscriptions,
+            self.identity.as_ref(),
             false,
         )
         .await;
@@ -467,4 +483,36 @@ async fn serve_history(
             .serve(&services.router, sub, principal, token, history),
     )
     .await;
+}
+
+/// The `typing` action ([`crate::typing`]); what it wrote or why not is counted as the
+/// result of the `typing` command.
+async fn typing(
+    services: &Services,
+    sub: &Arc<Subscription>,
+    data: &serde_json::Map<String, serde_json::Value>,
+) {
+    let outcome = match (
+        crate::typing::Typing::parse(data),
+        services.router.principal_of(sub.id),
+    ) {
+        (Err(ignored), _) => Err(ignored),
+        // Revoked meanwhile.
+        (_, None) => Err(crate::typing::Ignored::NotVisible),
+        (Ok(typing), Some((principal, _))) => {
+            crate::typing::publish(&services.pool, &principal, typing).await
+        }
+    };
+    let result = match outcome {
+        Ok(()) => "ok",
+        Err(ignored) => {
+            tracing::debug!(
+                session = sub.session.queue.id,
+                result = ignored.label(),
+                "typing ignored"
+            );
+            ignored.label()
+        }
+    };
+    services.metrics.command("typing", result);
 }

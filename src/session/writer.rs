@@ -148,10 +148,11 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
 }
 
 /// Runs until the session closes. The welcome is written before anything else, so replies
-/// to commands sent before it arrive after it.
+/// to commands sent before it arrive after it; a connection refused at once (`None`) gets
+/// no welcome, only its farewell.
 pub async fn run<W: AsyncWrite + Unpin>(
     sink: W,
-    welcome: &[u8],
+    welcome: Option<&[u8]>,
     queue: &SendQueue,
     mut shutdown: watch::Receiver<bool>,
     metrics: &Metrics,
@@ -163,10 +164,12 @@ pub async fn run<W: AsyncWrite + Unpin>(
         metrics,
         last_ping: 0,
     };
-    push_text(&mut w.buf, welcome);
-    if w.flush().await.is_err() {
-        queue.close(CloseReason::ConnectionLost);
-        return;
+    if let Some(welcome) = welcome {
+        push_text(&mut w.buf, welcome);
+        if w.flush().await.is_err() {
+            queue.close(CloseReason::ConnectionLost);
+            return;
+        }
     }
     let mut ping = interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);

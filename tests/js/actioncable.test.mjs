@@ -708,6 +708,38 @@ describe("@rails/actioncable against cable-gateway", { timeout: 120_000 }, () =>
     ]);
   });
 
+  test("13. perform('typing'): an agent types, the widget sees it; private typing never reaches it", { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    const agent = newConsumer(t);
+    const widget = newConsumer(t);
+    const admin = newConsumer(t);
+    const bob = subscribe(agent, { channel: "RoomChannel", pubsub_token: "demo-user-bob", account_id: 1, user_id: 2 });
+    const dave = subscribe(widget, { channel: "RoomChannel", pubsub_token: "demo-contact-dave", account_id: 1 });
+    const alice = subscribe(admin, { channel: "RoomChannel", pubsub_token: "demo-user-alice", account_id: 1, user_id: 1 });
+    for (const sub of [bob, dave, alice]) assert.equal(await sub.outcome(), "connected");
+    // A private note being typed: the administrator sees it, the widget must not.
+    assert.equal(bob.subscription.perform("typing", { conversation_id: 1, status: "on", is_private: true }), true);
+    await alice.until((r) => notPresence(r).length >= 1, "the private typing at the administrator");
+    const sent = performance.now();
+    assert.equal(bob.subscription.perform("typing", { conversation_id: 1, status: "on" }), true);
+    const seen = await dave.until((r) => notPresence(r).length >= 1 && notPresence(r), "the public typing at the widget");
+    console.log(`# typing: the widget saw the agent's typing_on ${(performance.now() - sent).toFixed(1)} ms after perform()`);
+    assert.deepEqual(seen, [
+      {
+        event: "conversation.typing_on",
+        data: {
+          conversation: { id: 1, inbox_id: 1, account_id: 1 },
+          user: { id: 2, type: "user" },
+          is_private: false,
+          account_id: 1,
+        },
+      },
+    ]);
+    await alice.until((r) => notPresence(r).length >= 2, "both typings at the administrator");
+    assert.deepEqual(notPresence(alice.state.received).map((m) => m.data.is_private), [true, false]);
+    // Never echoed to the typist.
+    assert.deepEqual(notPresence(bob.state.received), []);
+  });
+
   test("8a. the 101 response selects actioncable-v1-json", { timeout: TEST_TIMEOUT_MS }, async (t) => {
     const connection = await rawConnect(["actioncable-v1-json", "actioncable-unsupported"]);
     t.after(() => closeRaw(connection));

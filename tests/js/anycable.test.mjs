@@ -9,6 +9,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import readline from "node:readline";
 import { createCable } from "@anycable/core";
 import WebSocket from "ws";
@@ -255,7 +256,47 @@ describe("@anycable/core (extended protocol) against cable-gateway", { timeout: 
     await dave.until((s) => s.messages.length >= 3, "event 5");
     assert.deepEqual(dave.numbers(), [1, 4, 5]);
   });
+
+  test("8. an expiring connection token is refreshed by the client; nothing is lost", { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    current += 1;
+    const secret = "anycable-test-secret";
+    const { port } = await gateway({ CABLE_JWT_SECRET: secret });
+    const now = () => Math.floor(Date.now() / 1000);
+    const refreshed = [];
+    const cable = createCable(`ws://127.0.0.1:${port}/cable`, {
+      protocol: "actioncable-v1-ext-json",
+      websocketImplementation: WebSocket,
+      logLevel: VERBOSE ? "debug" : "error",
+      reconnectStrategy: () => 200,
+      // Alice, for two seconds: the gateway ends the connection with token_expired.
+      auth: { token: mintJwt({ user_id: 1, account_id: 1, exp: now() + 2 }, secret) },
+      async tokenRefresher(transport) {
+        // An event published while the client has no connection.
+        await publish(2);
+        refreshed.push(now());
+        transport.setToken(mintJwt({ user_id: 1, account_id: 1, exp: now() + 3600 }, secret));
+      },
+    });
+    t.after(() => cable.disconnect());
+    // No pubsub_token: the subscription acts as the connection's user.
+    const alice = await subscribe(cable, {});
+    await publish(1);
+    await alice.until((s) => s.messages.length === 1, "event 1");
+    await eventually(async () => refreshed.length === 1, STEP_TIMEOUT_MS, "the token refresher to run");
+    await alice.until((s) => s.messages.length >= 2, "event 2, replayed after the refresh");
+    await publish(3);
+    await alice.until((s) => s.messages.length >= 3, "event 3");
+    assert.deepEqual(alice.numbers(), [1, 2, 3]);
+  });
 });
+
+/** An HS256 JWT of `claims` (what a backend mints for the client). */
+function mintJwt(claims, secret) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const unsigned = `${part({ alg: "HS256", typ: "JWT" })}.${part(claims)}`;
+  const signature = createHmac("sha256", secret).update(unsigned).digest("base64url");
+  return `${unsigned}.${signature}`;
+}
 
 /** A psql session holding a transaction open: `commit()` ends it. */
 async function openTransaction(url, statement) {
