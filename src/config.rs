@@ -233,6 +233,12 @@ pub struct ServeConfig {
     #[arg(long, env = "CABLE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// Turns on the inspector page `GET /inspect` (and its JSON, `GET /inspect/data`) for
+    /// whoever presents this token: as the password of HTTP basic auth, or `?token=`.
+    /// Default: off (404)
+    #[arg(long, env = "CABLE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Largest stream broadcast payload in bytes; a larger one is skipped and counted.
     /// Default: 1048576 (1 MiB)
     #[arg(long, env = "CABLE_MAX_BROADCAST_SIZE", default_value_t = 1 << 20, hide_env_values = true, hide_default_value = true)]

@@ -41,6 +41,9 @@
 //!   [`session::reader`] (commands, strictly in order), [`session::writer`] (frames, pings).
 //! - [`connections`]: the connection limit; [`origin`]: the Origin allow-list;
 //!   [`migrate`]: embedded migrations.
+//! - [`inspect`]: the operator's page `/inspect` and its JSON, aggregated from the router,
+//!   the metrics, presence and the recent disconnects ([`inspect::log`]); [`secret`]:
+//!   constant-time comparison of keys and tokens.
 //! - [`server`]: builds every component, starts and stops every task, serves HTTP.
 //!
 //! # Life of a message
@@ -92,6 +95,7 @@ pub mod connections;
 pub mod db;
 pub mod delivery;
 pub mod ingress;
+pub mod inspect;
 pub mod listen;
 pub mod metrics;
 pub mod migrate;
@@ -102,6 +106,7 @@ pub mod resume;
 pub mod revalidate;
 pub mod router;
 pub mod routing;
+pub mod secret;
 pub mod server;
 pub mod session;
 pub mod typing;

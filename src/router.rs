@@ -424,6 +424,46 @@ impl Router {
     pub fn accounts(&self) -> Vec<i64> {
         self.registry.read().accounts.keys().copied().collect()
     }
+
+    /// Live subscriptions per account: user and contact subscriptions, and the connections
+    /// holding them (the inspector). One pass over the registry under its read lock.
+    pub fn census(&self) -> Vec<AccountCensus> {
+        let registry = self.registry.read();
+        let mut sessions = HashSet::new();
+        registry
+            .accounts
+            .iter()
+            .map(|(account_id, index)| {
+                sessions.clear();
+                let contacts = index.by_contact_inbox.values().flatten();
+                let mut contact_subscriptions = 0;
+                for id in index.users.iter().chain(contacts) {
+                    if let Some(entry) = registry.entries.get(id) {
+                        sessions.insert(entry.sub.session.queue.id);
+                    }
+                }
+                for ids in index.by_contact_inbox.values() {
+                    contact_subscriptions += ids.len();
+                }
+                AccountCensus {
+                    account_id: *account_id,
+                    connections: sessions.len(),
+                    user_subscriptions: index.users.len(),
+                    contact_subscriptions,
+                }
+            })
+            .collect()
+    }
+}
+
+/// One account's live subscriptions on this process ([`Router::census`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountCensus {
+    pub account_id: i64,
+    /// Connections holding at least one subscription of the account.
+    pub connections: usize,
+    pub user_subscriptions: usize,
+    pub contact_subscriptions: usize,
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ use crate::ingress::outbox;
 use crate::ingress::postgres::PgAdapter;
 use crate::ingress::redis::{RedisConfigError, RedisIngress};
 use crate::ingress::streams::Streams;
+use crate::inspect::log::DisconnectLog;
+use crate::inspect::{self, Inspector};
 use crate::listen::Listen;
 use crate::metrics::Metrics;
 use crate::migrate::{self, MigrateError};
@@ -91,6 +93,8 @@ struct Http {
     broadcast_key: Option<String>,
     /// Verifies signed connection tokens, when `CABLE_JWT_SECRET` is set.
     jwt: Option<Verifier>,
+    /// The inspector and its token, when `CABLE_ADMIN_TOKEN` is set.
+    inspector: Option<(Arc<Inspector>, String)>,
     streams: Arc<Streams>,
     max_broadcast_size: usize,
 }
@@ -331,6 +335,23 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         ingress_ready.push((crate::ingress::redis::INGRESS, redis.readiness()));
         tasks.push(tokio::spawn(redis.run()));
     }
+    let disconnects = Arc::new(DisconnectLog::default());
+    let inspector = nonempty(&config.admin_token).map(|token| {
+        let inspector = Inspector::new(inspect::Sources {
+            metrics: metrics.clone(),
+            router: router.clone(),
+            pool: pool.clone(),
+            presence_ttl: config.presence_ttl,
+            disconnects: disconnects.clone(),
+            listen_ready: listen_ready.clone(),
+            ingress_ready: ingress_ready.clone(),
+            database: db.redacted(),
+            redis: redis_url.as_deref().map(crate::db::redact),
+            broadcast_api: nonempty(&config.broadcast_key).is_some(),
+        });
+        tasks.push(tokio::spawn(inspector.clone().sample()));
+        (inspector, token)
+    });
     let http = Arc::new(Http {
         services: Arc::new(Services {
             router: router.clone(),
@@ -343,6 +364,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             sessions,
             history,
             pool: pool.clone(),
+            disconnects,
         }),
         slots: slots.clone(),
         allowed_origins: config.allowed_origins.clone(),
@@ -351,6 +373,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         pool,
         broadcast_key: nonempty(&config.broadcast_key),
         jwt: config.jwt_secret.as_deref().and_then(Verifier::new),
+        inspector,
         streams,
         max_broadcast_size: config.max_broadcast_size,
     });
@@ -430,6 +453,10 @@ async fn route(
     Ok(match request.uri().path() {
         "/cable" => upgrade(http, request),
         "/_broadcast" if http.broadcast_key.is_some() => broadcast(&http, request).await,
+        "/inspect" | "/inspect/data" => match &http.inspector {
+            Some((inspector, token)) => inspect::http::answer(inspector, token, &request).await,
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
         "/health" => text(StatusCode::OK, "ok\n"),
         "/ready" => ready(&http).await,
         "/metrics" => {

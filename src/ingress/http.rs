@@ -40,8 +40,7 @@ pub fn authorized(given: Option<&[u8]>, key: &str) -> bool {
     let Some(token) = given.and_then(|h| h.strip_prefix(b"Bearer ")) else {
         return false;
     };
-    let key = key.as_bytes();
-    token.len() == key.len() && token.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    crate::secret::equal(token, key.as_bytes())
 }
 
 /// Checks a request body: the broadcasts it holds, as (stream, payload), or why not.

@@ -25,10 +25,11 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use crate::auth::jwt::{ConnectionIdentity, ConnectionToken, Refusal};
-use crate::auth::AuthCache;
+use crate::auth::{token_prefix, AuthCache, Principal};
 use crate::config::ServeConfig;
 use crate::delivery::{CloseReason, SessionHandle};
 use crate::ingress::postgres::PgAdapter;
+use crate::inspect::log::{Disconnect, DisconnectLog};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::protocol::{reply, DisconnectReason};
@@ -77,6 +78,8 @@ pub struct Services {
     pub history: Arc<History>,
     /// The database, for what a command writes (the `typing` action).
     pub pool: sqlx::PgPool,
+    /// Where an ended connection is recorded for the inspector.
+    pub disconnects: Arc<DisconnectLog>,
 }
 
 /// What the upgrade request asked for.
@@ -201,6 +204,9 @@ pub async fn run(services: Arc<Services>, io: TokioIo<Upgraded>, handshake: Hand
         () = &mut writer => None,
     };
     let subscriptions = subs.len();
+    let holder = subs
+        .any()
+        .and_then(|sub| services.router.principal_of(sub.id));
     subs.clear();
     drop(reader);
     if let Some(reason) = reader_ended {
@@ -224,6 +230,21 @@ pub async fn run(services: Arc<Services>, io: TokioIo<Upgraded>, handshake: Hand
             reason: reason.label(),
         })
         .inc();
+    services.disconnects.record(Disconnect {
+        at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        reason: reason.label(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        subscriptions,
+        who: holder.as_ref().map(|(principal, _)| match principal {
+            Principal::User { user_id, .. } => format!("user {user_id}"),
+            Principal::Contact(contact) => format!("contact {}", contact.contact_id),
+        }),
+        account_id: holder.as_ref().map(|(principal, _)| principal.account_id()),
+        token: holder.as_ref().map(|(_, token)| token_prefix(token)),
+    });
     tracing::info!(
         session = queue.id,
         reason = reason.label(),

@@ -45,6 +45,11 @@ impl SessionSubscriptions {
             .collect()
     }
 
+    /// Any one live subscription (who held a connection, for the inspector's log).
+    pub fn any(&self) -> Option<&Arc<Subscription>> {
+        self.by_identifier.values().find(|sub| sub.is_active())
+    }
+
     /// Forgets the subscription (revoked meanwhile, so already unregistered).
     pub fn forget(&mut self, identifier: &str) {
         self.by_identifier.remove(identifier);
