@@ -164,6 +164,13 @@ pub struct Groups {
 }
 
 impl Groups {
+    /// The accounts of the layout (one outbox row per event each).
+    pub fn accounts_count(&self) -> usize {
+        let mut accounts = self.accounts.clone();
+        accounts.dedup();
+        accounts.len()
+    }
+
     pub fn new(n: usize) -> Groups {
         let mut tokens = Vec::with_capacity(n);
         let mut accounts = Vec::with_capacity(n);

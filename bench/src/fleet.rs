@@ -38,8 +38,11 @@ pub fn split(total: usize, per_process: usize) -> Vec<(usize, usize)> {
 }
 
 impl Fleet {
+    /// Client processes for the clients `first .. first + total` (global indexes: their
+    /// tokens and source addresses).
     pub fn spawn(
         url: &str,
+        first: usize,
         total: usize,
         per_process: usize,
         per_address: usize,
@@ -47,7 +50,8 @@ impl Fleet {
     ) -> std::io::Result<Fleet> {
         let exe = std::env::current_exe()?;
         let mut members = Vec::new();
-        for (first, count) in split(total, per_process) {
+        for (start, count) in split(total, per_process) {
+            let first = first + start;
             let mut child = Command::new(&exe)
                 .arg("client")
                 .arg("--url")

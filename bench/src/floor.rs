@@ -174,6 +174,7 @@ pub async fn run(args: FloorArgs) -> Result<Value, String> {
     let url = format!("ws://{addr}/cable");
     let mut fleet = Fleet::spawn(
         &url,
+        0,
         args.connections,
         args.per_process,
         args.per_address,

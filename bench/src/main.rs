@@ -7,6 +7,7 @@
 //! - `cable-bench client`: a client process; `run` spawns these itself.
 
 mod client;
+mod cluster;
 mod db;
 mod fleet;
 mod floor;
@@ -52,6 +53,9 @@ enum Cmd {
     /// Reliable streams under churn: extended-protocol clients drop and restore their
     /// sessions while events flow; checks exactly-once delivery and reports the cost.
     Resume(Box<resume::ResumeArgs>),
+    /// Scale-out: several gateway processes on one database share the connections; every
+    /// event must reach every connection once; reports each process's CPU and the database's.
+    Cluster(Box<cluster::ClusterArgs>),
     /// What many LISTENed channels cost PostgreSQL (LISTEN time, notification delivery).
     ListenScale {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -106,6 +110,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Cluster(args) => {
+            match runtime(2).block_on(cluster::run(*args)) {
+                Ok(result) if result["exact"] == true => ExitCode::SUCCESS,
+                Ok(_) => {
+                    eprintln!("cable-bench: cluster: some connection did not get every event exactly once");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("cable-bench: cluster: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Resume(args) => match runtime(2).block_on(resume::run(*args)) {
             Ok(result) if result["all_exact"] == true => ExitCode::SUCCESS,
             Ok(_) => {

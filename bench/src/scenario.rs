@@ -545,6 +545,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
     let rss_base = probe::rss_bytes(args.server_pid).unwrap_or(0);
     let fleet = Fleet::spawn(
         &args.url,
+        0,
         n,
         args.per_process,
         args.per_address,
