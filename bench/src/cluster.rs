@@ -43,12 +43,8 @@ pub struct ClusterArgs {
     pub duration: u64,
     #[arg(long, default_value_t = 200)]
     pub pad: usize,
-    #[arg(long, default_value_t = 16_000)]
-    pub per_process: usize,
-    #[arg(long, default_value_t = 4_000)]
-    pub per_address: usize,
-    #[arg(long, default_value_t = 2)]
-    pub client_threads: usize,
+    #[command(flatten)]
+    pub fleet: crate::fleet::FleetArgs,
     /// Most seconds to wait for deliveries after the last event.
     #[arg(long, default_value_t = 60)]
     pub drain: u64,
@@ -62,6 +58,26 @@ fn round2(x: f64) -> f64 {
 
 /// Transactions and rows of this database so far (`pg_stat_database`; its counters are
 /// flushed about once a second, so readings are taken after a pause).
+/// Scans and rows read per table (`pg_stat_user_tables`): where the database's reads go.
+async fn table_reads(
+    db: &tokio_postgres::Client,
+) -> Result<std::collections::BTreeMap<String, (f64, f64)>, String> {
+    let rows = db
+        .query(
+            "SELECT relname::text,
+                    (COALESCE(seq_scan, 0) + COALESCE(idx_scan, 0))::float8,
+                    (COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0))::float8
+               FROM pg_stat_user_tables",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("pg_stat_user_tables: {e}"))?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), (row.get(1), row.get(2))))
+        .collect())
+}
+
 async fn db_stats(db: &tokio_postgres::Client) -> Result<(f64, f64, f64), String> {
     let row = db
         .query_one(
@@ -75,8 +91,20 @@ async fn db_stats(db: &tokio_postgres::Client) -> Result<(f64, f64, f64), String
     Ok((row.get(0), row.get(1), row.get(2)))
 }
 
+type Tables = std::collections::BTreeMap<String, (f64, f64)>;
+
+struct Reading {
+    at: Instant,
+    cpu: Vec<f64>,
+    db_cpu: f64,
+    stats: (f64, f64, f64),
+    tables: Tables,
+}
+
 struct Window {
     seconds: f64,
+    /// Per table: scans and rows read in the window.
+    tables: Tables,
     gateway_cpu: Vec<f64>,
     db_cpu: f64,
     transactions: f64,
@@ -90,7 +118,7 @@ struct Probe<'a> {
 }
 
 impl Probe<'_> {
-    async fn reading(&self) -> Result<(Instant, Vec<f64>, f64, (f64, f64, f64)), String> {
+    async fn reading(&self) -> Result<Reading, String> {
         // Let the statistics collector catch up with what happened before.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let cpu = self
@@ -100,22 +128,34 @@ impl Probe<'_> {
             .map(|pid| probe::cpu_seconds(*pid).unwrap_or(f64::NAN))
             .collect();
         let db_cpu = probe::tree_cpu_seconds(self.args.db_pid).unwrap_or(f64::NAN);
-        Ok((Instant::now(), cpu, db_cpu, db_stats(self.db).await?))
+        Ok(Reading {
+            at: Instant::now(),
+            cpu,
+            db_cpu,
+            stats: db_stats(self.db).await?,
+            tables: table_reads(self.db).await?,
+        })
     }
 
-    async fn window(
-        &self,
-        start: &(Instant, Vec<f64>, f64, (f64, f64, f64)),
-    ) -> Result<Window, String> {
+    async fn window(&self, start: &Reading) -> Result<Window, String> {
         let end = self.reading().await?;
+        let tables = end
+            .tables
+            .iter()
+            .map(|(name, (scans, rows))| {
+                let (scans0, rows0) = start.tables.get(name).copied().unwrap_or_default();
+                (name.clone(), (scans - scans0, rows - rows0))
+            })
+            .collect();
         Ok(Window {
             // The pause of the closing reading is part of the window.
-            seconds: end.0.duration_since(start.0).as_secs_f64(),
-            gateway_cpu: end.1.iter().zip(&start.1).map(|(b, a)| b - a).collect(),
-            db_cpu: end.2 - start.2,
-            transactions: (end.3).0 - (start.3).0,
-            rows_returned: (end.3).1 - (start.3).1,
-            rows_inserted: (end.3).2 - (start.3).2,
+            seconds: end.at.duration_since(start.at).as_secs_f64(),
+            tables,
+            gateway_cpu: end.cpu.iter().zip(&start.cpu).map(|(b, a)| b - a).collect(),
+            db_cpu: end.db_cpu - start.db_cpu,
+            transactions: end.stats.0 - start.stats.0,
+            rows_returned: end.stats.1 - start.stats.1,
+            rows_inserted: end.stats.2 - start.stats.2,
         })
     }
 }
@@ -139,15 +179,8 @@ pub async fn run(args: ClusterArgs) -> Result<Value, String> {
     let shares = crate::fleet::split(n, n.div_ceil(processes));
     let mut fleets = Vec::new();
     for ((first, count), url) in shares.iter().zip(&args.urls) {
-        let fleet = Fleet::spawn(
-            url,
-            *first,
-            *count,
-            args.per_process,
-            args.per_address,
-            args.client_threads,
-        )
-        .map_err(|e| format!("client processes: {e}"))?;
+        let fleet = Fleet::spawn(url, *first, *count, &args.fleet)
+            .map_err(|e| format!("client processes: {e}"))?;
         fleets.push(fleet);
     }
     let connect_started = Instant::now();
@@ -256,7 +289,18 @@ pub async fn run(args: ClusterArgs) -> Result<Value, String> {
         let net = busy_v - idle_v * busy.seconds / idle.seconds.max(1e-9);
         round2(net / events as f64)
     };
+    // Per table, net of the idle window: scans and rows read per event.
+    let mut tables = serde_json::Map::new();
+    for (name, (scans, rows)) in &busy.tables {
+        let (idle_scans, idle_rows) = idle.tables.get(name).copied().unwrap_or_default();
+        let rows = per_event(*rows, idle_rows);
+        let scans = per_event(*scans, idle_scans);
+        if rows.abs() >= 1.0 || scans.abs() >= 0.5 {
+            tables.insert(name.clone(), json!({"scans": scans, "rows_read": rows}));
+        }
+    }
     let result = json!({
+        "db_reads_per_event_net_by_table": tables,
         "processes": processes,
         "connections": n,
         "layout": "groups",

@@ -20,6 +20,20 @@ pub struct Fleet {
     members: Vec<Member>,
 }
 
+/// How the client processes are laid out (every scenario that spawns a fleet takes these).
+#[derive(Debug, Clone, clap::Args)]
+pub struct FleetArgs {
+    /// Most connections per client process (each process may hold at most ~19,000 sockets).
+    #[arg(long, default_value_t = 16_000)]
+    pub per_process: usize,
+    /// Connections per 127.0.0.x source address.
+    #[arg(long, default_value_t = 4_000)]
+    pub per_address: usize,
+    /// Worker threads per client process.
+    #[arg(long, default_value_t = 2)]
+    pub client_threads: usize,
+}
+
 /// How `total` connections are split over processes of at most `per_process` each.
 pub fn split(total: usize, per_process: usize) -> Vec<(usize, usize)> {
     let per_process = per_process.max(1);
@@ -44,13 +58,11 @@ impl Fleet {
         url: &str,
         first: usize,
         total: usize,
-        per_process: usize,
-        per_address: usize,
-        threads: usize,
+        layout: &FleetArgs,
     ) -> std::io::Result<Fleet> {
         let exe = std::env::current_exe()?;
         let mut members = Vec::new();
-        for (start, count) in split(total, per_process) {
+        for (start, count) in split(total, layout.per_process) {
             let first = first + start;
             let mut child = Command::new(&exe)
                 .arg("client")
@@ -61,9 +73,9 @@ impl Fleet {
                 .arg("--count")
                 .arg(count.to_string())
                 .arg("--per-address")
-                .arg(per_address.to_string())
+                .arg(layout.per_address.to_string())
                 .arg("--threads")
-                .arg(threads.to_string())
+                .arg(layout.client_threads.to_string())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

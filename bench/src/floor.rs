@@ -42,12 +42,8 @@ pub struct FloorArgs {
     /// Writing threads (default: the machine's cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    #[arg(long, default_value_t = 16_000)]
-    pub per_process: usize,
-    #[arg(long, default_value_t = 4_000)]
-    pub per_address: usize,
-    #[arg(long, default_value_t = 2)]
-    pub client_threads: usize,
+    #[command(flatten)]
+    pub fleet: crate::fleet::FleetArgs,
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
 }
@@ -172,15 +168,8 @@ pub async fn run(args: FloorArgs) -> Result<Value, String> {
         }
     });
     let url = format!("ws://{addr}/cable");
-    let mut fleet = Fleet::spawn(
-        &url,
-        0,
-        args.connections,
-        args.per_process,
-        args.per_address,
-        args.client_threads,
-    )
-    .map_err(|e| format!("client processes: {e}"))?;
+    let mut fleet = Fleet::spawn(&url, 0, args.connections, &args.fleet)
+        .map_err(|e| format!("client processes: {e}"))?;
     let connected = fleet
         .ask_merged(&Request::Connect {
             layout: Layout::Fanout,

@@ -79,15 +79,8 @@ pub struct RunArgs {
     /// Connections (clients).
     #[arg(long, short = 'n')]
     pub connections: usize,
-    /// Most connections per client process (each process may hold at most ~19,000 sockets).
-    #[arg(long, default_value_t = 16_000)]
-    pub per_process: usize,
-    /// Connections per 127.0.0.x source address.
-    #[arg(long, default_value_t = 4_000)]
-    pub per_address: usize,
-    /// Worker threads per client process.
-    #[arg(long, default_value_t = 2)]
-    pub client_threads: usize,
+    #[command(flatten)]
+    pub fleet: crate::fleet::FleetArgs,
     /// Seconds the idle connections are held.
     #[arg(long, default_value_t = 15)]
     pub hold: u64,
@@ -543,14 +536,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
     let db = db::connect(&args.database_url).await?;
     db::seed(&db, n).await?;
     let rss_base = probe::rss_bytes(args.server_pid).unwrap_or(0);
-    let fleet = Fleet::spawn(
-        &args.url,
-        0,
-        n,
-        args.per_process,
-        args.per_address,
-        args.client_threads,
-    )?;
+    let fleet = Fleet::spawn(&args.url, 0, n, &args.fleet)?;
     eprintln!(
         "cable-bench: {:?}, {n} connections from {} client process(es)",
         args.target,
@@ -643,8 +629,8 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         "machine": machine(),
         "settings": {
             "publish": publishing,
-            "client_processes": crate::fleet::split(n, args.per_process).len(),
-            "per_address": args.per_address,
+            "client_processes": crate::fleet::split(n, args.fleet.per_process).len(),
+            "per_address": args.fleet.per_address,
             "hold_s": args.hold,
             "rate_per_s": args.rate,
             "duration_s": args.duration,
