@@ -315,6 +315,8 @@ pub enum Outbound {
     Reply { sub: Arc<Subscription>, body: Bytes },
     /// The answer to a client's ping.
     Pong(Bytes),
+    /// Bytes already framed: what a direct write left unwritten (see [`SendQueue::push`]).
+    Raw(Bytes),
 }
 
 /// Why a session ends.
@@ -349,7 +351,7 @@ pub struct SendQueue {
     pub id: u64,
     reason: OnceLock<CloseReason>,
     notify: Notify,
-    queue: Mutex<VecDeque<Outbound>>,
+    queue: Mutex<QueueState>,
     queued: Notify,
     /// Notified each time the writer takes what is queued (a replay waits on it).
     taken: Notify,
@@ -357,6 +359,16 @@ pub struct SendQueue {
     /// When the writer's current socket write began ([`millis`] + 1), or 0 when it is not
     /// waiting on the socket.
     writing_since: AtomicU64,
+}
+
+/// The queue proper, and whether the writer task owns the socket right now.
+struct QueueState {
+    frames: VecDeque<Outbound>,
+    /// The writer has taken frames (or is writing the welcome, a ping or the farewell) and
+    /// not yet found the queue empty again: nobody else may write to the socket.
+    writer_busy: bool,
+    /// The socket, when frames may be written to it straight from the delivering thread.
+    direct: Option<Arc<tokio::net::TcpStream>>,
 }
 
 /// Milliseconds since this process first asked.
@@ -372,7 +384,12 @@ impl SendQueue {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             reason: OnceLock::new(),
             notify: Notify::new(),
-            queue: Mutex::new(VecDeque::new()),
+            // Busy until the writer has written the welcome and found nothing queued.
+            queue: Mutex::new(QueueState {
+                frames: VecDeque::new(),
+                writer_busy: true,
+                direct: None,
+            }),
             queued: Notify::new(),
             taken: Notify::new(),
             capacity: capacity.max(1),
@@ -396,40 +413,89 @@ impl SendQueue {
         since != 0 && millis().saturating_sub(since - 1) > STUCK_AFTER.as_millis() as u64
     }
 
-    /// Queues a frame; `false` when the client is too slow for it.
+    /// Lets frames be written to `socket` straight from the delivering thread (see
+    /// [`SendQueue::push`]).
+    pub fn attach(&self, socket: Arc<tokio::net::TcpStream>) {
+        self.queue.lock().direct = Some(socket);
+    }
+
+    /// The session has ended: lets go of the socket (so that it closes) and of every frame
+    /// still queued (frames hold their subscription, which holds this queue).
+    pub fn detach(&self) {
+        let mut queue = self.queue.lock();
+        queue.writer_busy = true;
+        queue.direct = None;
+        let frames = std::mem::take(&mut queue.frames);
+        drop(queue);
+        drop(frames);
+    }
+
+    /// Delivers a frame; `false` when the client is too slow for it.
+    ///
+    /// When nothing is queued and the writer task is not using the socket, the frame is
+    /// written right here, without waking the connection's task: the socket almost always
+    /// takes it whole. What it does not take is queued (already framed) for the writer, which
+    /// then owns the socket until the queue is empty again, so frames never interleave.
     ///
     /// A burst (one transaction of thousands of events) may queue more than `capacity`
     /// frames for a client that reads perfectly well; only a client whose socket is stuck,
     /// or whose queue reaches the hard limit, is too slow.
-    fn push(&self, frame: Outbound) -> bool {
+    fn push(&self, frame: Outbound, metrics: &Metrics) -> bool {
         {
             let mut queue = self.queue.lock();
-            let len = queue.len();
+            let frame = match &queue.direct {
+                Some(socket)
+                    if queue.frames.is_empty()
+                        && !queue.writer_busy
+                        && self.reason.get().is_none() =>
+                {
+                    match write_now(socket, frame, metrics) {
+                        None => return true,
+                        Some(rest) => rest,
+                    }
+                }
+                _ => frame,
+            };
+            let len = queue.frames.len();
             if len >= self.capacity && (self.stuck() || len >= self.capacity * HARD_LIMIT_FACTOR) {
                 return false;
             }
-            queue.push_back(frame);
+            queue.frames.push_back(frame);
         }
         self.queued.notify_one();
         true
     }
 
     /// Moves every queued frame into `batch` (which must be empty), waiting for one if none is
-    /// queued. Swapping buffers keeps the lock short and leaves the queue's capacity with
-    /// the writer, which decides what to keep.
+    /// queued; the writer owns the socket from then until it finds the queue empty again.
+    /// Swapping buffers keeps the lock short and leaves the queue's capacity with the writer,
+    /// which decides what to keep.
     pub async fn take_queued(&self, batch: &mut VecDeque<Outbound>) {
         loop {
             {
                 let mut queue = self.queue.lock();
-                if !queue.is_empty() {
-                    std::mem::swap(&mut *queue, batch);
+                if !queue.frames.is_empty() {
+                    std::mem::swap(&mut queue.frames, batch);
+                    queue.writer_busy = true;
                     drop(queue);
                     self.taken.notify_waiters();
                     return;
                 }
+                queue.writer_busy = false;
             }
             self.queued.notified().await;
         }
+    }
+
+    /// Like [`SendQueue::take_queued`] without waiting, with `last` after what was queued
+    /// (the writer's ping): the writer owns the socket.
+    pub fn take_then(&self, batch: &mut VecDeque<Outbound>, last: Outbound) {
+        let mut queue = self.queue.lock();
+        std::mem::swap(&mut queue.frames, batch);
+        queue.writer_busy = true;
+        drop(queue);
+        batch.push_back(last);
+        self.taken.notify_waiters();
     }
 
     /// Waits until fewer than half the queue's capacity are queued (or the session ends), so
@@ -439,7 +505,8 @@ impl SendQueue {
             let taken = self.taken.notified();
             tokio::pin!(taken);
             taken.as_mut().enable();
-            if self.queue.lock().len() < self.capacity / 2 + 1 || self.reason.get().is_some() {
+            if self.queue.lock().frames.len() < self.capacity / 2 + 1 || self.reason.get().is_some()
+            {
                 return;
             }
             tokio::select! {
@@ -449,9 +516,12 @@ impl SendQueue {
         }
     }
 
-    /// What is queued now, without waiting.
+    /// What is queued now, without waiting (the farewell): the writer owns the socket for
+    /// good.
     pub fn take_now(&self) -> VecDeque<Outbound> {
-        std::mem::take(&mut *self.queue.lock())
+        let mut queue = self.queue.lock();
+        queue.writer_busy = true;
+        std::mem::take(&mut queue.frames)
     }
 
     /// Asks the session to end. The first reason given wins.
@@ -479,6 +549,130 @@ impl SendQueue {
     }
 }
 
+const OP_TEXT: u8 = 0x1;
+const OP_PONG: u8 = 0xA;
+
+/// Appends an unmasked, final frame header (server frames are never masked).
+pub fn push_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {
+    buf.push(0x80 | opcode);
+    if len < 126 {
+        buf.push(len as u8);
+    } else if len < 65536 {
+        buf.push(126);
+        buf.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        buf.push(127);
+        buf.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+pub fn push_text(buf: &mut Vec<u8>, payload: &[u8]) {
+    push_header(buf, OP_TEXT, payload.len());
+    buf.extend_from_slice(payload);
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// An extended-protocol message: the prefix, the body without its closing brace, then the
+/// position (`,"stream_id":..,"epoch":..,"offset":N}`) in `parts`.
+fn push_positioned(buf: &mut Vec<u8>, prefix: &[u8], body: &[u8], parts: &[&[u8]]) {
+    let body = &body[..body.len().saturating_sub(1)];
+    let len = prefix.len() + body.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+    push_header(buf, OP_TEXT, len);
+    buf.extend_from_slice(prefix);
+    buf.extend_from_slice(body);
+    for part in parts {
+        buf.extend_from_slice(part);
+    }
+}
+
+/// Appends `frame` to `buf` as it goes on the wire (nothing for a subscription that ended);
+/// counts a delivered message and its latency.
+pub fn encode(buf: &mut Vec<u8>, frame: Outbound, metrics: &Metrics) {
+    match frame {
+        Outbound::Frame(bytes) => push_text(buf, &bytes),
+        Outbound::Raw(bytes) => buf.extend_from_slice(&bytes),
+        Outbound::Pong(bytes) => {
+            push_header(buf, OP_PONG, bytes.len());
+            buf.extend_from_slice(&bytes);
+        }
+        Outbound::Reply { sub, body } => {
+            if sub.is_active() {
+                push_header(buf, OP_TEXT, sub.prefix.len() + body.len());
+                buf.extend_from_slice(&sub.prefix);
+                buf.extend_from_slice(&body);
+            }
+        }
+        Outbound::Message { sub, message } => {
+            if !sub.is_active() {
+                return;
+            }
+            match (&sub.positions, &message.position) {
+                (Some(positions), Position::Outbox(offset)) => {
+                    // Digits on the stack: no allocation per delivery.
+                    let mut digits = [0u8; 20];
+                    let mut cursor = std::io::Cursor::new(&mut digits[..]);
+                    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{offset}"));
+                    let len = cursor.position() as usize;
+                    push_positioned(
+                        buf,
+                        &sub.prefix,
+                        &message.body,
+                        &[&positions.outbox_suffix, &digits[..len], b"}"],
+                    );
+                }
+                (Some(_), Position::Stream { suffix, .. }) => {
+                    push_positioned(buf, &sub.prefix, &message.body, &[suffix]);
+                }
+                _ => {
+                    push_header(buf, OP_TEXT, sub.prefix.len() + message.body.len());
+                    buf.extend_from_slice(&sub.prefix);
+                    buf.extend_from_slice(&message.body);
+                }
+            }
+            metrics.messages_sent.inc();
+            metrics
+                .delivery_latency
+                .observe((unix_now() - message.created_at).max(0.0));
+        }
+    }
+}
+
+/// Writes `frame` to `socket` without waiting; returns what the socket did not take (framed,
+/// for the writer), or `None` when it took it all.
+fn write_now(
+    socket: &tokio::net::TcpStream,
+    frame: Outbound,
+    metrics: &Metrics,
+) -> Option<Outbound> {
+    /// Frames are encoded into one buffer per thread, kept up to this size.
+    const KEEP: usize = 64 * 1024;
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        encode(&mut buf, frame, metrics);
+        if buf.is_empty() {
+            return None;
+        }
+        // Not writable now, or broken (0): the writer finds out which.
+        let written = socket.try_write(&buf).unwrap_or_default();
+        let rest =
+            (written < buf.len()).then(|| Outbound::Raw(Bytes::copy_from_slice(&buf[written..])));
+        if buf.capacity() > KEEP {
+            *buf = Vec::new();
+        }
+        rest
+    })
+}
+
 /// How the router, presence and replies reach a session: its bounded queue.
 #[derive(Clone)]
 pub struct SessionHandle {
@@ -497,7 +691,7 @@ impl SessionHandle {
     /// Queues a frame without ever waiting. A full queue means the client does not read
     /// fast enough: the session is ended with `too_slow`, and nobody else is delayed.
     pub fn send(&self, frame: Outbound) {
-        if !self.queue.push(frame) {
+        if !self.queue.push(frame, &self.metrics) {
             self.too_slow();
         }
     }

@@ -637,7 +637,9 @@ fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Byt
     tokio::spawn(async move {
         let _slot = slot;
         match upgraded.await {
-            Ok(ws) => crate::session::run(services, ws.into_inner(), handshake).await,
+            Ok(ws) => {
+                crate::session::serve(services, ws.into_inner().into_inner(), handshake).await
+            }
             Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
         }
     });

@@ -14,6 +14,7 @@
 pub mod frame;
 pub mod rate;
 pub mod reader;
+pub mod socket;
 pub mod subscriptions;
 pub mod writer;
 
@@ -146,16 +147,47 @@ async fn expiry(exp: Option<u64>) {
     }
 }
 
-/// Serves one upgraded connection until it ends.
-pub async fn run(services: Arc<Services>, io: TokioIo<Upgraded>, handshake: Handshake) {
+/// Serves one upgraded connection until it ends. When hyper gives the TCP socket back, it is
+/// shared: deliveries write to it directly ([`crate::delivery::SendQueue::push`]).
+pub async fn serve(services: Arc<Services>, upgraded: Upgraded, handshake: Handshake) {
+    match Upgraded::downcast::<TokioIo<tokio::net::TcpStream>>(upgraded) {
+        Ok(parts) => {
+            let socket = Arc::new(parts.io.into_inner());
+            // Bytes the client sent right behind its upgrade request come first.
+            let read = tokio::io::AsyncReadExt::chain(
+                std::io::Cursor::new(parts.read_buf),
+                socket::Shared(socket.clone()),
+            );
+            let write = socket::Shared(socket.clone());
+            run(services, read, write, Some(socket), handshake).await;
+        }
+        Err(upgraded) => {
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            run(services, read, write, None, handshake).await;
+        }
+    }
+}
+
+async fn run<R, W>(
+    services: Arc<Services>,
+    read: R,
+    write: W,
+    direct: Option<Arc<tokio::net::TcpStream>>,
+    handshake: Handshake,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let started = Instant::now();
     let metrics = services.metrics.clone();
     metrics.connections.inc();
     metrics.connections_open.inc();
 
-    let (read, write) = tokio::io::split(io);
     let session = SessionHandle::new(services.limits.send_queue, metrics.clone());
     let queue = session.queue.clone();
+    if let Some(socket) = direct {
+        queue.attach(socket);
+    }
 
     // A signed connection token is checked before anything else: refused, the client gets
     // its `disconnect` and no welcome.
@@ -214,6 +246,7 @@ pub async fn run(services: Arc<Services>, io: TokioIo<Upgraded>, handshake: Hand
         writer.await;
     }
 
+    queue.detach();
     let reason = queue
         .close_reason()
         .cloned()

@@ -12,39 +12,11 @@ use crate::config::tuning::{
     BATCH_BYTES, FAREWELL_TIMEOUT, KEEP_CAPACITY, KEEP_FRAMES, PING_INTERVAL,
     TOO_SLOW_FAREWELL_TIMEOUT,
 };
-use crate::delivery::{CloseReason, Outbound, Position, SendQueue};
+use crate::delivery::{encode, push_header, push_text, CloseReason, Outbound, SendQueue};
 use crate::metrics::Metrics;
 use crate::protocol::reply::{self, DisconnectReason};
 
-const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
-const OP_PONG: u8 = 0xA;
-
-/// Appends an unmasked, final frame header (server frames are never masked).
-fn push_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {
-    buf.push(0x80 | opcode);
-    if len < 126 {
-        buf.push(len as u8);
-    } else if len < 65536 {
-        buf.push(126);
-        buf.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        buf.push(127);
-        buf.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-}
-
-fn push_text(buf: &mut Vec<u8>, payload: &[u8]) {
-    push_header(buf, OP_TEXT, payload.len());
-    buf.extend_from_slice(payload);
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
 
 struct Writer<'a, W> {
     sink: W,
@@ -56,78 +28,18 @@ struct Writer<'a, W> {
 
 impl<W: AsyncWrite + Unpin> Writer<'_, W> {
     fn push(&mut self, frame: Outbound) {
-        match frame {
-            Outbound::Frame(bytes) => push_text(&mut self.buf, &bytes),
-            Outbound::Pong(bytes) => {
-                push_header(&mut self.buf, OP_PONG, bytes.len());
-                self.buf.extend_from_slice(&bytes);
-            }
-            Outbound::Reply { sub, body } => {
-                if sub.is_active() {
-                    push_header(&mut self.buf, OP_TEXT, sub.prefix.len() + body.len());
-                    self.buf.extend_from_slice(&sub.prefix);
-                    self.buf.extend_from_slice(&body);
-                }
-            }
-            Outbound::Message { sub, message } => {
-                if !sub.is_active() {
-                    return;
-                }
-                match (&sub.positions, &message.position) {
-                    (Some(positions), Position::Outbox(offset)) => {
-                        // Digits on the stack: no allocation per delivery.
-                        let mut digits = [0u8; 20];
-                        let mut cursor = std::io::Cursor::new(&mut digits[..]);
-                        let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{offset}"));
-                        let len = cursor.position() as usize;
-                        self.push_positioned(
-                            &sub.prefix,
-                            &message.body,
-                            &[&positions.outbox_suffix, &digits[..len], b"}"],
-                        );
-                    }
-                    (Some(_), Position::Stream { suffix, .. }) => {
-                        self.push_positioned(&sub.prefix, &message.body, &[suffix]);
-                    }
-                    _ => {
-                        push_header(
-                            &mut self.buf,
-                            OP_TEXT,
-                            sub.prefix.len() + message.body.len(),
-                        );
-                        self.buf.extend_from_slice(&sub.prefix);
-                        self.buf.extend_from_slice(&message.body);
-                    }
-                }
-                self.metrics.messages_sent.inc();
-                self.metrics
-                    .delivery_latency
-                    .observe((unix_now() - message.created_at).max(0.0));
-            }
-        }
+        encode(&mut self.buf, frame, self.metrics);
     }
 
-    /// An extended-protocol message: the prefix, the body without its closing brace, then
-    /// the position (`,"stream_id":..,"epoch":..,"offset":N}`) in `parts`.
-    fn push_positioned(&mut self, prefix: &[u8], body: &[u8], parts: &[&[u8]]) {
-        let body = &body[..body.len().saturating_sub(1)];
-        let len = prefix.len() + body.len() + parts.iter().map(|p| p.len()).sum::<usize>();
-        push_header(&mut self.buf, OP_TEXT, len);
-        self.buf.extend_from_slice(prefix);
-        self.buf.extend_from_slice(body);
-        for part in parts {
-            self.buf.extend_from_slice(part);
-        }
-    }
-
-    fn push_ping(&mut self) {
+    /// The next ping frame.
+    fn ping(&mut self) -> Outbound {
         // Strictly increasing even if the clock steps back or two pings share a second.
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         self.last_ping = now.max(self.last_ping + 1);
-        push_text(&mut self.buf, &reply::ping(self.last_ping));
+        Outbound::Frame(reply::ping(self.last_ping))
     }
 
     fn push_close(&mut self, payload: &[u8]) {
@@ -189,7 +101,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     continue;
                 }
                 () = queue.take_queued(&mut pending) => {}
-                _ = ping.tick() => w.push_ping(),
+                // After whatever is queued (a direct write may have left a part of a frame).
+                _ = ping.tick() => queue.take_then(&mut pending, w.ping()),
             }
         }
         while w.buf.len() < BATCH_BYTES {

@@ -1,0 +1,75 @@
+//! A connection's TCP socket shared by reference: the reader and the writer of the session's
+//! task read and write it through [`Shared`], and deliveries write to it directly
+//! ([`crate::delivery::SendQueue::attach`]). tokio's `TcpStream` reads and writes through
+//! `&self` (`try_read`, `try_write`, readiness per direction), so no lock is needed; who may
+//! write when is decided by the send queue.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+pub struct Shared(pub Arc<TcpStream>);
+
+impl AsyncRead for Shared {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale (cleared by try_read): wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Shared {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Shuts the write direction down (the peer reads end of stream after the close frame).
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // SAFETY: the descriptor is owned by the TcpStream, alive for the whole call.
+        let result = unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_WR) };
+        if result == 0 {
+            Poll::Ready(Ok(()))
+        } else {
+            let e = io::Error::last_os_error();
+            // Already gone: nothing left to shut.
+            if e.raw_os_error() == Some(libc::ENOTCONN) {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+}
