@@ -487,17 +487,6 @@ impl SendQueue {
         }
     }
 
-    /// Like [`SendQueue::take_queued`] without waiting, with `last` after what was queued
-    /// (the writer's ping): the writer owns the socket.
-    pub fn take_then(&self, batch: &mut VecDeque<Outbound>, last: Outbound) {
-        let mut queue = self.queue.lock();
-        std::mem::swap(&mut queue.frames, batch);
-        queue.writer_busy = true;
-        drop(queue);
-        batch.push_back(last);
-        self.taken.notify_waiters();
-    }
-
     /// Waits until fewer than half the queue's capacity are queued (or the session ends), so
     /// that a long replay is paced by the client instead of overflowing its queue.
     pub async fn room(&self) {

@@ -336,6 +336,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         tasks.push(tokio::spawn(redis.run()));
     }
     let disconnects = Arc::new(DisconnectLog::default());
+    let pings = Arc::new(crate::session::pings::Pings::default());
+    tasks.push(tokio::spawn(pings.clone().run()));
     let inspector = nonempty(&config.admin_token).map(|token| {
         let inspector = Inspector::new(inspect::Sources {
             metrics: metrics.clone(),
@@ -365,6 +367,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             history,
             pool: pool.clone(),
             disconnects,
+            pings,
         }),
         slots: slots.clone(),
         allowed_origins: config.allowed_origins.clone(),

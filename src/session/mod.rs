@@ -12,6 +12,7 @@
 //! [`writer`] owns the write half.
 
 pub mod frame;
+pub mod pings;
 pub mod rate;
 pub mod reader;
 pub mod socket;
@@ -81,6 +82,8 @@ pub struct Services {
     pub pool: sqlx::PgPool,
     /// Where an ended connection is recorded for the inspector.
     pub disconnects: Arc<DisconnectLog>,
+    /// The one timer that pings every connection.
+    pub pings: Arc<pings::Pings>,
 }
 
 /// What the upgrade request asked for.
@@ -188,6 +191,8 @@ async fn run<R, W>(
     if let Some(socket) = direct {
         queue.attach(socket);
     }
+    services.pings.add(&session);
+    let pinged = session.clone();
 
     // A signed connection token is checked before anything else: refused, the client gets
     // its `disconnect` and no welcome.
@@ -246,6 +251,7 @@ async fn run<R, W>(
         writer.await;
     }
 
+    services.pings.remove(&pinged);
     queue.detach();
     let reason = queue
         .close_reason()

@@ -1,16 +1,16 @@
-//! The writer: owns the socket's write half, writes the welcome, every queued frame
-//! (batched into one write when several are waiting), a ping every 3 s, and the farewell.
+//! The writer: writes the welcome, every queued frame (batched into one write when several
+//! are waiting) and the farewell. It owns the socket while it has frames in hand; otherwise
+//! deliveries and pings ([`super::pings`]) are written straight to the socket by whoever
+//! delivers them ([`crate::delivery::SendQueue::push`]).
 
 use std::collections::VecDeque;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
+use tokio::time::timeout;
 
 use crate::config::tuning::{
-    BATCH_BYTES, FAREWELL_TIMEOUT, KEEP_CAPACITY, KEEP_FRAMES, PING_INTERVAL,
-    TOO_SLOW_FAREWELL_TIMEOUT,
+    BATCH_BYTES, FAREWELL_TIMEOUT, KEEP_CAPACITY, KEEP_FRAMES, TOO_SLOW_FAREWELL_TIMEOUT,
 };
 use crate::delivery::{encode, push_header, push_text, CloseReason, Outbound, SendQueue};
 use crate::metrics::Metrics;
@@ -23,23 +23,11 @@ struct Writer<'a, W> {
     queue: &'a SendQueue,
     buf: Vec<u8>,
     metrics: &'a Metrics,
-    last_ping: u64,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<'_, W> {
     fn push(&mut self, frame: Outbound) {
         encode(&mut self.buf, frame, self.metrics);
-    }
-
-    /// The next ping frame.
-    fn ping(&mut self) -> Outbound {
-        // Strictly increasing even if the clock steps back or two pings share a second.
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.last_ping = now.max(self.last_ping + 1);
-        Outbound::Frame(reply::ping(self.last_ping))
     }
 
     fn push_close(&mut self, payload: &[u8]) {
@@ -74,7 +62,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
         queue,
         buf: Vec::new(),
         metrics,
-        last_ping: 0,
     };
     if let Some(welcome) = welcome {
         push_text(&mut w.buf, welcome);
@@ -83,8 +70,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
             return;
         }
     }
-    let mut ping = interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Frames taken from the queue and not yet encoded.
     let mut pending: VecDeque<Outbound> = VecDeque::new();
 
@@ -101,8 +86,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     continue;
                 }
                 () = queue.take_queued(&mut pending) => {}
-                // After whatever is queued (a direct write may have left a part of a frame).
-                _ = ping.tick() => queue.take_then(&mut pending, w.ping()),
             }
         }
         while w.buf.len() < BATCH_BYTES {
