@@ -156,9 +156,12 @@ pub async fn serve(services: Arc<Services>, upgraded: Upgraded, handshake: Hands
     match Upgraded::downcast::<TokioIo<tokio::net::TcpStream>>(upgraded) {
         Ok(parts) => {
             let socket = Arc::new(parts.io.into_inner());
-            // Bytes the client sent right behind its upgrade request come first.
+            // Bytes the client sent right behind its upgrade request come first. Copied: the
+            // slice would keep hyper's whole read buffer alive for the connection's life.
+            let early = bytes::Bytes::copy_from_slice(&parts.read_buf);
+            drop(parts.read_buf);
             let read = tokio::io::AsyncReadExt::chain(
-                std::io::Cursor::new(parts.read_buf),
+                std::io::Cursor::new(early),
                 socket::Shared(socket.clone()),
             );
             let write = socket::Shared(socket.clone());
