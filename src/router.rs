@@ -18,7 +18,8 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::auth::{Membership, Principal};
-use crate::delivery::{Event, Outbound, Position, Subscription};
+use crate::config::tuning::SPLIT_AUDIENCE_AT;
+use crate::delivery::{Event, Message, Outbound, Position, Subscription};
 use crate::metrics::Metrics;
 use crate::resume::rings::Rings;
 use crate::routing::{account_stream, entitled};
@@ -319,28 +320,32 @@ impl Router {
             .collect()
     }
 
-    /// Queues `event` on every subscription entitled to it. Returns how many received it.
+    /// Delivers `event` to every subscription entitled to it. Returns how many received it.
+    ///
+    /// The audience is looked up under the registry's lock; the deliveries (socket writes,
+    /// mostly) happen after it is released, split over two threads for a large audience. A
+    /// subscription that ends meanwhile drops the frame ([`Subscription::is_active`]); one
+    /// that starts meanwhile is not in the audience, and its confirm comes after this event.
     pub fn dispatch(&self, event: &Arc<Event>, scratch: &mut Vec<u64>) -> usize {
         scratch.clear();
-        let registry = self.registry.read();
-        if let Position::Outbox(offset) = event.message.position {
-            self.outbox_offset.store(offset, Ordering::Release);
-        }
-        let Some(index) = registry.accounts.get(&event.account_id) else {
-            return 0;
-        };
-        candidates(index, event, scratch);
-        let mut delivered = 0;
-        for id in scratch.iter() {
-            let Some(entry) = registry.entries.get(id) else {
-                continue;
-            };
-            if entitled(&entry.principal, event) {
-                entry.sub.deliver(&event.message);
-                delivered += 1;
+        let audience: Vec<Arc<Subscription>> = {
+            let registry = self.registry.read();
+            if let Position::Outbox(offset) = event.message.position {
+                self.outbox_offset.store(offset, Ordering::Release);
             }
-        }
-        delivered
+            let Some(index) = registry.accounts.get(&event.account_id) else {
+                return 0;
+            };
+            candidates(index, event, scratch);
+            scratch
+                .iter()
+                .filter_map(|id| registry.entries.get(id))
+                .filter(|entry| entitled(&entry.principal, event))
+                .map(|entry| entry.sub.clone())
+                .collect()
+        };
+        deliver_all(&audience, &event.message);
+        audience.len()
     }
 
     /// Whether any subscription streams `stream` here (its token, or `account_<id>` of an
@@ -454,6 +459,20 @@ impl Router {
             })
             .collect()
     }
+}
+
+/// Delivers `message` to `audience`; a large audience is split in two, the second half
+/// written from a scoped thread (the machine's two cores both write, as the floor does).
+fn deliver_all(audience: &[Arc<Subscription>], message: &Arc<Message>) {
+    if audience.len() < SPLIT_AUDIENCE_AT {
+        audience.iter().for_each(|sub| sub.deliver(message));
+        return;
+    }
+    let (first, second) = audience.split_at(audience.len() / 2);
+    std::thread::scope(|scope| {
+        scope.spawn(|| second.iter().for_each(|sub| sub.deliver(message)));
+        first.iter().for_each(|sub| sub.deliver(message));
+    });
 }
 
 /// One account's live subscriptions on this process ([`Router::census`]).
