@@ -59,11 +59,13 @@
 //! 4. The [`router`] looks up the account's indexes named by the event's scope (stream, user,
 //!    inbox, contact sessions), keeps those [`routing::entitled`] to it, and pushes the shared
 //!    bytes onto each recipient's send queue without waiting.
-//! 5. Each session's writer writes the subscription's precomputed
-//!    `{"identifier":"..","message":` prefix followed by the shared bytes (on an
-//!    extended-protocol connection, with `stream_id`, `epoch` and `offset` spliced before the
-//!    closing brace), batching whatever is queued into one write. A client whose queue stays
-//!    full is disconnected (`too_slow`).
+//! 5. Each delivery is the subscription's precomputed `{"identifier":"..","message":` prefix
+//!    followed by the shared bytes (on an extended-protocol connection, with `stream_id`,
+//!    `epoch` and `offset` spliced before the closing brace). When the connection's queue is
+//!    empty and its writer does not hold the socket, the dispatching thread writes it to the
+//!    socket itself, without waking the connection's task (a large audience is split over two
+//!    threads); otherwise it is queued and the session's writer batches whatever is queued into
+//!    one write. A client whose queue stays full is disconnected (`too_slow`).
 //!
 //! A broadcast from Rails' adapters or `POST /_broadcast` takes a shorter way: the Redis
 //! subscriber, the LISTEN connection or the HTTP handler hands `(stream, payload)` to

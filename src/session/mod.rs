@@ -1,5 +1,7 @@
-//! One WebSocket connection: a reader (commands, in order) and a writer (frames, pings),
-//! joined by the connection's bounded [`crate::delivery::SendQueue`].
+//! One WebSocket connection: a reader (commands, in order) and a writer (the welcome, queued
+//! frames, the farewell), joined by the connection's bounded [`crate::delivery::SendQueue`].
+//! The TCP socket is shared ([`socket`]): deliveries and pings ([`pings`], one timer for the
+//! process) are written to it directly while nothing is queued.
 //!
 //! Lifecycle: the writer writes `welcome` first; the reader then processes commands until the
 //! client leaves or something closes the session ([`crate::delivery::SendQueue::close`]: too
@@ -9,7 +11,8 @@
 //!
 //! Files: [`frame`] reads frames and assembles messages, [`rate`] is the command-rate bucket,
 //! [`reader`] dispatches commands, [`subscriptions`] is the connection's own registry,
-//! [`writer`] owns the write half.
+//! [`writer`] writes what is queued, [`socket`] shares the TCP socket, [`pings`] pings every
+//! connection.
 
 pub mod frame;
 pub mod pings;
