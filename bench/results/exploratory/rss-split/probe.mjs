@@ -1,0 +1,31 @@
+// Opens N connections to the gateway (from several 127.0.0.x addresses), optionally subscribes
+// each, and prints the gateway's RSS before, after connecting, and after a 20 s idle hold.
+import WebSocket from "/work/main/tests/js/node_modules/ws/index.js";
+import { readFileSync } from "node:fs";
+const [port, pid, n, subscribe] = process.argv.slice(2).map((x, i) => (i < 3 ? Number(x) : x === "1"));
+const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) * 1024;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const base = rss();
+let confirmed = 0;
+const sockets = [];
+for (let i = 0; i < n; i++) {
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/cable`, ["actioncable-v1-json"], { localAddress: `127.0.0.${2 + Math.floor(i / 4000)}` });
+  ws.on("message", (m) => {
+    const f = JSON.parse(m);
+    if (f.type === "welcome") {
+      if (subscribe) {
+        const a = Math.floor(i / 20) * 100 + (i % 20); const id = JSON.stringify({ channel: "RoomChannel", pubsub_token: `bench-u-${String(a).padStart(6, "0")}`, account_id: 9001 + Math.floor(a / 100), user_id: 900000000 + a });
+        ws.send(JSON.stringify({ command: "subscribe", identifier: id }));
+      } else confirmed++;
+    }
+    if (f.type === "confirm_subscription" || f.type === "reject_subscription") confirmed++;
+  });
+  sockets.push(ws);
+  if (i % 500 === 499) await sleep(50);
+}
+while (confirmed < n) await sleep(100);
+const connected = rss();
+const samples = [];
+for (let k = 0; k < 6; k++) { await sleep(10000); samples.push(Math.round((rss() - base) / n)); }
+console.log(JSON.stringify({ n, subscribe, base, per_conn_connected: Math.round((connected - base) / n), per_conn_every_10s: samples }));
+process.exit(0);
