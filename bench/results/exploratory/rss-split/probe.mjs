@@ -1,6 +1,8 @@
 // Opens N connections to the gateway (from several 127.0.0.x addresses), optionally subscribes
 // each, and prints the gateway's RSS before, after connecting, and after a 20 s idle hold.
-import WebSocket from "/work/main/tests/js/node_modules/ws/index.js";
+import { createRequire } from "node:module";
+// `ws` from the directory it is run in (tests/js has it).
+const WebSocket = createRequire(`${process.cwd()}/`)("ws");
 import { readFileSync } from "node:fs";
 const [port, pid, n, subscribe] = process.argv.slice(2).map((x, i) => (i < 3 ? Number(x) : x === "1"));
 const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))[1]) * 1024;
