@@ -560,13 +560,6 @@ pub fn push_text(buf: &mut Vec<u8>, payload: &[u8]) {
     buf.extend_from_slice(payload);
 }
 
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 /// An extended-protocol message: the prefix, the body without its closing brace, then the
 /// position (`,"stream_id":..,"epoch":..,"offset":N}`) in `parts`.
 fn push_positioned(buf: &mut Vec<u8>, prefix: &[u8], body: &[u8], parts: &[&[u8]]) {
@@ -627,7 +620,7 @@ pub fn encode(buf: &mut Vec<u8>, frame: Outbound, metrics: &Metrics) {
             metrics.messages_sent.inc();
             metrics
                 .delivery_latency
-                .observe((unix_now() - message.created_at).max(0.0));
+                .observe((crate::clock::unix_now() - message.created_at).max(0.0));
         }
     }
 }

@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! Leaves first: each module imports only modules listed above it (no import cycles).
+//! - [`clock`]: seconds since the epoch, spelled once.
 //! - [`config`]: every setting (flag + environment variable, with its default) and, in
 //!   [`config::tuning`], every fixed number with the reason for it.
 //! - [`metrics`]: every metric, spelled once.
@@ -92,6 +93,7 @@
 pub mod auth;
 pub mod backoff;
 pub mod channel;
+pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod db;

@@ -441,14 +441,11 @@ impl Router {
             .map(|(account_id, index)| {
                 sessions.clear();
                 let contacts = index.by_contact_inbox.values().flatten();
-                let mut contact_subscriptions = 0;
+                let contact_subscriptions = contacts.clone().count();
                 for id in index.users.iter().chain(contacts) {
                     if let Some(entry) = registry.entries.get(id) {
                         sessions.insert(entry.sub.session.queue.id);
                     }
-                }
-                for ids in index.by_contact_inbox.values() {
-                    contact_subscriptions += ids.len();
                 }
                 AccountCensus {
                     account_id: *account_id,

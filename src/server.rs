@@ -590,7 +590,7 @@ fn connection_token(
     if given.any(|other| other != token) {
         return Some(Err(Refusal::Unauthorized("tokens_differ")));
     }
-    Some(verifier.verify(&token, jwt::unix_now()))
+    Some(verifier.verify(&token, crate::clock::unix_seconds()))
 }
 
 fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {

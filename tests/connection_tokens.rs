@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 const SECRET: &str = "test-connection-secret";
 
 fn now() -> u64 {
-    cable_gateway::auth::jwt::unix_now()
+    cable_gateway::clock::unix_seconds()
 }
 
 fn mint_with(alg: Algorithm, secret: &str, claims: Value) -> String {
@@ -250,10 +250,7 @@ async fn a_live_connection_ends_when_its_token_expires() {
     assert_eq!(client.next().await, json!({"type": "welcome"}));
     client.subscribe_ok(ROOM).await;
     let frames = client.until_closed().await;
-    let ended = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
+    let ended = cable_gateway::clock::unix_now();
     assert_eq!(
         frames
             .iter()

@@ -6,8 +6,6 @@
 //! `account_id` (an agent in one account) or `contact_inbox_id` (a contact session). Ids may
 //! be JSON numbers or numeric strings. Any other claim is ignored.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
@@ -58,14 +56,6 @@ impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Verifier(HS256)")
     }
-}
-
-/// Seconds since the epoch, now.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn id_claim(claims: &Map<String, Value>, key: &str) -> Result<Option<i64>, Refusal> {

@@ -43,7 +43,9 @@
 //! retried and nothing is dispatched twice. A read fetches at most [`OUTBOX_PAGE`] rows.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::unix_now;
 
 use bytes::Bytes;
 use sqlx::PgPool;
@@ -204,13 +206,6 @@ pub(crate) fn malformed(row: &Row, max_data: usize) -> Option<&'static str> {
         (_, _, _, _, _, Some(data), ..) if stored_len(data) > max_data => Some("too_large"),
         _ => None,
     }
-}
-
-pub(crate) fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Builds the event once, at `offset`: the body every recipient's prefix is followed by.

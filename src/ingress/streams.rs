@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use parking_lot::Mutex;
@@ -84,10 +84,7 @@ impl Streams {
         let mut body = BytesMut::with_capacity(payload.len() + 1);
         body.put_slice(payload);
         body.put_u8(b'}');
-        let created_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let created_at = crate::clock::unix_now();
         let mut scratch = Vec::new();
         Ok(self
             .router

@@ -18,7 +18,7 @@ pub mod log;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -26,6 +26,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use crate::clock::unix_now;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use log::DisconnectLog;
@@ -94,13 +95,6 @@ pub struct Inspector {
     started: Instant,
     samples: Mutex<VecDeque<Sample>>,
     snapshot: tokio::sync::Mutex<Option<(Instant, Arc<Value>)>>,
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// A counter's value or a histogram's cumulative buckets `(le, count)` from the Prometheus

@@ -14,7 +14,6 @@
 //! the gateway's own `presence.update`, is unaffected.
 
 use std::collections::HashSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
@@ -69,10 +68,7 @@ impl ChatwootPresence {
             while let Ok(more) = keys.try_recv() {
                 batch.extend(more);
             }
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let now = crate::clock::unix_seconds();
             let mut pipeline = redis::pipe();
             for k in &batch {
                 pipeline

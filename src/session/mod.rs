@@ -276,10 +276,7 @@ async fn run<R, W>(
         })
         .inc();
     services.disconnects.record(Disconnect {
-        at: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0),
+        at: crate::clock::unix_now(),
         reason: reason.label(),
         duration_ms: started.elapsed().as_millis() as u64,
         subscriptions,

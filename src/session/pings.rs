@@ -8,7 +8,7 @@
 //! or queued behind what is waiting.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -63,10 +63,7 @@ impl Pings {
 
     /// Pings one slot's sessions.
     fn tick(&self, slot: usize, batch: &mut Vec<SessionHandle>) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::clock::unix_seconds();
         let value = {
             let mut slot = self.slots[slot].lock();
             slot.last = now.max(slot.last + 1);
