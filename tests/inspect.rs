@@ -122,3 +122,50 @@ async fn off_without_the_setting_and_closed_without_the_token() {
     assert_eq!(status, 200);
     assert!(page.starts_with("<!doctype html>"));
 }
+
+/// The ingress list follows each connection's health; every one is named, secrets masked.
+#[tokio::test]
+async fn ingress_health_follows_redis_and_names_the_broadcast_api() {
+    let db = TestDb::new().await;
+    let mut redis = common::redis::RedisServer::start().await;
+    let mut config = db.config();
+    config.admin_token = Some(TOKEN.into());
+    config.redis_url = Some(redis.url());
+    config.broadcast_key = Some("broadcast-secret".into());
+    let gw = start(config).await;
+    let mut up = gw.ingress_readiness("redis").expect("Redis ingress on");
+    tokio::time::timeout(common::WAIT, up.wait_for(|up| *up))
+        .await
+        .expect("Redis connects")
+        .unwrap();
+    // The snapshot is at most a second old: poll until it shows `want` for Redis.
+    let redis_state = |want: bool| async move {
+        tokio::time::timeout(common::WAIT, async {
+            loop {
+                let (_, body) = http_get(gw.addr, &format!("/inspect/data?token={TOKEN}")).await;
+                let data: Value = serde_json::from_str(&body).unwrap();
+                let ingress = data["ingress"].as_array().unwrap().clone();
+                let redis = ingress
+                    .iter()
+                    .find(|i| i["name"] == "redis")
+                    .unwrap()
+                    .clone();
+                if redis["up"] == want {
+                    return (body, ingress);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .expect("the inspector follows Redis")
+    };
+    let (body, ingress) = redis_state(true).await;
+    let named = |name: &str| ingress.iter().find(|i| i["name"] == name).unwrap().clone();
+    assert_eq!(named("listen")["up"], true);
+    assert_eq!(named("redis")["enabled"], true);
+    assert_eq!(named("broadcast_api")["enabled"], true);
+    assert!(!body.contains("broadcast-secret"));
+
+    redis.kill().await;
+    redis_state(false).await;
+}
