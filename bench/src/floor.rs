@@ -26,15 +26,9 @@ use crate::scenario::summary;
 pub struct FloorArgs {
     #[arg(long, short = 'n')]
     pub connections: usize,
-    /// Events per second (as `cable-bench run`'s fan-out).
-    #[arg(long, default_value_t = 5.0)]
-    pub rate: f64,
-    /// Seconds of publishing (as `cable-bench run`'s fan-out).
-    #[arg(long, default_value_t = 12)]
-    pub duration: u64,
-    /// Bytes of padding in each event's data (as `cable-bench run --pad`).
-    #[arg(long, default_value_t = 200)]
-    pub pad: usize,
+    /// The same events as `cable-bench run`'s fan-out.
+    #[command(flatten)]
+    pub events: crate::scenario::EventArgs,
     /// Seconds of the idle phase first: a ping frame to every socket every 3 s, nothing else
     /// (the floor of an idle gateway's CPU; as `cable-bench run --hold`).
     #[arg(long, default_value_t = 15)]
@@ -222,8 +216,10 @@ pub async fn run(args: FloorArgs) -> Result<Value, String> {
     let idle_s = idle_start.elapsed().as_secs_f64();
     let idle_cpu = crate::probe::cpu_seconds(me).unwrap_or(0.0) - idle_cpu0;
 
-    let events = (args.rate * args.duration as f64).round().max(1.0) as u64;
-    let period = Duration::from_secs_f64(1.0 / args.rate);
+    let events = (args.events.rate * args.events.duration as f64)
+        .round()
+        .max(1.0) as u64;
+    let period = Duration::from_secs_f64(1.0 / args.events.rate);
     let cpu0 = crate::probe::cpu_seconds(me).unwrap_or(0.0);
     let mut fanout_us = hdrhistogram::Histogram::<u64>::new(3).expect("a histogram");
     let mut frame_len = 0;
@@ -234,7 +230,7 @@ pub async fn run(args: FloorArgs) -> Result<Value, String> {
             std::thread::sleep(wait);
         }
         let ts = unix_us();
-        let frame = event_frame(run, seq, ts, args.pad);
+        let frame = event_frame(run, seq, ts, args.events.pad);
         frame_len = frame.len();
         let spans: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
             let workers: Vec<_> = chunks

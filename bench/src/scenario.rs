@@ -53,6 +53,21 @@ pub enum Publish {
     Redis,
 }
 
+/// The events a fan-out publishes (`cable-bench run` and the floor take the same ones, so that
+/// their figures compare).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventArgs {
+    /// Events per second in `fanout` and `slow`.
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
+    /// Seconds of publishing in `fanout` and `slow`.
+    #[arg(long, default_value_t = 12)]
+    pub duration: u64,
+    /// Bytes of padding in each event's `data.content`.
+    #[arg(long, default_value_t = 200)]
+    pub pad: usize,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// What is being measured.
@@ -84,15 +99,8 @@ pub struct RunArgs {
     /// Seconds the idle connections are held.
     #[arg(long, default_value_t = 15)]
     pub hold: u64,
-    /// Events per second in `fanout` and `slow`.
-    #[arg(long, default_value_t = 5.0)]
-    pub rate: f64,
-    /// Seconds of publishing in `fanout` and `slow`.
-    #[arg(long, default_value_t = 12)]
-    pub duration: u64,
-    /// Bytes of padding in each event's `data.content`.
-    #[arg(long, default_value_t = 200)]
-    pub pad: usize,
+    #[command(flatten)]
+    pub events: EventArgs,
     /// In `slow`, every this many-th client stops reading.
     #[arg(long, default_value_t = 10)]
     pub slow_every: usize,
@@ -297,7 +305,7 @@ impl Run {
         let settled = self.settle().await;
         let reset = self.fleet.ask_merged(&Request::Reset { run }).await?;
         let receivers = reset.sum.receivers;
-        let events = (self.args.rate * self.args.duration as f64)
+        let events = (self.args.events.rate * self.args.events.duration as f64)
             .round()
             .max(1.0) as u64;
         let expected = events * receivers as u64;
@@ -314,7 +322,7 @@ impl Run {
         let db0 = self.db_cpu();
         let t0 = Instant::now();
         let mut publish_us = new_histogram();
-        let period = Duration::from_secs_f64(1.0 / self.args.rate);
+        let period = Duration::from_secs_f64(1.0 / self.args.events.rate);
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for seq in 0..events {
@@ -421,7 +429,7 @@ impl Run {
         Ok(json!({
             "connections": self.args.connections,
             "events": events,
-            "rate_per_s": self.args.rate,
+            "rate_per_s": self.args.events.rate,
             "achieved_rate_per_s": ((events as f64 / published_s) * 100.0).round() / 100.0,
             "payload_pad_bytes": pad,
             "settled_after_s": settled,
@@ -575,7 +583,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
     let idle = run.idle(rss_base).await?;
     emit(&mut results, "idle", idle);
     let groups = run
-        .publish(3, args.pad, "fanout_groups", Audience::Groups)
+        .publish(3, args.events.pad, "fanout_groups", Audience::Groups)
         .await?;
     emit(&mut results, "fanout_groups", groups);
     run.close().await?;
@@ -583,7 +591,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
     let storm = run.storm(Layout::Fanout, n).await?;
     emit(&mut results, "storm_one_account", storm);
     let fanout = run
-        .publish(1, args.pad, "fanout", Audience::OneAccount)
+        .publish(1, args.events.pad, "fanout", Audience::OneAccount)
         .await?;
     emit(&mut results, "fanout", fanout);
     let paused = run
@@ -594,7 +602,7 @@ pub async fn run(args: RunArgs) -> Result<Value> {
         .await?;
     eprintln!("cable-bench: {} clients stopped reading", paused.sum.paused);
     let slow = run
-        .publish(2, args.pad, "slow", Audience::OneAccount)
+        .publish(2, args.events.pad, "slow", Audience::OneAccount)
         .await?;
     emit(&mut results, "slow", slow);
     run.close().await?;
@@ -632,9 +640,9 @@ pub async fn run(args: RunArgs) -> Result<Value> {
             "client_processes": crate::fleet::split(n, args.fleet.per_process).len(),
             "per_address": args.fleet.per_address,
             "hold_s": args.hold,
-            "rate_per_s": args.rate,
-            "duration_s": args.duration,
-            "pad_bytes": args.pad,
+            "rate_per_s": args.events.rate,
+            "duration_s": args.events.duration,
+            "pad_bytes": args.events.pad,
             "slow_every": args.slow_every,
         },
         "scenarios": Value::Object(results),
