@@ -466,12 +466,19 @@ impl SendQueue {
         true
     }
 
-    /// Moves every queued frame into `batch` (which must be empty), waiting for one if none is
-    /// queued; the writer owns the socket from then until it finds the queue empty again.
-    /// Swapping buffers keeps the lock short and leaves the queue's capacity with the writer,
-    /// which decides what to keep.
-    pub async fn take_queued(&self, batch: &mut VecDeque<Outbound>) {
+    /// The writer's one wait: moves every queued frame into `batch` (which must be empty),
+    /// waiting for one if none is queued, or says why the session is closing once it is. The
+    /// writer owns the socket from then until it finds the queue empty again. Swapping
+    /// buffers keeps the lock short and leaves the queue's capacity with the writer, which
+    /// decides what to keep.
+    ///
+    /// One wait instead of a `select!` over the queue and the close: an idle connection's
+    /// task holds this future for its whole life.
+    pub async fn take_queued(&self, batch: &mut VecDeque<Outbound>) -> Result<(), CloseReason> {
         loop {
+            if let Some(reason) = self.reason.get() {
+                return Err(reason.clone());
+            }
             {
                 let mut queue = self.queue.lock();
                 if !queue.frames.is_empty() {
@@ -479,10 +486,11 @@ impl SendQueue {
                     queue.writer_busy = true;
                     drop(queue);
                     self.taken.notify_waiters();
-                    return;
+                    return Ok(());
                 }
                 queue.writer_busy = false;
             }
+            // A push or a close after the checks above leaves a permit: nothing is missed.
             self.queued.notified().await;
         }
     }
@@ -517,6 +525,7 @@ impl SendQueue {
     pub fn close(&self, reason: CloseReason) {
         if self.reason.set(reason).is_ok() {
             self.notify.notify_waiters();
+            self.queued.notify_one();
         }
     }
 

@@ -109,6 +109,8 @@ pub struct Running {
     listen_ready: watch::Receiver<bool>,
     ingress_ready: Vec<(&'static str, watch::Receiver<bool>)>,
     shutdown: watch::Sender<bool>,
+    /// Every open session (each is pinged): shutdown closes them through it.
+    pings: Arc<crate::session::pings::Pings>,
     stop: oneshot::Sender<()>,
     accept: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
@@ -149,6 +151,10 @@ impl Running {
             tracing::warn!(error = %e, "shutdown: could not refresh presence");
         }
         self.shutdown.send_replace(true);
+        self.pings
+            .close_all(crate::delivery::CloseReason::Disconnect(
+                crate::protocol::DisconnectReason::ServerRestart,
+            ));
         if tokio::time::timeout(DRAIN_TIMEOUT, self.slots.drained())
             .await
             .is_err()
@@ -367,7 +373,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             history,
             pool: pool.clone(),
             disconnects,
-            pings,
+            pings: pings.clone(),
         }),
         slots: slots.clone(),
         allowed_origins: config.allowed_origins.clone(),
@@ -397,6 +403,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         listen_ready,
         ingress_ready,
         shutdown,
+        pings,
         stop,
         accept,
         tasks,
@@ -621,14 +628,14 @@ fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Byt
     };
     let ext = offers(&request, SUBPROTOCOL_EXT);
     let actioncable = ext || offers(&request, SUBPROTOCOL);
-    let handshake = crate::session::Handshake {
+    let handshake = Box::new(crate::session::Handshake {
         ext,
         restore_sid: if ext { restore_sid(&request) } else { None },
         token: http
             .jwt
             .as_ref()
             .and_then(|verifier| connection_token(&request, verifier)),
-    };
+    });
     let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(pair) => pair,
         Err(e) => {
@@ -636,16 +643,12 @@ fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Byt
             return text(StatusCode::BAD_REQUEST, "bad websocket upgrade\n");
         }
     };
-    let services = http.services.clone();
-    tokio::spawn(async move {
-        let _slot = slot;
-        match upgraded.await {
-            Ok(ws) => {
-                crate::session::serve(services, ws.into_inner().into_inner(), handshake).await
-            }
-            Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
-        }
-    });
+    tokio::spawn(crate::session::serve(
+        http.services.clone(),
+        upgraded,
+        handshake,
+        slot,
+    ));
     let (mut parts, _) = response.into_parts();
     if actioncable {
         // The official JS client ignores every frame when this header is missing.

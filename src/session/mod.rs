@@ -76,7 +76,8 @@ pub struct Services {
     /// Rails' PostgreSQL adapter ingress, when on: a subscription's streams are LISTENed to
     /// before its confirm.
     pub rails_postgres: Option<Arc<PgAdapter>>,
-    /// Becomes `true` when the process shuts down: say `server_restart` and close.
+    /// Becomes `true` when the process shuts down (open sessions are then closed with
+    /// `server_restart` through [`Services::pings`], which holds every one).
     pub shutdown: watch::Receiver<bool>,
     /// Extended protocol: restorable sessions, and history replay.
     pub sessions: Arc<Sessions>,
@@ -147,15 +148,34 @@ async fn expiry(exp: Option<u64>) {
             let left = exp
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO);
-            tokio::time::sleep(left).await;
+            // Boxed: most connections have no token, and their task need not hold a timer.
+            Box::pin(tokio::time::sleep(left)).await;
         }
         None => std::future::pending().await,
     }
 }
 
-/// Serves one upgraded connection until it ends. When hyper gives the TCP socket back, it is
-/// shared: deliveries write to it directly ([`crate::delivery::SendQueue::push`]).
-pub async fn serve(services: Arc<Services>, upgraded: Upgraded, handshake: Handshake) {
+/// Serves one connection from its upgrade until it ends, holding its connection `slot`. When
+/// hyper gives the TCP socket back, it is shared: deliveries write to it directly
+/// ([`crate::delivery::SendQueue::push`]).
+///
+/// This future is the connection's task, and its size is every connection's memory: the
+/// handshake comes boxed (it is consumed at the start, but a future keeps room for its
+/// arguments all its life), and rare or short-lived steps are boxed where they are awaited.
+pub async fn serve(
+    services: Arc<Services>,
+    upgrade: fastwebsockets::upgrade::UpgradeFut,
+    handshake: Box<Handshake>,
+    slot: crate::connections::Slot,
+) {
+    let _slot = slot;
+    let upgraded = match upgrade.await {
+        Ok(ws) => ws.into_inner().into_inner(),
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
     match Upgraded::downcast::<TokioIo<tokio::net::TcpStream>>(upgraded) {
         Ok(parts) => {
             let socket = Arc::new(parts.io.into_inner());
@@ -182,12 +202,18 @@ async fn run<R, W>(
     read: R,
     write: W,
     direct: Option<Arc<tokio::net::TcpStream>>,
-    handshake: Handshake,
+    handshake: Box<Handshake>,
 ) where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
     let started = Instant::now();
+    // Taken apart at once: the box is freed here, not when the session ends.
+    let Handshake {
+        ext,
+        restore_sid,
+        token,
+    } = *handshake;
     let metrics = services.metrics.clone();
     metrics.connections.inc();
     metrics.connections_open.inc();
@@ -198,11 +224,17 @@ async fn run<R, W>(
         queue.attach(socket);
     }
     services.pings.add(&session);
+    // Shutdown closes every pinged session; one that started meanwhile sees the flag here.
+    if *services.shutdown.borrow() {
+        queue.close(CloseReason::Disconnect(DisconnectReason::ServerRestart));
+    }
     let pinged = session.clone();
 
     // A signed connection token is checked before anything else: refused, the client gets
     // its `disconnect` and no welcome.
-    let (identity, refused) = match authenticate(&services, handshake.token, queue.id).await {
+    // Boxed, like the restore below: both are done before the session goes idle, and inline
+    // they would make every connection's task as large as their state for its whole life.
+    let (identity, refused) = match Box::pin(authenticate(&services, token, queue.id)).await {
         Ok(identity) => (identity, false),
         Err(reason) => {
             queue.close(CloseReason::Disconnect(reason));
@@ -211,8 +243,7 @@ async fn run<R, W>(
     };
     // Extended protocol: a session id, and the old session's subscriptions restored before
     // the welcome says which.
-    let sid: Option<Arc<str>> =
-        (handshake.ext && !refused).then(|| crate::resume::sid::new_sid().into());
+    let sid: Option<Arc<str>> = (ext && !refused).then(|| crate::resume::sid::new_sid().into());
     let mut reader = Reader::new(read, services.clone(), session, sid.clone(), identity);
     let mut subs = SessionSubscriptions::new(services.router.clone());
     let welcome = match &sid {
@@ -220,8 +251,8 @@ async fn run<R, W>(
         None => Some(bytes::Bytes::from_static(reply::WELCOME.as_bytes())),
         Some(sid) => {
             services.sessions.opened(sid, &queue);
-            let restored = match &handshake.restore_sid {
-                Some(old) => reader.restore(old, &mut subs).await,
+            let restored = match restore_sid {
+                Some(old) => Box::pin(reader.restore(&old, &mut subs)).await,
                 None => None,
             };
             Some(reply::welcome_ext(sid, restored.as_deref()))
@@ -232,13 +263,7 @@ async fn run<R, W>(
     // neither is ever cancelled while the connection lives. The writer ends when the session
     // is closed (by anyone) or the socket fails; the reader when the client leaves or
     // misbehaves.
-    let writer = writer::run(
-        write,
-        welcome.as_deref(),
-        &queue,
-        services.shutdown.clone(),
-        &metrics,
-    );
+    let writer = writer::run(write, welcome, &queue, &metrics);
     tokio::pin!(writer);
     let expires = expiry(reader.identity().map(|identity| identity.exp));
     let reader_ended = tokio::select! {

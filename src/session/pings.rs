@@ -14,7 +14,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::config::tuning::PING_INTERVAL;
-use crate::delivery::{push_text, Outbound, SessionHandle};
+use crate::delivery::{push_text, CloseReason, Outbound, SessionHandle};
 use crate::protocol::reply;
 
 /// Ticks per ping interval.
@@ -59,6 +59,16 @@ impl Pings {
     pub fn remove(&self, session: &SessionHandle) {
         let id = session.queue.id;
         self.slot(id).lock().sessions.remove(&id);
+    }
+
+    /// Closes every session (shutdown): every open connection is pinged, so every one is
+    /// here.
+    pub fn close_all(&self, reason: CloseReason) {
+        for slot in &self.slots {
+            for session in slot.lock().sessions.values() {
+                session.queue.close(reason.clone());
+            }
+        }
     }
 
     /// Pings one slot's sessions.

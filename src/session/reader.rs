@@ -119,7 +119,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     None => continue,
                 }
             };
-            if let Some(reason) = self.handle_text(&text, subs).await {
+            // Boxed: an idle connection waits in `next()` above, and its task should not carry
+            // the space of every command's handling beside it.
+            if let Some(reason) = Box::pin(self.handle_text(&text, subs)).await {
                 return reason;
             }
         }
@@ -139,14 +141,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
         };
         match command {
-            // Boxed: a token lookup's state is large, and only a subscribe needs it; inline it
-            // would make every idle connection's task that much bigger.
             Command::Subscribe {
                 identifier,
                 history,
             } => {
                 let history = history.filter(|_| self.sid.is_some());
-                return Box::pin(self.subscribe(identifier, history, subs)).await;
+                return self.subscribe(identifier, history, subs).await;
             }
             Command::Unsubscribe { identifier } => {
                 if subs.unsubscribe(&identifier) {
@@ -168,7 +168,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     }
                     Some("typing") => {
                         let sub = sub.clone();
-                        Box::pin(typing(&self.services, &sub, &data)).await;
+                        typing(&self.services, &sub, &data).await;
                     }
                     _ => metrics.command("message", "unknown_action"),
                 },

@@ -6,7 +6,6 @@
 use std::collections::VecDeque;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 use tokio::time::timeout;
 
 use crate::config::tuning::{
@@ -52,9 +51,8 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
 /// no welcome, only its farewell.
 pub async fn run<W: AsyncWrite + Unpin>(
     sink: W,
-    welcome: Option<&[u8]>,
+    welcome: Option<bytes::Bytes>,
     queue: &SendQueue,
-    mut shutdown: watch::Receiver<bool>,
     metrics: &Metrics,
 ) {
     let mut w = Writer {
@@ -64,7 +62,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
         metrics,
     };
     if let Some(welcome) = welcome {
-        push_text(&mut w.buf, welcome);
+        push_text(&mut w.buf, &welcome);
+        drop(welcome);
         if w.flush().await.is_err() {
             queue.close(CloseReason::ConnectionLost);
             return;
@@ -78,14 +77,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
             if pending.capacity() > KEEP_FRAMES {
                 pending = VecDeque::new();
             }
-            tokio::select! {
-                biased;
-                reason = queue.closed() => break reason,
-                _ = shutdown.wait_for(|stop| *stop) => {
-                    queue.close(CloseReason::Disconnect(DisconnectReason::ServerRestart));
-                    continue;
-                }
-                () = queue.take_queued(&mut pending) => {}
+            if let Err(reason) = queue.take_queued(&mut pending).await {
+                break reason;
             }
         }
         while w.buf.len() < BATCH_BYTES {
@@ -105,8 +98,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 if reason == CloseReason::Disconnect(DisconnectReason::TooSlow) {
                     return;
                 }
-                // Another reason: finish this write (the frame is half on the wire), then say goodbye.
-                matches!(timeout(FAREWELL_TIMEOUT, w.flush()).await, Ok(Ok(())))
+                // Another reason: finish this write (the frame is half on the wire), then say
+                // goodbye. Boxed, like the farewell: rare, and not worth room in every task.
+                matches!(Box::pin(timeout(FAREWELL_TIMEOUT, w.flush())).await, Ok(Ok(())))
             }
         };
         if !written {
@@ -115,7 +109,17 @@ pub async fn run<W: AsyncWrite + Unpin>(
         }
     };
 
-    // The farewell.
+    Box::pin(farewell(w, reason, pending)).await;
+}
+
+/// Says goodbye as `reason` asks: what is still queued (for a `disconnect`), the `disconnect`
+/// itself, the close frame; each step bounded in time.
+async fn farewell<W: AsyncWrite + Unpin>(
+    mut w: Writer<'_, W>,
+    reason: CloseReason,
+    pending: VecDeque<Outbound>,
+) {
+    let queue = w.queue;
     match reason {
         CloseReason::Disconnect(DisconnectReason::TooSlow) => {
             w.buf.clear();
@@ -124,7 +128,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
         }
         CloseReason::Disconnect(disconnect) => {
             // Frames already queued (events already read) go out before the disconnect.
-            let farewell = async {
+            let goodbye = async {
                 for frame in pending.into_iter().chain(queue.take_now()) {
                     w.push(frame);
                     if w.buf.len() >= BATCH_BYTES {
@@ -135,7 +139,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 w.push_close(&1000u16.to_be_bytes());
                 w.flush().await
             };
-            let _ = timeout(FAREWELL_TIMEOUT, farewell).await;
+            let _ = timeout(FAREWELL_TIMEOUT, goodbye).await;
         }
         CloseReason::Replaced => {
             w.buf.clear();
