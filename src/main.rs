@@ -10,9 +10,6 @@ use cable_gateway::server;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn init_tracing(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
