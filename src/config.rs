@@ -309,9 +309,6 @@ pub mod tuning {
     /// How long the last presence refresh at shutdown may take.
     pub const SHUTDOWN_PRESENCE_TIMEOUT: Duration = Duration::from_secs(1);
 
-    /// How often freed heap pages are handed back to the system ([`crate::memory`]).
-    pub const TRIM_PERIOD: Duration = Duration::from_secs(10);
-
     // --- one session -------------------------------------------------------------------
 
     /// A ping every 3 s: the official client considers a connection stale after 6 s silent.

@@ -101,7 +101,6 @@ pub mod delivery;
 pub mod ingress;
 pub mod inspect;
 pub mod listen;
-pub mod memory;
 pub mod metrics;
 pub mod migrate;
 pub mod origin;

@@ -344,7 +344,6 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     let disconnects = Arc::new(DisconnectLog::default());
     let pings = Arc::new(crate::session::pings::Pings::default());
     tasks.push(tokio::spawn(pings.clone().run()));
-    tasks.push(tokio::spawn(crate::memory::run()));
     let inspector = nonempty(&config.admin_token).map(|token| {
         let inspector = Inspector::new(inspect::Sources {
             metrics: metrics.clone(),
