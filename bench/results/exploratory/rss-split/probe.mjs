@@ -9,6 +9,7 @@ const rss = () => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const base = rss();
 let confirmed = 0;
+let rejected = 0;
 const sockets = [];
 for (let i = 0; i < n; i++) {
   const ws = new WebSocket(`ws://127.0.0.1:${port}/cable`, ["actioncable-v1-json"], { localAddress: `127.0.0.${2 + Math.floor(i / 4000)}` });
@@ -16,18 +17,28 @@ for (let i = 0; i < n; i++) {
     const f = JSON.parse(m);
     if (f.type === "welcome") {
       if (subscribe) {
-        const a = Math.floor(i / 20) * 100 + (i % 20); const id = JSON.stringify({ channel: "RoomChannel", pubsub_token: `bench-u-${String(a).padStart(6, "0")}`, account_id: 9001 + Math.floor(a / 100), user_id: 900000000 + a });
+        // PROBE_LAYOUT=groups: the bench's layout (accounts of 100: 20 agents, 80 contacts);
+        // otherwise agents only, 20 per account of 100.
+        const groups = process.env.PROBE_LAYOUT === "groups";
+        const a = groups ? i : Math.floor(i / 20) * 100 + (i % 20);
+        const pad = String(a).padStart(6, "0");
+        const id = JSON.stringify(groups && a % 100 >= 20
+          ? { channel: "RoomChannel", pubsub_token: `bench-c-${pad}`, account_id: 9001 + Math.floor(a / 100) }
+          : { channel: "RoomChannel", pubsub_token: `bench-u-${pad}`, account_id: 9001 + Math.floor(a / 100), user_id: 900000000 + a });
         ws.send(JSON.stringify({ command: "subscribe", identifier: id }));
       } else confirmed++;
     }
-    if (f.type === "confirm_subscription" || f.type === "reject_subscription") confirmed++;
+    if (f.type === "confirm_subscription") confirmed++;
+    if (f.type === "reject_subscription") { rejected++; confirmed++; }
   });
   sockets.push(ws);
-  if (i % 500 === 499) await sleep(50);
+  if (process.env.PROBE_PACE !== "0" && i % 500 === 499) await sleep(50);
 }
 while (confirmed < n) await sleep(100);
 const connected = rss();
+console.error("all confirmed");
 const samples = [];
-for (let k = 0; k < 6; k++) { await sleep(10000); samples.push(Math.round((rss() - base) / n)); }
-console.log(JSON.stringify({ n, subscribe, base, per_conn_connected: Math.round((connected - base) / n), per_conn_every_10s: samples }));
+if (process.env.PROBE_TRIM_PAUSE) { console.error("trim now"); await sleep(Number(process.env.PROBE_TRIM_PAUSE)); }
+for (let k = 0; k < (process.env.PROBE_SAMPLES ? Number(process.env.PROBE_SAMPLES) : 6); k++) { await sleep(10000); samples.push(Math.round((rss() - base) / n)); }
+console.log(JSON.stringify({ n, subscribe, rejected, base, per_conn_connected: Math.round((connected - base) / n), per_conn_every_10s: samples }));
 process.exit(0);
