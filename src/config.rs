@@ -113,6 +113,11 @@ pub struct ServeConfig {
     )]
     pub max_connections: usize,
 
+    /// A connection that sends nothing for this long after connecting is closed (it holds a
+    /// descriptor and has asked for nothing). Default: 60s
+    #[arg(long, env = "CABLE_FIRST_BYTES_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
+    pub first_bytes_timeout: Duration,
+
     /// Frames that may wait for a client whose socket has taken nothing for 1 s before it is
     /// disconnected with `too_slow`; a queue 16 times this long is too long in any case (a
     /// client that reads keeps up with bursts in between). Default: 1024

@@ -253,3 +253,31 @@ async fn a_reading_client_survives_a_burst_larger_than_its_queue() {
     }
     assert_eq!(metric(&gw, "cable_too_slow_disconnects_total", ""), 0.0);
 }
+
+#[tokio::test]
+async fn a_connection_that_never_sends_its_request_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.first_bytes_timeout = Duration::from_secs(2);
+    let gw = start(config).await;
+    let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let connected = std::time::Instant::now();
+    // Meanwhile a client that sends its request a moment after connecting is served.
+    let late = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // the client's own delay, not a wait for the server
+    let (ws, _) = tokio_tungstenite::client_async("ws://x/cable", late)
+        .await
+        .expect("a request sent after a pause still upgrades");
+    drop(ws);
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut byte))
+        .await
+        .expect("the silent connection is closed after the first-bytes timeout");
+    assert!(matches!(read, Ok(0) | Err(_)), "closed, nothing written");
+    let after = connected.elapsed();
+    assert!(
+        after >= Duration::from_millis(1900),
+        "closed after {after:?}, before the 2 s timeout"
+    );
+}
