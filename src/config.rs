@@ -318,8 +318,9 @@ pub mod tuning {
 
     /// A ping every 3 s: the official client considers a connection stale after 6 s silent.
     pub const PING_INTERVAL: Duration = Duration::from_secs(3);
-    /// Read-ahead per connection: one typical command (identifier included) per read, and no
-    /// standing 8 KiB buffer per idle connection.
+    /// Bytes a connection reads per system call (into the stack): one typical command,
+    /// identifier included. What the frame being parsed does not take is kept on the heap
+    /// until taken; an idle connection keeps no read buffer.
     pub const READ_AHEAD: usize = 256;
     /// A client whose socket has taken nothing for this long while `CABLE_SEND_QUEUE` frames
     /// wait is too slow.

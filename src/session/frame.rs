@@ -4,10 +4,15 @@
 //! fastwebsockets' read half reserves an 8 KiB buffer per connection and never gives it
 //! back; with tens of thousands of mostly idle connections that alone is the whole memory
 //! budget (DHAT: 8 KiB of ~17 KiB per connection). Client frames are rare and small
-//! (commands, pongs), so this reader keeps only a small read-ahead buffer and allocates a
-//! frame's payload when the frame arrives. fastwebsockets still performs the upgrade.
+//! (commands, pongs), so this reader reads ahead into the stack, keeps on the heap only what
+//! it read beyond the frame being parsed ([`ReadAhead`]: nothing while the connection is idle),
+//! and allocates a frame's payload when the frame arrives. fastwebsockets still performs the
+//! upgrade.
 
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::config::tuning::READ_AHEAD;
 use crate::protocol::BadInput;
@@ -46,8 +51,62 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+/// Reads ahead up to [`READ_AHEAD`] bytes per read (a typical command in one system call),
+/// and keeps what the caller has not taken yet in a buffer that is freed once it is drained:
+/// an idle connection holds no read buffer at all.
+pub struct ReadAhead<R> {
+    io: R,
+    /// Read but not yet taken; empty (unallocated) between messages.
+    ahead: Vec<u8>,
+    taken: usize,
+}
+
+impl<R> ReadAhead<R> {
+    pub fn new(io: R) -> Self {
+        ReadAhead {
+            io,
+            ahead: Vec::new(),
+            taken: 0,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadAhead<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.taken < this.ahead.len() {
+            let n = out.remaining().min(this.ahead.len() - this.taken);
+            out.put_slice(&this.ahead[this.taken..this.taken + n]);
+            this.taken += n;
+            if this.taken == this.ahead.len() {
+                this.ahead = Vec::new();
+                this.taken = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if out.remaining() >= READ_AHEAD {
+            return Pin::new(&mut this.io).poll_read(cx, out);
+        }
+        let mut stack = [0u8; READ_AHEAD];
+        let mut read = ReadBuf::new(&mut stack);
+        std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut read))?;
+        let read = read.filled();
+        let n = out.remaining().min(read.len());
+        out.put_slice(&read[..n]);
+        if n < read.len() {
+            this.ahead = read[n..].to_vec();
+            this.taken = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 pub struct FrameReader<R> {
-    io: BufReader<R>,
+    io: ReadAhead<R>,
     max_payload: usize,
 }
 
@@ -55,7 +114,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Frames whose payload exceeds `max_payload` bytes are refused before being read.
     pub fn new(io: R, max_payload: usize) -> Self {
         FrameReader {
-            io: BufReader::with_capacity(READ_AHEAD, io),
+            io: ReadAhead::new(io),
             max_payload,
         }
     }
@@ -238,6 +297,29 @@ mod tests {
         out.extend_from_slice(&mask);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
         out
+    }
+
+    #[tokio::test]
+    async fn reads_ahead_and_keeps_nothing_once_drained() {
+        // Three frames in one read: a pong, a text longer than the read-ahead, a short text.
+        let long = vec![b'x'; READ_AHEAD + 50];
+        let mut bytes = masked(0x8A, b"");
+        bytes.extend(masked(0x81, &long));
+        bytes.extend(masked(0x81, b"{}"));
+        let mut reader = FrameReader::new(&bytes[..], 1024);
+        assert_eq!(reader.next().await.unwrap().opcode, OpCode::Pong);
+        assert!(
+            reader.io.ahead.capacity() > 0,
+            "the rest of the read is kept"
+        );
+        assert_eq!(reader.next().await.unwrap().payload, long);
+        assert_eq!(reader.next().await.unwrap().payload, b"{}");
+        assert_eq!(
+            reader.io.ahead.capacity(),
+            0,
+            "drained: the buffer is freed"
+        );
+        assert!(matches!(reader.next().await, Err(FrameError::Io(_))));
     }
 
     async fn read(bytes: Vec<u8>, max: usize) -> Result<Frame, FrameError> {
