@@ -37,15 +37,81 @@ struct Entry {
 /// Something a subscription keeps while it lives; dropping it is its release.
 pub type Held = Box<dyn Send + Sync>;
 
+/// The subscriptions under one index key. Most keys (a token, a user, a contact session) have
+/// one, held inline; a set is allocated only for more (a user's tabs, an inbox's members).
+#[derive(Debug)]
+enum Ids {
+    One(u64),
+    Many(HashSet<u64>),
+}
+
+impl Ids {
+    fn insert(&mut self, id: u64) {
+        match self {
+            Ids::One(one) if *one == id => {}
+            Ids::One(one) => *self = Ids::Many(HashSet::from([*one, id])),
+            Ids::Many(set) => {
+                set.insert(id);
+            }
+        }
+    }
+
+    /// Removes `id`; false when nothing is left (the key is then removed).
+    fn remove(&mut self, id: u64) -> bool {
+        match self {
+            Ids::One(one) => *one != id,
+            Ids::Many(set) => {
+                set.remove(&id);
+                match set.iter().next() {
+                    None => false,
+                    Some(&last) if set.len() == 1 => {
+                        // Back to one: the set's table is freed.
+                        *self = Ids::One(last);
+                        true
+                    }
+                    Some(_) => true,
+                }
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u64> + Clone + '_ {
+        let (one, many) = match self {
+            Ids::One(one) => (Some(*one), None),
+            Ids::Many(set) => (None, Some(set.iter().copied())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+/// Adds `id` under `key`.
+fn put<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Ids>, key: K, id: u64) {
+    map.entry(key)
+        .and_modify(|ids| ids.insert(id))
+        .or_insert(Ids::One(id));
+}
+
+/// Removes `id` from under `key`, and the key when nothing is left under it.
+fn take<K, Q>(map: &mut HashMap<K, Ids>, key: &Q, id: u64)
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(ids) = map.get_mut(key) {
+        if !ids.remove(id) {
+            map.remove(key);
+        }
+    }
+}
+
 #[derive(Default)]
 struct AccountIndex {
     users: HashSet<u64>,
     admins: HashSet<u64>,
-    by_user: HashMap<i64, HashSet<u64>>,
+    by_user: HashMap<i64, Ids>,
     /// Members of each inbox who are not administrators (administrators see every inbox).
-    by_inbox: HashMap<i64, HashSet<u64>>,
-    by_contact_inbox: HashMap<i64, HashSet<u64>>,
-    by_token: HashMap<Arc<str>, HashSet<u64>>,
+    by_inbox: HashMap<i64, Ids>,
+    by_contact_inbox: HashMap<i64, Ids>,
 }
 
 impl AccountIndex {
@@ -53,8 +119,7 @@ impl AccountIndex {
         self.users.is_empty() && self.by_contact_inbox.is_empty()
     }
 
-    fn add(&mut self, id: u64, principal: &Principal, token: &Arc<str>) {
-        self.by_token.entry(token.clone()).or_default().insert(id);
+    fn add(&mut self, id: u64, principal: &Principal) {
         match principal {
             Principal::User {
                 user_id,
@@ -62,34 +127,22 @@ impl AccountIndex {
                 ..
             } => {
                 self.users.insert(id);
-                self.by_user.entry(*user_id).or_default().insert(id);
+                put(&mut self.by_user, *user_id, id);
                 if membership.administrator {
                     self.admins.insert(id);
                 } else {
                     for inbox in membership.inbox_ids.iter() {
-                        self.by_inbox.entry(*inbox).or_default().insert(id);
+                        put(&mut self.by_inbox, *inbox, id);
                     }
                 }
             }
             Principal::Contact(contact) => {
-                self.by_contact_inbox
-                    .entry(contact.contact_inbox_id)
-                    .or_default()
-                    .insert(id);
+                put(&mut self.by_contact_inbox, contact.contact_inbox_id, id);
             }
         }
     }
 
-    fn remove(&mut self, id: u64, principal: &Principal, token: &Arc<str>) {
-        fn take<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashSet<u64>>, key: &K, id: u64) {
-            if let Some(set) = map.get_mut(key) {
-                set.remove(&id);
-                if set.is_empty() {
-                    map.remove(key);
-                }
-            }
-        }
-        take(&mut self.by_token, token, id);
+    fn remove(&mut self, id: u64, principal: &Principal) {
         match principal {
             Principal::User {
                 user_id,
@@ -112,15 +165,23 @@ impl AccountIndex {
 
 /// Rules 1–4 of [`crate::routing`], by index: the subscriptions of the event's account it is
 /// addressed to (a superset is fine for rules 5 and 6, which are applied afterwards).
-fn candidates(index: &AccountIndex, event: &Event, out: &mut Vec<u64>) {
+fn candidates(registry: &Registry, index: &AccountIndex, event: &Event, out: &mut Vec<u64>) {
     let extend =
-        |out: &mut Vec<u64>, set: Option<&HashSet<u64>>| out.extend(set.into_iter().flatten());
+        |out: &mut Vec<u64>, ids: Option<&Ids>| out.extend(ids.into_iter().flat_map(Ids::iter));
     if let Some(stream) = &event.stream {
         // Rule 1: subscriptions streaming that name.
         if *stream == account_stream(event.account_id) {
             out.extend(&index.users);
         }
-        extend(out, index.by_token.get(stream.as_str()));
+        // Tokens are indexed across accounts: the ones of this account.
+        let of_account = |id: &u64| {
+            registry
+                .entries
+                .get(id)
+                .is_some_and(|entry| entry.principal.account_id() == event.account_id)
+        };
+        let streaming = registry.by_token.get(stream.as_str());
+        out.extend(streaming.into_iter().flat_map(Ids::iter).filter(of_account));
         out.sort_unstable();
         out.dedup();
     } else if let Some(user_id) = event.user_id {
@@ -148,7 +209,7 @@ struct Registry {
     entries: HashMap<u64, Entry>,
     accounts: HashMap<i64, AccountIndex>,
     /// Every subscription by its token, whatever its account (broadcasts name no account).
-    by_token: HashMap<Arc<str>, HashSet<u64>>,
+    by_token: HashMap<Arc<str>, Ids>,
 }
 
 impl Registry {
@@ -212,12 +273,8 @@ impl Router {
             .accounts
             .entry(principal.account_id())
             .or_default()
-            .add(sub.id, &principal, &token);
-        registry
-            .by_token
-            .entry(token.clone())
-            .or_default()
-            .insert(sub.id);
+            .add(sub.id, &principal);
+        put(&mut registry.by_token, token.clone(), sub.id);
         if let Some(confirm) = confirm {
             sub.session.send(Outbound::Frame(confirm));
         }
@@ -242,14 +299,9 @@ impl Router {
         };
         entry.sub.deactivate();
         let account_id = entry.principal.account_id();
-        if let Some(ids) = registry.by_token.get_mut(&entry.token) {
-            ids.remove(&id);
-            if ids.is_empty() {
-                registry.by_token.remove(&entry.token);
-            }
-        }
+        take(&mut registry.by_token, &*entry.token, id);
         if let Some(index) = registry.accounts.get_mut(&account_id) {
-            index.remove(id, &entry.principal, &entry.token);
+            index.remove(id, &entry.principal);
             if index.is_empty() {
                 registry.accounts.remove(&account_id);
             }
@@ -292,7 +344,7 @@ impl Router {
             .accounts
             .entry(entry.principal.account_id())
             .or_default();
-        index.remove(id, &entry.principal, &entry.token);
+        index.remove(id, &entry.principal);
         if let Principal::User {
             membership: current,
             ..
@@ -300,7 +352,7 @@ impl Router {
         {
             *current = membership;
         }
-        index.add(id, &entry.principal, &entry.token);
+        index.add(id, &entry.principal);
     }
 
     /// Who a live subscription belongs to, and its token.
@@ -336,7 +388,7 @@ impl Router {
             let Some(index) = registry.accounts.get(&event.account_id) else {
                 return 0;
             };
-            candidates(index, event, scratch);
+            candidates(&registry, index, event, scratch);
             scratch
                 .iter()
                 .filter_map(|id| registry.entries.get(id))
@@ -381,7 +433,7 @@ impl Router {
         scratch.clear();
         let registry = self.registry.read();
         if let Some(ids) = registry.by_token.get(stream) {
-            scratch.extend(ids);
+            scratch.extend(ids.iter());
         }
         let account = stream
             .strip_prefix("account_")
@@ -440,10 +492,10 @@ impl Router {
             .iter()
             .map(|(account_id, index)| {
                 sessions.clear();
-                let contacts = index.by_contact_inbox.values().flatten();
+                let contacts = index.by_contact_inbox.values().flat_map(Ids::iter);
                 let contact_subscriptions = contacts.clone().count();
-                for id in index.users.iter().chain(contacts) {
-                    if let Some(entry) = registry.entries.get(id) {
+                for id in index.users.iter().copied().chain(contacts) {
+                    if let Some(entry) = registry.entries.get(&id) {
                         sessions.insert(entry.sub.session.queue.id);
                     }
                 }
