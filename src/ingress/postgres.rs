@@ -74,14 +74,18 @@ pub struct PgAdapter {
     prefix: Option<String>,
     listen: ListenHandle,
     streams: Arc<Streams>,
-    /// channel → stream → how many live subscriptions want it.
-    by_channel: Mutex<HashMap<String, HashMap<String, usize>>>,
+    /// channel → the streams it carries, each with how many live subscriptions want it.
+    by_channel: Mutex<HashMap<String, Carried>>,
 }
+
+/// The streams one channel carries: one, except for names PostgreSQL cut to 63 bytes. A short
+/// list, not a map: a map's table would be most of what a subscription costs here.
+type Carried = Vec<(Arc<str>, usize)>;
 
 /// Held for a subscription's life: dropping it releases its streams' channels.
 pub struct Lease {
     adapter: Arc<PgAdapter>,
-    streams: Vec<String>,
+    streams: Vec<Arc<str>>,
 }
 
 impl Drop for Lease {
@@ -104,16 +108,20 @@ impl PgAdapter {
     /// they are in place, or at once while the LISTEN connection is down (they are listened
     /// to when it is back).
     pub async fn acquire(self: &Arc<Self>, streams: Vec<String>) -> Lease {
+        let streams: Vec<Arc<str>> = streams.into_iter().map(Arc::from).collect();
         let mut wanted = Vec::new();
         {
             let mut by_channel = self.by_channel.lock();
             for stream in &streams {
                 for channel in channels(self.prefix.as_deref(), stream) {
-                    *by_channel
-                        .entry(channel.clone())
-                        .or_default()
-                        .entry(stream.clone())
-                        .or_default() += 1;
+                    let carried = by_channel.entry(channel.clone()).or_default();
+                    match carried.iter_mut().find(|(carries, _)| carries == stream) {
+                        Some((_, count)) => *count += 1,
+                        None => {
+                            carried.push((stream.clone(), 1));
+                            carried.shrink_to_fit();
+                        }
+                    }
                     wanted.push(channel);
                 }
             }
@@ -125,17 +133,18 @@ impl PgAdapter {
         }
     }
 
-    fn release(&self, streams: &[String]) {
+    fn release(&self, streams: &[Arc<str>]) {
         let mut released = Vec::new();
         {
             let mut by_channel = self.by_channel.lock();
             for stream in streams {
                 for channel in channels(self.prefix.as_deref(), stream) {
                     if let Some(carried) = by_channel.get_mut(&channel) {
-                        if let Some(count) = carried.get_mut(stream) {
-                            *count -= 1;
-                            if *count == 0 {
-                                carried.remove(stream);
+                        if let Some(at) = carried.iter().position(|(carries, _)| carries == stream)
+                        {
+                            carried[at].1 -= 1;
+                            if carried[at].1 == 0 {
+                                carried.swap_remove(at);
                             }
                         }
                         if carried.is_empty() {
@@ -159,9 +168,8 @@ impl PgAdapter {
             let Some(carried) = by_channel.get(channel) else {
                 return;
             };
-            let mut streams = carried.keys();
-            match (streams.next(), streams.next()) {
-                (Some(stream), None) => stream.clone(),
+            match carried.as_slice() {
+                [(stream, _)] => stream.clone(),
                 _ => {
                     drop(by_channel);
                     self.streams.skip(INGRESS, channel, Skip::AmbiguousChannel);
