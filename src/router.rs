@@ -39,17 +39,19 @@ pub type Held = Box<dyn Send + Sync>;
 
 /// The subscriptions under one index key. Most keys (a token, a user, a contact session) have
 /// one, held inline; a set is allocated only for more (a user's tabs, an inbox's members).
+/// Boxed, the set keeps the slot at 16 bytes (the extra allocation is only for keys of many).
 #[derive(Debug)]
+#[allow(clippy::box_collection)]
 enum Ids {
     One(u64),
-    Many(HashSet<u64>),
+    Many(Box<HashSet<u64>>),
 }
 
 impl Ids {
     fn insert(&mut self, id: u64) {
         match self {
             Ids::One(one) if *one == id => {}
-            Ids::One(one) => *self = Ids::Many(HashSet::from([*one, id])),
+            Ids::One(one) => *self = Ids::Many(Box::new(HashSet::from([*one, id]))),
             Ids::Many(set) => {
                 set.insert(id);
             }
