@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 use crate::auth::{PresenceKey, Principal};
 use crate::config::tuning::{HARD_LIMIT_FACTOR, STUCK_AFTER};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Tally};
 use crate::protocol::DisconnectReason;
 
 /// What every recipient of one event or broadcast shares, encoded once.
@@ -107,13 +107,16 @@ impl Subscription {
     /// Queues a live event or broadcast for this subscription (held back during a replay,
     /// dropped when the client already has it, see [`Positions`]).
     pub fn deliver(self: &Arc<Self>, message: &Arc<Message>) {
-        let frame = Outbound::Message {
-            sub: self.clone(),
-            message: message.clone(),
-        };
         match &self.positions {
-            None => self.session.send(frame),
-            Some(positions) => positions.deliver(&self.session, &message.position, frame),
+            // Borrowed: written at once, it costs no reference counting.
+            None => self.session.send_message(self, message),
+            Some(positions) => {
+                let frame = Outbound::Message {
+                    sub: self.clone(),
+                    message: message.clone(),
+                };
+                positions.deliver(&self.session, &message.position, frame)
+            }
         }
     }
 
@@ -440,7 +443,7 @@ impl SendQueue {
     /// A burst (one transaction of thousands of events) may queue more than `capacity`
     /// frames for a client that reads perfectly well; only a client whose socket is stuck,
     /// or whose queue reaches the hard limit, is too slow.
-    fn push(&self, frame: Outbound, metrics: &Metrics) -> bool {
+    fn push(&self, frame: Pushed<'_>, metrics: &Metrics) -> bool {
         {
             let mut queue = self.queue.lock();
             let frame = match &queue.direct {
@@ -454,7 +457,7 @@ impl SendQueue {
                         Some(rest) => rest,
                     }
                 }
-                _ => frame,
+                _ => frame.into_owned(),
             };
             let len = queue.frames.len();
             if len >= self.capacity && (self.stuck() || len >= self.capacity * HARD_LIMIT_FACTOR) {
@@ -599,37 +602,96 @@ pub fn encode(buf: &mut Vec<u8>, frame: Outbound, metrics: &Metrics) {
                 buf.extend_from_slice(&body);
             }
         }
-        Outbound::Message { sub, message } => {
-            if !sub.is_active() {
-                return;
+        Outbound::Message { sub, message } => encode_message(buf, &sub, &message, metrics),
+    }
+}
+
+/// Appends one subscription's message (nothing when the subscription ended) and counts it.
+fn encode_message(buf: &mut Vec<u8>, sub: &Subscription, message: &Message, metrics: &Metrics) {
+    if !sub.is_active() {
+        return;
+    }
+    match (&sub.positions, &message.position) {
+        (Some(positions), Position::Outbox(offset)) => {
+            // Digits on the stack: no allocation per delivery.
+            let mut digits = [0u8; 20];
+            let mut cursor = std::io::Cursor::new(&mut digits[..]);
+            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{offset}"));
+            let len = cursor.position() as usize;
+            push_positioned(
+                buf,
+                &sub.prefix,
+                &message.body,
+                &[&positions.outbox_suffix, &digits[..len], b"}"],
+            );
+        }
+        (Some(_), Position::Stream { suffix, .. }) => {
+            push_positioned(buf, &sub.prefix, &message.body, &[suffix]);
+        }
+        _ => {
+            push_header(buf, OP_TEXT, sub.prefix.len() + message.body.len());
+            buf.extend_from_slice(&sub.prefix);
+            buf.extend_from_slice(&message.body);
+        }
+    }
+    count_sent(
+        metrics,
+        (crate::clock::unix_now() - message.created_at).max(0.0),
+    );
+}
+
+thread_local! {
+    /// What this thread has written since [`tallied`] began, while it runs.
+    static TALLY: std::cell::RefCell<Option<Tally>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Counts one message written: into this thread's tally inside [`tallied`], else at once.
+fn count_sent(metrics: &Metrics, latency: f64) {
+    TALLY.with(|tally| match tally.borrow_mut().as_mut() {
+        Some(tally) => tally.add(latency),
+        None => {
+            let mut one = Tally::default();
+            one.add(latency);
+            metrics.add_sent(&one);
+        }
+    })
+}
+
+/// Runs `deliver` (one thread's part of a fan-out) with the messages it writes counted
+/// locally, and adds them to `metrics` once when it returns (or unwinds).
+pub fn tallied<R>(metrics: &Metrics, deliver: impl FnOnce() -> R) -> R {
+    struct Flush<'a>(&'a Metrics);
+    impl Drop for Flush<'_> {
+        fn drop(&mut self) {
+            if let Some(tally) = TALLY.with(|tally| tally.borrow_mut().take()) {
+                self.0.add_sent(&tally);
             }
-            match (&sub.positions, &message.position) {
-                (Some(positions), Position::Outbox(offset)) => {
-                    // Digits on the stack: no allocation per delivery.
-                    let mut digits = [0u8; 20];
-                    let mut cursor = std::io::Cursor::new(&mut digits[..]);
-                    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{offset}"));
-                    let len = cursor.position() as usize;
-                    push_positioned(
-                        buf,
-                        &sub.prefix,
-                        &message.body,
-                        &[&positions.outbox_suffix, &digits[..len], b"}"],
-                    );
-                }
-                (Some(_), Position::Stream { suffix, .. }) => {
-                    push_positioned(buf, &sub.prefix, &message.body, &[suffix]);
-                }
-                _ => {
-                    push_header(buf, OP_TEXT, sub.prefix.len() + message.body.len());
-                    buf.extend_from_slice(&sub.prefix);
-                    buf.extend_from_slice(&message.body);
-                }
-            }
-            metrics.messages_sent.inc();
-            metrics
-                .delivery_latency
-                .observe((crate::clock::unix_now() - message.created_at).max(0.0));
+        }
+    }
+    if TALLY.with(|tally| tally.borrow().is_some()) {
+        return deliver(); // already inside one: its end adds these too
+    }
+    TALLY.with(|tally| *tally.borrow_mut() = Some(Tally::default()));
+    let _flush = Flush(metrics);
+    deliver()
+}
+
+/// A frame on its way into a queue: a message stays borrowed while it may still be written
+/// at once, and is owned (its subscription and message counted as referenced) only if it
+/// has to wait.
+pub enum Pushed<'a> {
+    Owned(Outbound),
+    Message(&'a Arc<Subscription>, &'a Arc<Message>),
+}
+
+impl Pushed<'_> {
+    fn into_owned(self) -> Outbound {
+        match self {
+            Pushed::Owned(frame) => frame,
+            Pushed::Message(sub, message) => Outbound::Message {
+                sub: sub.clone(),
+                message: message.clone(),
+            },
         }
     }
 }
@@ -638,7 +700,7 @@ pub fn encode(buf: &mut Vec<u8>, frame: Outbound, metrics: &Metrics) {
 /// for the writer), or `None` when it took it all.
 fn write_now(
     socket: &tokio::net::TcpStream,
-    frame: Outbound,
+    frame: Pushed<'_>,
     metrics: &Metrics,
 ) -> Option<Outbound> {
     /// Frames are encoded into one buffer per thread, kept up to this size.
@@ -649,7 +711,10 @@ fn write_now(
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         buf.clear();
-        encode(&mut buf, frame, metrics);
+        match frame {
+            Pushed::Owned(frame) => encode(&mut buf, frame, metrics),
+            Pushed::Message(sub, message) => encode_message(&mut buf, sub, message, metrics),
+        }
         if buf.is_empty() {
             return None;
         }
@@ -682,7 +747,17 @@ impl SessionHandle {
     /// Queues a frame without ever waiting. A full queue means the client does not read
     /// fast enough: the session is ended with `too_slow`, and nobody else is delayed.
     pub fn send(&self, frame: Outbound) {
-        if !self.queue.push(frame, &self.metrics) {
+        if !self.queue.push(Pushed::Owned(frame), &self.metrics) {
+            self.too_slow();
+        }
+    }
+
+    /// [`SessionHandle::send`] for one subscription's message, borrowed until it must wait.
+    pub fn send_message(&self, sub: &Arc<Subscription>, message: &Arc<Message>) {
+        if !self
+            .queue
+            .push(Pushed::Message(sub, message), &self.metrics)
+        {
             self.too_slow();
         }
     }
@@ -694,5 +769,38 @@ impl SessionHandle {
         }
         self.queue
             .close(CloseReason::Disconnect(DisconnectReason::TooSlow));
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::*;
+
+    #[test]
+    fn a_fan_out_counts_once_at_its_end_and_nothing_is_lost() {
+        let metrics = Metrics::new();
+        count_sent(&metrics, 0.001);
+        assert_eq!(metrics.messages_sent.get(), 1, "outside a fan-out: at once");
+        tallied(&metrics, || {
+            count_sent(&metrics, 0.001);
+            tallied(&metrics, || count_sent(&metrics, 0.002)); // nested: the outer one adds it
+            assert_eq!(metrics.messages_sent.get(), 1, "inside: not yet");
+        });
+        assert_eq!(metrics.messages_sent.get(), 3);
+        // A fan-out that unwinds still adds what it wrote.
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tallied(&metrics, || {
+                count_sent(&metrics, 0.001);
+                panic!("a delivery panicked");
+            })
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(metrics.messages_sent.get(), 4);
+        count_sent(&metrics, 0.001);
+        assert_eq!(
+            metrics.messages_sent.get(),
+            5,
+            "and the thread counts at once again"
+        );
     }
 }

@@ -19,7 +19,7 @@ use parking_lot::RwLock;
 
 use crate::auth::{Membership, Principal};
 use crate::config::tuning::SPLIT_AUDIENCE_AT;
-use crate::delivery::{Event, Message, Outbound, Position, Subscription};
+use crate::delivery::{tallied, Event, Message, Outbound, Position, Subscription};
 use crate::metrics::Metrics;
 use crate::resume::rings::Rings;
 use crate::routing::{account_stream, entitled};
@@ -398,7 +398,7 @@ impl Router {
                 .map(|entry| entry.sub.clone())
                 .collect()
         };
-        deliver_all(&audience, &event.message);
+        deliver_all(&audience, &event.message, &self.metrics);
         audience.len()
     }
 
@@ -451,15 +451,17 @@ impl Router {
         }
         let message = self.rings.record(stream, body, created_at, contacts);
         let mut delivered = 0;
-        for id in scratch.iter() {
-            let Some(entry) = registry.entries.get(id) else {
-                continue;
-            };
-            if contacts || entry.principal.is_user() {
-                entry.sub.deliver(&message);
-                delivered += 1;
+        tallied(&self.metrics, || {
+            for id in scratch.iter() {
+                let Some(entry) = registry.entries.get(id) else {
+                    continue;
+                };
+                if contacts || entry.principal.is_user() {
+                    entry.sub.deliver(&message);
+                    delivered += 1;
+                }
             }
-        }
+        });
         delivered
     }
 
@@ -514,15 +516,19 @@ impl Router {
 
 /// Delivers `message` to `audience`; a large audience is split in two, the second half
 /// written from a scoped thread (the machine's two cores both write, as the floor does).
-fn deliver_all(audience: &[Arc<Subscription>], message: &Arc<Message>) {
+/// Each thread counts what it wrote locally and adds it to the metrics once.
+fn deliver_all(audience: &[Arc<Subscription>], message: &Arc<Message>, metrics: &Metrics) {
+    let deliver = |part: &[Arc<Subscription>]| {
+        tallied(metrics, || part.iter().for_each(|sub| sub.deliver(message)))
+    };
     if audience.len() < SPLIT_AUDIENCE_AT {
-        audience.iter().for_each(|sub| sub.deliver(message));
+        deliver(audience);
         return;
     }
     let (first, second) = audience.split_at(audience.len() / 2);
     std::thread::scope(|scope| {
-        scope.spawn(|| second.iter().for_each(|sub| sub.deliver(message)));
-        first.iter().for_each(|sub| sub.deliver(message));
+        scope.spawn(|| deliver(second));
+        deliver(first);
     });
 }
 

@@ -11,7 +11,7 @@ use tokio::time::timeout;
 use crate::config::tuning::{
     BATCH_BYTES, FAREWELL_TIMEOUT, KEEP_CAPACITY, KEEP_FRAMES, TOO_SLOW_FAREWELL_TIMEOUT,
 };
-use crate::delivery::{encode, push_header, push_text, CloseReason, Outbound, SendQueue};
+use crate::delivery::{encode, push_header, push_text, tallied, CloseReason, Outbound, SendQueue};
 use crate::metrics::Metrics;
 use crate::protocol::reply::{self, DisconnectReason};
 
@@ -81,12 +81,14 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 break reason;
             }
         }
-        while w.buf.len() < BATCH_BYTES {
-            match pending.pop_front() {
-                Some(frame) => w.push(frame),
-                None => break,
+        tallied(metrics, || {
+            while w.buf.len() < BATCH_BYTES {
+                match pending.pop_front() {
+                    Some(frame) => w.push(frame),
+                    None => break,
+                }
             }
-        }
+        });
         if w.buf.is_empty() {
             continue;
         }
