@@ -207,7 +207,10 @@ fn read_all(bytes: &[u8], limit: usize) -> (Vec<Inbound>, Option<BadInput>) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut messages = Messages::new(bytes, limit);
+        // The first third as if it had come behind the upgrade request: the reader reads
+        // those bytes first, then the socket.
+        let (early, rest) = bytes.split_at(bytes.len() / 3);
+        let mut messages = Messages::new(rest, limit, early.to_vec());
         let mut seen = Vec::new();
         loop {
             match messages.next().await {

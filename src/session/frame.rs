@@ -62,10 +62,12 @@ pub struct ReadAhead<R> {
 }
 
 impl<R> ReadAhead<R> {
-    pub fn new(io: R) -> Self {
+    /// `early`: bytes already read from `io` (what came behind the upgrade request), which
+    /// are read first.
+    pub fn new(io: R, early: Vec<u8>) -> Self {
         ReadAhead {
             io,
-            ahead: Vec::new(),
+            ahead: early,
             taken: 0,
         }
     }
@@ -113,8 +115,13 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Frames whose payload exceeds `max_payload` bytes are refused before being read.
     pub fn new(io: R, max_payload: usize) -> Self {
+        Self::with_early(io, max_payload, Vec::new())
+    }
+
+    /// [`FrameReader::new`], with bytes already read from `io` first.
+    pub fn with_early(io: R, max_payload: usize, early: Vec<u8>) -> Self {
         FrameReader {
-            io: ReadAhead::new(io),
+            io: ReadAhead::new(io, early),
             max_payload,
         }
     }
@@ -208,9 +215,10 @@ pub struct Messages<R> {
 }
 
 impl<R: AsyncRead + Unpin> Messages<R> {
-    pub fn new(io: R, limit: usize) -> Self {
+    /// `early`: bytes already read from `io`, read first.
+    pub fn new(io: R, limit: usize, early: Vec<u8>) -> Self {
         Messages {
-            frames: FrameReader::new(io, limit),
+            frames: FrameReader::with_early(io, limit, early),
             partial: Partial::None,
             limit,
         }

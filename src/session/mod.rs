@@ -181,25 +181,23 @@ pub async fn serve(
             let socket = Arc::new(parts.io.into_inner());
             // Bytes the client sent right behind its upgrade request come first. Copied: the
             // slice would keep hyper's whole read buffer alive for the connection's life.
-            let early = bytes::Bytes::copy_from_slice(&parts.read_buf);
+            let early = parts.read_buf.to_vec();
             drop(parts.read_buf);
-            let read = tokio::io::AsyncReadExt::chain(
-                std::io::Cursor::new(early),
-                socket::Shared(socket.clone()),
-            );
+            let read = socket::Shared(socket.clone());
             let write = socket::Shared(socket.clone());
-            run(services, read, write, Some(socket), handshake).await;
+            run(services, (read, early), write, Some(socket), handshake).await;
         }
         Err(upgraded) => {
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            run(services, read, write, None, handshake).await;
+            run(services, (read, Vec::new()), write, None, handshake).await;
         }
     }
 }
 
+/// `read`: the socket's read side, and bytes already read from it.
 async fn run<R, W>(
     services: Arc<Services>,
-    read: R,
+    (read, early): (R, Vec<u8>),
     write: W,
     direct: Option<Arc<tokio::net::TcpStream>>,
     handshake: Box<Handshake>,
@@ -244,7 +242,14 @@ async fn run<R, W>(
     // Extended protocol: a session id, and the old session's subscriptions restored before
     // the welcome says which.
     let sid: Option<Arc<str>> = (ext && !refused).then(|| crate::resume::sid::new_sid().into());
-    let mut reader = Reader::new(read, services.clone(), session, sid.clone(), identity);
+    let mut reader = Reader::new(
+        read,
+        early,
+        services.clone(),
+        session,
+        sid.clone(),
+        identity,
+    );
     let mut subs = SessionSubscriptions::new(services.router.clone());
     let welcome = match &sid {
         _ if refused => None,

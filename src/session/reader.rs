@@ -30,20 +30,23 @@ pub struct Reader<R> {
     rejects: u32,
     /// The session id, on an extended-protocol connection.
     sid: Option<Arc<str>>,
-    /// Who the connection is, when it carries a signed token.
-    identity: Option<ConnectionIdentity>,
+    /// Who the connection is, when it carries a signed token (boxed: most connections carry
+    /// none, and this struct lives as long as the connection).
+    identity: Option<Box<ConnectionIdentity>>,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
+    /// `early`: what the client sent right behind its upgrade request, read first.
     pub fn new(
         read: R,
+        early: Vec<u8>,
         services: Arc<Services>,
         session: SessionHandle,
         sid: Option<Arc<str>>,
         identity: Option<ConnectionIdentity>,
     ) -> Self {
         Reader {
-            messages: Messages::new(read, services.limits.max_frame_size),
+            messages: Messages::new(read, services.limits.max_frame_size, early),
             rate: RateLimit::new(services.limits.max_command_rate),
             history_rate: RateLimit::with_burst(
                 HISTORY_RATE,
@@ -53,13 +56,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             session,
             rejects: 0,
             sid,
-            identity,
+            identity: identity.map(Box::new),
         }
     }
 
     /// Who the connection is, when it carries a signed token.
     pub fn identity(&self) -> Option<&ConnectionIdentity> {
-        self.identity.as_ref()
+        self.identity.as_deref()
     }
 
     /// Counts bad input and says whether it ends the connection. Rejects are answered (and
@@ -319,7 +322,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 &raw,
                 subs.len(),
                 services.limits.max_subscriptions,
-                self.identity.as_ref(),
+                self.identity.as_deref(),
                 true,
             )
             .await;
@@ -403,7 +406,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             &raw,
             subs.len(),
             services.limits.max_subscriptions,
-            self.identity.as_ref(),
+            self.identity.as_deref(),
             false,
         )
         .await;
