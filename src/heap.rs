@@ -8,7 +8,7 @@
 //! resident between the few hundred bytes each connection keeps: 15,000 idle connections grew
 //! from 4.7 to 5.4 KB of RSS each over the half-minute after they connected. With the threshold
 //! fixed at glibc's own starting value (`M_MMAP_THRESHOLD`, which also stops the adjusting),
-//! they stay at 4.8-5.0 KB. BENCHMARKS.md ("Memory per connection") has the measurements.
+//! they stay at 4.8-5.0 KB. BENCHMARKS.md ("Memory after a connect storm") has the measurements.
 
 /// Allocations at least this large are mapped on their own and returned when freed.
 pub const MMAP_THRESHOLD: usize = 128 * 1024;
