@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //! Leaves first: each module imports only modules listed above it (no import cycles).
-//! - [`clock`]: seconds since the epoch, spelled once. [`heap`]: the allocator's one setting.
+//! - [`clock`]: seconds since the epoch, spelled once.
 //! - [`config`]: every setting (flag + environment variable, with its default) and, in
 //!   [`config::tuning`], every fixed number with the reason for it.
 //! - [`metrics`]: every metric, spelled once.
@@ -98,7 +98,6 @@ pub mod config;
 pub mod connections;
 pub mod db;
 pub mod delivery;
-pub mod heap;
 pub mod ingress;
 pub mod inspect;
 pub mod listen;

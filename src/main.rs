@@ -73,7 +73,6 @@ async fn main() -> ExitCode {
         }
         Command::Serve(config) => {
             init_tracing(config.log_format);
-            cable_gateway::heap::tune();
             let running = match server::start(*config).await {
                 Ok(running) => running,
                 Err(e) => {
