@@ -10,6 +10,27 @@ use cable_gateway::server;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// The allocator. Under glibc's malloc a connect storm left about 2 KB per connection of
+/// freed memory resident (hyper's handshake buffers, token batches, presence answers), between
+/// the few hundred bytes each connection keeps: the bench measured 6.3–7.0 KB per idle
+/// connection against ~4.0 KB live. jemalloc keeps small objects of one size together and
+/// gives freed pages back; with these settings the same storm leaves 4.8 KB (BENCHMARKS.md,
+/// "The allocator, third round").
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read when it starts (`_RJEM_MALLOC_CONF` in the environment overrides
+/// them): a background thread returns freed pages after about a second (the default, 10 s,
+/// keeps a storm's garbage resident ten times as long, and returning them happened on the
+/// threads that deliver).
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: Option<&'static std::ffi::c_char> =
+    // SAFETY: a pointer to the first byte of a NUL-terminated static string, as jemalloc reads it.
+    Some(unsafe { &*c"background_thread:true,dirty_decay_ms:1000".as_ptr() });
+
 fn init_tracing(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
