@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 
-use crate::auth::{Membership, Principal};
+use crate::auth::{Membership, PresenceKey, Principal};
 use crate::config::tuning::SPLIT_AUDIENCE_AT;
 use crate::delivery::{tallied, Event, Message, Outbound, Position, Subscription};
 use crate::metrics::Metrics;
@@ -364,13 +364,29 @@ impl Router {
         Some((entry.principal.clone(), entry.token.clone()))
     }
 
-    /// Every live subscription: id, principal and token (revalidation, presence heartbeats).
-    pub fn live(&self) -> Vec<(u64, Principal, Arc<str>)> {
+    /// The ids of every live subscription (revalidation walks them in chunks, [`Router::live`]).
+    pub fn live_ids(&self) -> Vec<u64> {
+        self.registry.read().entries.keys().copied().collect()
+    }
+
+    /// Principal and token of each of `ids` still live.
+    pub fn live(&self, ids: &[u64]) -> Vec<(u64, Principal, Arc<str>)> {
+        let registry = self.registry.read();
+        ids.iter()
+            .filter_map(|id| {
+                let entry = registry.entries.get(id)?;
+                Some((*id, entry.principal.clone(), entry.token.clone()))
+            })
+            .collect()
+    }
+
+    /// Whose presence the live subscriptions keep (the heartbeat, shutdown's departures).
+    pub fn presence_keys(&self) -> HashSet<PresenceKey> {
         let registry = self.registry.read();
         registry
             .entries
-            .iter()
-            .map(|(id, entry)| (*id, entry.principal.clone(), entry.token.clone()))
+            .values()
+            .map(|entry| PresenceKey::from(&entry.principal))
             .collect()
     }
 

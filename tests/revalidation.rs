@@ -90,3 +90,105 @@ async fn routing_follows_membership_and_role_changes_within_seconds() {
     until_inbox_routing(&db, &mut bob, 2, 2, false).await;
     until_inbox_routing(&db, &mut bob, 2, 1, false).await;
 }
+
+/// A pass looks subscriptions up a chunk at a time: every chunk is checked, a token revoked
+/// in any of them loses its subscription, a membership change in any of them is applied, and
+/// nothing else changes.
+#[tokio::test]
+async fn a_pass_over_many_subscriptions_checks_every_one() {
+    use std::sync::Arc;
+
+    use cable_gateway::auth::{batch::Batcher, AuthCache, Membership, Principal};
+    use cable_gateway::delivery::{SessionHandle, Subscription};
+    use cable_gateway::metrics::Metrics;
+    use cable_gateway::resume::rings::Rings;
+    use cable_gateway::revalidate::{self, Revalidation};
+    use cable_gateway::router::Router;
+
+    const N: i64 = 2_600; // three chunks of the pass
+    let db = TestDb::new().await;
+    db.exec(&format!(
+        "INSERT INTO users (id, name, email, pubsub_token)
+           SELECT i, 'bulk', 'bulk' || i || '@example.com', 'bulk-' || i
+             FROM generate_series(1000, {last}) i;
+         INSERT INTO account_users (account_id, user_id, role, availability, auto_offline)
+           SELECT 1, i, 0, 0, true FROM generate_series(1000, {last}) i;",
+        last = 999 + N
+    ))
+    .await;
+    let metrics = Arc::new(Metrics::new());
+    let router = Arc::new(Router::new(
+        metrics.clone(),
+        Arc::new(Rings::new(16, Duration::from_secs(60))),
+        0,
+    ));
+    let mut ids = std::collections::HashMap::new();
+    for user_id in 1000..1000 + N {
+        let principal = Principal::User {
+            account_id: 1,
+            user_id,
+            membership: Membership {
+                administrator: false,
+                availability: 0,
+                auto_offline: true,
+                inbox_ids: Arc::from([]),
+            },
+        };
+        let sub = Subscription::new(
+            Arc::from(format!(
+                "{{\"channel\":\"RoomChannel\",\"user\":{user_id}}}"
+            )),
+            SessionHandle::new(16, metrics.clone()),
+            &principal,
+            None,
+        );
+        ids.insert(user_id, sub.id);
+        let token = Arc::from(format!("bulk-{user_id}"));
+        router.register(sub, principal, token, None, None, false);
+    }
+    let (batcher, _batching) = Batcher::new(db.pool.clone(), metrics.clone());
+    let pass = Revalidation {
+        pool: db.pool.clone(),
+        router: router.clone(),
+        auth: AuthCache::new(
+            batcher,
+            metrics.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+            1_000,
+        ),
+        metrics,
+    };
+    assert_eq!(revalidate::once(&pass).await.unwrap(), 0, "all valid");
+
+    // Wherever the pass's chunks fall, these are spread over all of them.
+    let removed = [1000, 1999, 2500, 3000, 999 + N];
+    let moved = 2222;
+    db.exec(&format!(
+        "DELETE FROM account_users WHERE user_id IN ({});
+         INSERT INTO inbox_members (user_id, inbox_id) VALUES ({moved}, 1);",
+        removed.map(|id| id.to_string()).join(",")
+    ))
+    .await;
+    assert_eq!(
+        revalidate::once(&pass).await.unwrap(),
+        removed.len(),
+        "every removed user, in whichever chunk"
+    );
+    let all: Vec<u64> = ids.values().copied().collect();
+    let live = router.live(&all);
+    assert_eq!(live.len(), N as usize - removed.len());
+    for user_id in removed {
+        assert!(live.iter().all(|(id, _, _)| *id != ids[&user_id]));
+    }
+    let (principal, _) = router.principal_of(ids[&moved]).unwrap();
+    match principal {
+        Principal::User { membership, .. } => assert_eq!(&*membership.inbox_ids, &[1]),
+        Principal::Contact(_) => unreachable!(),
+    }
+    assert_eq!(
+        revalidate::once(&pass).await.unwrap(),
+        0,
+        "and nothing more"
+    );
+}

@@ -232,12 +232,7 @@ impl Presence {
     /// The last sign of life of every subscription on this process (shutdown: they are about
     /// to leave, and reconnect elsewhere).
     pub async fn depart_all(&self, router: &Router) -> Result<(), sqlx::Error> {
-        let leaving = router
-            .live()
-            .iter()
-            .map(|(_, p, _)| PresenceKey::from(p))
-            .collect();
-        self.touch(&leaving).await
+        self.touch(&router.presence_keys()).await
     }
 
     /// Answers a batch: one upsert, one online set per account, one encoding per audience.
@@ -358,9 +353,7 @@ impl Presence {
                     self.answer_batch(batch).await;
                 }
                 _ = heartbeat.tick() => {
-                    let keys: HashSet<PresenceKey> =
-                        router.live().iter().map(|(_, p, _)| PresenceKey::from(p)).collect();
-                    if let Err(e) = self.seen(&keys).await {
+                    if let Err(e) = self.seen(&router.presence_keys()).await {
                         tracing::warn!(error = %e, "presence: heartbeat failed");
                     }
                 }
