@@ -337,6 +337,9 @@ pub mod tuning {
     /// A write buffer larger than this is given back after use: an idle connection must not
     /// keep the buffer of the largest message it ever got (a presence snapshot of a big account).
     pub const KEEP_CAPACITY: usize = 1024;
+    /// A frame body at least this large (a presence answer of a big account) is written from
+    /// its shared bytes, never copied into a connection's buffer or queue.
+    pub const LARGE_BODY: usize = 16 * 1024;
     /// How long the farewell (queued frames, `disconnect`, close frame) may take to write.
     pub const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
     /// How long the `too_slow` farewell may take: the client is not reading anyway.

@@ -11,7 +11,11 @@ use tokio::time::timeout;
 use crate::config::tuning::{
     BATCH_BYTES, FAREWELL_TIMEOUT, KEEP_CAPACITY, KEEP_FRAMES, TOO_SLOW_FAREWELL_TIMEOUT,
 };
-use crate::delivery::{encode, push_header, push_text, tallied, CloseReason, Outbound, SendQueue};
+use bytes::Bytes;
+
+use crate::delivery::{
+    encode_head, push_header, push_text, tallied, CloseReason, Outbound, SendQueue,
+};
 use crate::metrics::Metrics;
 use crate::protocol::reply::{self, DisconnectReason};
 
@@ -21,12 +25,28 @@ struct Writer<'a, W> {
     sink: W,
     queue: &'a SendQueue,
     buf: Vec<u8>,
+    /// A large body to write after `buf`, from the bytes its recipients share
+    /// ([`encode_head`]).
+    tail: Option<Bytes>,
+    /// How much of `buf` is on the wire.
+    sent: usize,
     metrics: &'a Metrics,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<'_, W> {
-    fn push(&mut self, frame: Outbound) {
-        encode(&mut self.buf, frame, self.metrics);
+    /// Drops what was to be written (a farewell that replaces it).
+    fn discard(&mut self) {
+        self.buf.clear();
+        self.sent = 0;
+        self.tail = None;
+    }
+
+    /// Adds `frame` to the next write. Returns `false` once a large body is waiting: nothing
+    /// more can go before it.
+    fn push(&mut self, frame: Outbound) -> bool {
+        debug_assert!(self.tail.is_none());
+        self.tail = encode_head(&mut self.buf, frame, self.metrics);
+        self.tail.is_none()
     }
 
     fn push_close(&mut self, payload: &[u8]) {
@@ -34,15 +54,36 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         self.buf.extend_from_slice(payload);
     }
 
+    /// Writes `buf`, then the tail. Cancel-safe: a flush dropped half-way (the session was
+    /// closed while the socket was full) is resumed by the next one where it stopped, so no
+    /// byte goes out twice.
     async fn flush(&mut self) -> std::io::Result<()> {
         self.queue.write_started();
-        let result = self.sink.write_all(&self.buf).await;
+        let result = self.write_out().await;
         self.queue.write_finished();
         self.buf.clear();
+        self.sent = 0;
+        self.tail = None;
         if self.buf.capacity() > KEEP_CAPACITY {
             self.buf = Vec::new();
         }
         result
+    }
+
+    async fn write_out(&mut self) -> std::io::Result<()> {
+        while self.sent < self.buf.len() {
+            match self.sink.write(&self.buf[self.sent..]).await? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => self.sent += n,
+            }
+        }
+        while let Some(tail) = self.tail.as_mut().filter(|tail| !tail.is_empty()) {
+            match self.sink.write(tail).await? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => bytes::Buf::advance(tail, n),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -59,6 +100,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
         sink,
         queue,
         buf: Vec::new(),
+        tail: None,
+        sent: 0,
         metrics,
     };
     if let Some(welcome) = welcome {
@@ -83,13 +126,15 @@ pub async fn run<W: AsyncWrite + Unpin>(
         }
         tallied(metrics, || {
             while w.buf.len() < BATCH_BYTES {
-                match pending.pop_front() {
-                    Some(frame) => w.push(frame),
-                    None => break,
+                let Some(frame) = pending.pop_front() else {
+                    break;
+                };
+                if !w.push(frame) {
+                    break;
                 }
             }
         });
-        if w.buf.is_empty() {
+        if w.buf.is_empty() && w.tail.is_none() {
             continue;
         }
         // A client that stops reading blocks this write; `too_slow` must still end it.
@@ -124,7 +169,7 @@ async fn farewell<W: AsyncWrite + Unpin>(
     let queue = w.queue;
     match reason {
         CloseReason::Disconnect(DisconnectReason::TooSlow) => {
-            w.buf.clear();
+            w.discard();
             push_text(&mut w.buf, &reply::disconnect(DisconnectReason::TooSlow));
             let _ = timeout(TOO_SLOW_FAREWELL_TIMEOUT, w.flush()).await;
         }
@@ -132,8 +177,7 @@ async fn farewell<W: AsyncWrite + Unpin>(
             // Frames already queued (events already read) go out before the disconnect.
             let goodbye = async {
                 for frame in pending.into_iter().chain(queue.take_now()) {
-                    w.push(frame);
-                    if w.buf.len() >= BATCH_BYTES {
+                    if !w.push(frame) || w.buf.len() >= BATCH_BYTES {
                         w.flush().await?;
                     }
                 }
@@ -144,7 +188,7 @@ async fn farewell<W: AsyncWrite + Unpin>(
             let _ = timeout(FAREWELL_TIMEOUT, goodbye).await;
         }
         CloseReason::Replaced => {
-            w.buf.clear();
+            w.discard();
             w.push_close(&1000u16.to_be_bytes());
             let _ = timeout(TOO_SLOW_FAREWELL_TIMEOUT, w.flush()).await;
         }
@@ -160,4 +204,102 @@ async fn farewell<W: AsyncWrite + Unpin>(
         CloseReason::ConnectionLost => return,
     }
     let _ = timeout(FAREWELL_TIMEOUT, w.sink.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
+
+    use crate::auth::{ContactRecord, Principal};
+    use crate::delivery::{Outbound, SessionHandle, Subscription};
+    use crate::metrics::Metrics;
+    use crate::session::socket::Shared;
+
+    /// Reads one unmasked server frame's payload (text frames only here).
+    async fn read_frame(client: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], 0x81, "a final text frame");
+        let len = match head[1] {
+            126 => client.read_u16().await.unwrap() as usize,
+            127 => client.read_u64().await.unwrap() as usize,
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        client.read_exact(&mut payload).await.unwrap();
+        payload
+    }
+
+    /// Large bodies go out from their shared bytes, through a socket that cannot take them
+    /// at once, both straight from the delivering side and through the writer: every frame
+    /// arrives whole, once, in order, with small frames before, between and after.
+    #[tokio::test]
+    async fn large_bodies_arrive_whole_and_in_order_through_a_full_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let server = Arc::new(server);
+        let metrics = Arc::new(Metrics::new());
+        let handle = SessionHandle::new(64, metrics.clone());
+        let queue = handle.queue.clone();
+        queue.attach(server.clone());
+        let writer = {
+            let queue = queue.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                super::run(Shared(server), None, &queue, &metrics).await;
+            })
+        };
+        let principal = Principal::Contact(ContactRecord {
+            contact_inbox_id: 1,
+            contact_id: 1,
+            inbox_id: 1,
+            account_id: 1,
+        });
+        let sub = Subscription::new(
+            Arc::from("{\"channel\":\"RoomChannel\"}"),
+            handle.clone(),
+            &principal,
+            None,
+        );
+        // Bigger than a loopback socket takes at once, with a pattern that shows any byte
+        // out of place.
+        let big = |seed: u8, len: usize| -> Bytes {
+            let mut body: Vec<u8> = (0..len)
+                .map(|i| b'a' + ((i + seed as usize) % 26) as u8)
+                .collect();
+            body.push(b'}');
+            Bytes::from(body)
+        };
+        let bodies = [big(1, 6 << 20), big(2, 40_000), big(3, 3 << 20)];
+        // Once the writer has found the queue empty, deliveries write straight to the socket.
+        while queue.writer_busy() {
+            tokio::task::yield_now().await;
+        }
+        handle.send(Outbound::Frame(Bytes::from_static(b"first")));
+        for body in &bodies {
+            handle.send(Outbound::Reply {
+                sub: sub.clone(),
+                body: body.clone(),
+            });
+            handle.send(Outbound::Frame(Bytes::from_static(b"between")));
+        }
+        assert_eq!(read_frame(&mut client).await, b"first");
+        for body in &bodies {
+            let frame = read_frame(&mut client).await;
+            assert_eq!(&frame[..sub.prefix.len()], &sub.prefix[..]);
+            assert!(
+                frame[sub.prefix.len()..] == body[..],
+                "a body arrived whole"
+            );
+            assert_eq!(read_frame(&mut client).await, b"between");
+        }
+        queue.close(crate::delivery::CloseReason::ConnectionLost);
+        writer.await.unwrap();
+    }
 }
