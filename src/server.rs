@@ -447,9 +447,10 @@ async fn serve_connection(http: Arc<Http>, stream: TcpStream) {
     // first read), and gives them back when the upgrade is answered. Starting it only once the
     // request is there keeps a connect storm's clients that have not sent it yet at about
     // 1.3 KB each (this task and the socket's registration), instead of leaving 16 KiB apiece
-    // freed between the connections that stay (glibc does not return such holes). A client silent for `CABLE_FIRST_BYTES_TIMEOUT`
-    // is closed. `peek`, not `readable`: a fresh socket may report readable before anything
-    // arrived.
+    // freed between the connections that stay (an allocator that keeps freed memory, as
+    // glibc's did, keeps such holes resident). A client silent for
+    // `CABLE_FIRST_BYTES_TIMEOUT` is closed. `peek`, not `readable`: a fresh socket may report
+    // readable before anything arrived.
     let mut first = [0u8; 1];
     match tokio::time::timeout(http.first_bytes_timeout, stream.peek(&mut first)).await {
         Ok(Ok(n)) if n > 0 => {}

@@ -1,8 +1,9 @@
 //! A connection's TCP socket shared by reference: the reader and the writer of the session's
-//! task read and write it through [`Shared`], and deliveries write to it directly
+//! task read and write it through [`Shared`], and deliveries write to its descriptor directly
 //! ([`crate::delivery::SendQueue::attach`]). tokio's `TcpStream` reads and writes through
 //! `&self` (`try_read`, `try_write`, readiness per direction), so no lock is needed; who may
-//! write when is decided by the send queue.
+//! write when is decided by the send queue. Direct writes bypass tokio's readiness; the
+//! writer's `try_write` clears readiness they left stale.
 
 use std::io;
 use std::os::fd::AsRawFd;
