@@ -15,15 +15,15 @@ use tracing_subscriber::EnvFilter;
 /// the few hundred bytes each connection keeps: the bench measured 6.3–7.0 KB per idle
 /// connection against ~4.0 KB live. jemalloc keeps small objects of one size together and
 /// gives freed pages back; with these settings the same storm leaves 4.8 KB (BENCHMARKS.md,
-/// "The allocator, third round").
+/// "The allocator, revalidation in chunks, writes to the descriptor").
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's settings, read when it starts (`_RJEM_MALLOC_CONF` in the environment overrides
 /// them): a background thread returns freed pages after about a second (the default, 10 s,
-/// keeps a storm's garbage resident ten times as long, and returning them happened on the
-/// threads that deliver).
+/// keeps a storm's garbage resident ten times as long; without the thread, pages are returned
+/// by whichever thread is allocating, the delivering ones included).
 #[cfg(all(target_os = "linux", not(target_env = "musl")))]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
