@@ -378,8 +378,8 @@ struct QueueState {
 /// held beside it. A delivery reads the descriptor from the queue's own memory, and touches
 /// neither the stream nor tokio's readiness for it: two cache lines fewer per recipient
 /// (tokio's `try_io` was 4.3% of a fan-out's profile, a quarter of the gateway's own share,
-/// BENCHMARKS.md). Readiness it leaves stale is
-/// harmless: the writer's `try_write` clears it when the socket is full (`session::socket`).
+/// BENCHMARKS.md). Readiness it leaves stale is harmless: the writer's `try_write` clears it
+/// when the socket is full (`session::socket`).
 struct Direct {
     fd: std::os::fd::RawFd,
     _open: Arc<tokio::net::TcpStream>,
