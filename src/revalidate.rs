@@ -34,13 +34,25 @@ const CHUNK: usize = 1_000;
 pub async fn once(r: &Revalidation) -> Result<usize, AuthError> {
     let ids = r.router.live_ids();
     let mut revoked = 0;
+    let mut failed = None;
     for chunk in ids.chunks(CHUNK) {
-        revoked += check(r, r.router.live(chunk)).await?;
+        match check(r, r.router.live(chunk)).await {
+            Ok(n) => revoked += n,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
+    // Also when a later chunk failed: what earlier chunks revoked must not be served from the
+    // cache to a new subscribe.
     if revoked > 0 {
         r.auth.invalidate_all();
     }
-    Ok(revoked)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(revoked),
+    }
 }
 
 /// Looks up `live`'s tokens, re-indexes changed memberships and revokes what is no longer
