@@ -14,21 +14,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::frame::{classify, Frame};
+use crate::frame::Frame;
 use crate::layout::{source_address, Layout};
+use crate::wire::Conn;
 
 /// Connect, upgrade, welcome, subscribe and confirm must all happen within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -272,13 +271,8 @@ async fn connect_all(
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-/// Connects from `source` and upgrades offering `protocol`.
-pub async fn open(
-    source: IpAddr,
-    server: SocketAddr,
-    url: &str,
-    protocol: &'static str,
-) -> Result<Ws, String> {
+/// A TCP connection from `source` to `server`, without Nagle's delay.
+async fn connect(source: IpAddr, server: SocketAddr) -> Result<TcpStream, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     // The port is chosen at connect, per (source, server) pair, not at bind: bind's choice
     // must avoid every port still held by the previous run's closed connections (TIME_WAIT),
@@ -306,6 +300,18 @@ pub async fn open(
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Connects from `source` and upgrades with tungstenite, offering `protocol` (whole messages;
+/// the resume scenario).
+pub async fn open(
+    source: IpAddr,
+    server: SocketAddr,
+    url: &str,
+    protocol: &'static str,
+) -> Result<Ws, String> {
+    let stream = connect(source, server).await?;
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
     request
         .headers_mut()
@@ -321,18 +327,12 @@ pub async fn open(
 }
 
 /// Reads until `want` says stop; pings and the like are skipped.
-async fn read_until(ws: &mut Ws, want: impl Fn(&Frame) -> bool) -> Result<Frame, String> {
+async fn read_until(conn: &mut Conn, want: impl Fn(&Frame) -> bool) -> Result<Frame, String> {
     loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let frame = classify(&text);
-                if want(&frame) {
-                    return Ok(frame);
-                }
-            }
-            Some(Ok(Message::Close(_))) | None => return Err("closed before confirm".into()),
-            Some(Err(e)) => return Err(format!("read: {e}")),
-            Some(Ok(_)) => {}
+        match conn.next().await? {
+            Some(frame) if want(&frame) => return Ok(frame),
+            Some(_) => {}
+            None => return Err("closed before confirm".into()),
         }
     }
 }
@@ -342,19 +342,19 @@ async fn subscribe(
     server: SocketAddr,
     url: &str,
     command: String,
-) -> Result<(Ws, bool), String> {
-    let mut ws = open(source, server, url, "actioncable-v1-json").await?;
-    read_until(&mut ws, |f| matches!(f, Frame::Welcome)).await?;
-    ws.send(Message::Text(command))
-        .await
-        .map_err(|e| format!("send: {e}"))?;
-    let frame = read_until(&mut ws, |f| {
+    seed: u32,
+) -> Result<(Conn, bool), String> {
+    let stream = connect(source, server).await?;
+    let mut conn = Conn::upgrade(stream, server, url, "actioncable-v1-json", seed).await?;
+    read_until(&mut conn, |f| matches!(f, Frame::Welcome)).await?;
+    conn.send_text(&command).await?;
+    let frame = read_until(&mut conn, |f| {
         matches!(f, Frame::Confirm | Frame::Reject | Frame::Disconnect(_))
     })
     .await?;
     match frame {
-        Frame::Confirm => Ok((ws, true)),
-        Frame::Reject => Ok((ws, false)),
+        Frame::Confirm => Ok((conn, true)),
+        Frame::Reject => Ok((conn, false)),
         Frame::Disconnect(reason) => Err(format!("disconnect before confirm: {reason}")),
         _ => unreachable!("read_until returned an unwanted frame"),
     }
@@ -373,9 +373,12 @@ async fn run_connection(
 ) {
     let slot = &shared.slots[local];
     let command = layout.subscriber(global).subscribe_command();
-    let attempt = tokio::time::timeout(CONNECT_TIMEOUT, subscribe(source, server, url, command));
-    let mut ws = match attempt.await {
-        Ok(Ok((ws, true))) => {
+    let attempt = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        subscribe(source, server, url, command, global as u32),
+    );
+    let mut conn = match attempt.await {
+        Ok(Ok((conn, true))) => {
             let now = unix_us();
             let _ = shared
                 .confirms
@@ -383,7 +386,7 @@ async fn run_connection(
                 .record(now.saturating_sub(started_us).max(1));
             shared.last_confirm_us.fetch_max(now, Ordering::AcqRel);
             shared.settle(slot, CONFIRMED);
-            ws
+            conn
         }
         Ok(Ok((_, false))) => {
             shared.settle(slot, REJECTED);
@@ -413,31 +416,28 @@ async fn run_connection(
                     std::future::pending::<()>().await;
                 }
             }
-            message = ws.next() => match message {
-                Some(Ok(Message::Text(text))) => match classify(&text) {
-                    Frame::Event { run, seq, ts_us } => {
-                        if run != shared.run.load(Ordering::Acquire) {
-                            continue;
-                        }
-                        let now = unix_us();
-                        slot.received.fetch_add(1, Ordering::Relaxed);
-                        if seq < slot.next_seq.load(Ordering::Relaxed) {
-                            slot.disorder.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            slot.next_seq.store(seq + 1, Ordering::Relaxed);
-                        }
-                        let _ = shared.latency.lock().record(now.saturating_sub(ts_us).max(1));
+            message = conn.next() => match message {
+                Ok(Some(Frame::Event { run, seq, ts_us })) => {
+                    if run != shared.run.load(Ordering::Acquire) {
+                        continue;
                     }
-                    Frame::Disconnect(reason) => {
-                        *shared.disconnects.lock().entry(reason).or_default() += 1;
+                    let now = unix_us();
+                    slot.received.fetch_add(1, Ordering::Relaxed);
+                    if seq < slot.next_seq.load(Ordering::Relaxed) {
+                        slot.disorder.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        slot.next_seq.store(seq + 1, Ordering::Relaxed);
                     }
-                    Frame::Reject => {
-                        shared.rejected_after_confirm.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
-                },
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => {
+                    let _ = shared.latency.lock().record(now.saturating_sub(ts_us).max(1));
+                }
+                Ok(Some(Frame::Disconnect(reason))) => {
+                    *shared.disconnects.lock().entry(reason).or_default() += 1;
+                }
+                Ok(Some(Frame::Reject)) => {
+                    shared.rejected_after_confirm.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
                     slot.status.store(ENDED, Ordering::Release);
                     return;
                 }

@@ -38,8 +38,8 @@ fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
     std::str::from_utf8(&digits[..len]).ok()?.parse().ok()
 }
 
-pub fn classify(text: &str) -> Frame {
-    let bytes = text.as_bytes();
+pub fn classify(text: impl AsRef<[u8]>) -> Frame {
+    let bytes = text.as_ref();
     // Frames with a `type` are short and put it first or last.
     if bytes.starts_with(b"{\"type\":\"ping\"") {
         return Frame::Ping;
@@ -54,7 +54,7 @@ pub fn classify(text: &str) -> Frame {
         return Frame::Reject;
     }
     if bytes.starts_with(b"{\"type\":\"disconnect\"") {
-        let reason = serde_json::from_str::<serde_json::Value>(text)
+        let reason = serde_json::from_slice::<serde_json::Value>(bytes)
             .ok()
             .and_then(|v| v["reason"].as_str().map(str::to_owned))
             .unwrap_or_default();

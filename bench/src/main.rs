@@ -18,6 +18,7 @@ mod probe;
 mod report;
 mod resume;
 mod scenario;
+mod wire;
 
 use std::process::ExitCode;
 
