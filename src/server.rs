@@ -14,7 +14,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch, Notify};
@@ -450,7 +450,10 @@ async fn serve_connection(http: Arc<Http>, stream: TcpStream) {
     // freed between the connections that stay (an allocator that keeps freed memory, as
     // glibc's did, keeps such holes resident). A client silent for
     // `CABLE_FIRST_BYTES_TIMEOUT` is closed. `peek`, not `readable`: a fresh socket may report
-    // readable before anything arrived.
+    // readable before anything arrived. Once it has begun, the request's head must be complete
+    // within the same time (hyper's header timeout; it would otherwise wait for ever on a
+    // client that sends a byte now and then), and so must each later request on a kept-alive
+    // connection.
     let mut first = [0u8; 1];
     match tokio::time::timeout(http.first_bytes_timeout, stream.peek(&mut first)).await {
         Ok(Ok(n)) if n > 0 => {}
@@ -464,8 +467,11 @@ async fn serve_connection(http: Arc<Http>, stream: TcpStream) {
             return;
         }
     }
+    let header_timeout = http.first_bytes_timeout;
     let service = service_fn(move |request| route(http.clone(), request));
     if let Err(e) = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
         .await

@@ -281,3 +281,49 @@ async fn a_connection_that_never_sends_its_request_is_closed() {
         "closed after {after:?}, before the 2 s timeout"
     );
 }
+
+#[tokio::test]
+async fn a_request_whose_head_never_ends_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.first_bytes_timeout = Duration::from_secs(2);
+    let gw = start(config).await;
+    // A slowloris: the request line and one header, then a header byte now and then.
+    let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET /cable HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let began = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    let mut trickled = 0;
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_millis(300), slow.read(&mut byte)).await {
+            Ok(read) => break read,
+            Err(_) => {
+                assert!(
+                    began.elapsed() < Duration::from_secs(10),
+                    "a request head trickling for 10 s is still open"
+                );
+                // Another byte of a header that never ends; a write may fail once closed.
+                if slow.write_all(b"x").await.is_ok() {
+                    trickled += 1;
+                }
+            }
+        }
+    };
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "closed without an answer: {closed:?}"
+    );
+    let after = began.elapsed();
+    assert!(
+        after >= Duration::from_millis(1900) && trickled > 0,
+        "closed after {after:?} ({trickled} bytes trickled), before the 2 s timeout"
+    );
+    // The gateway still serves a client that sends its request whole.
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/cable", gw.addr))
+        .await
+        .expect("upgrade after the slowloris");
+    drop(ws);
+}
