@@ -392,6 +392,10 @@ pub mod tuning {
     pub const PRESENCE_PUSH_CHECK: Duration = Duration::from_millis(100);
     /// Most presence answers handled in one batch (one upsert, one snapshot per account).
     pub const PRESENCE_MAX_BATCH: usize = 4096;
+    /// Most presence rows one heartbeat or departure statement refreshes: a heartbeat of 15k
+    /// subscribers in one statement built ~2.5 MB of arrays every 10 s, a saw-tooth in the
+    /// idle RSS (BENCHMARKS.md, issue 13's fourth round).
+    pub const PRESENCE_CHUNK: usize = 1000;
     /// The heartbeat runs every TTL / 3 within these bounds: three chances before expiry.
     pub const HEARTBEAT_MIN: Duration = Duration::from_millis(100);
     pub const HEARTBEAT_MAX: Duration = Duration::from_secs(10);

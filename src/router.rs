@@ -380,14 +380,19 @@ impl Router {
             .collect()
     }
 
-    /// Whose presence the live subscriptions keep (the heartbeat, shutdown's departures).
-    pub fn presence_keys(&self) -> HashSet<PresenceKey> {
-        let registry = self.registry.read();
-        registry
-            .entries
-            .values()
-            .map(|entry| PresenceKey::from(&entry.principal))
-            .collect()
+    /// Whose presence the live subscriptions keep (the heartbeat, shutdown's departures), in
+    /// [`PresenceKey::lock_order`].
+    pub fn presence_keys(&self) -> Vec<PresenceKey> {
+        let mut keys: Vec<PresenceKey> = {
+            let registry = self.registry.read();
+            registry
+                .entries
+                .values()
+                .map(|entry| PresenceKey::from(&entry.principal))
+                .collect()
+        };
+        PresenceKey::lock_order(&mut keys);
+        keys
     }
 
     /// Delivers `event` to every subscription entitled to it. Returns how many received it.

@@ -93,6 +93,17 @@ pub struct PresenceKey {
     pub is_user: bool,
 }
 
+impl PresenceKey {
+    /// Sorts `keys` as the `cable_presence` table's primary key orders them (account, kind with
+    /// contacts' `'c'` before users' `'u'`, id) and drops repeats. Every statement over many
+    /// rows takes them in this order, so the heartbeats of two processes holding the same
+    /// agent cannot deadlock each other.
+    pub fn lock_order(keys: &mut Vec<PresenceKey>) {
+        keys.sort_unstable_by_key(|k| (k.account_id, k.is_user, k.id));
+        keys.dedup();
+    }
+}
+
 impl From<&Principal> for PresenceKey {
     fn from(principal: &Principal) -> Self {
         match principal {

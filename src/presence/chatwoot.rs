@@ -52,9 +52,9 @@ impl ChatwootPresence {
     }
 
     /// Records `keys` as online now (written shortly after, never waited for).
-    pub fn seen(&self, keys: &HashSet<PresenceKey>) {
+    pub fn seen(&self, keys: &[PresenceKey]) {
         if !keys.is_empty() {
-            let _ = self.keys.send(keys.clone());
+            let _ = self.keys.send(keys.iter().copied().collect());
         }
     }
 

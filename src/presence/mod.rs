@@ -3,11 +3,12 @@
 //!
 //! - A subscriber is online from its subscribe until `CABLE_PRESENCE_TTL` after its last sign
 //!   of life. A live connection is a sign of life: every process refreshes `seen_at` for all
-//!   of its live subscriptions in one statement per heartbeat (TTL / 3), so a browser that
-//!   throttles background timers cannot flap an agent offline. A connection is alive until
-//!   the moment it ends, not just until its last heartbeat: the presence task watches the
-//!   subscriptions it answered and, when one ends, refreshes its principal's row once more
-//!   (an update only; it never brings anyone online), so the TTL counts from the departure.
+//!   of its live subscriptions every heartbeat (TTL / 3; one statement per 1,000 of them),
+//!   so a browser that throttles background timers cannot flap an agent offline. A
+//!   connection is alive until the moment it ends, not just until its last heartbeat: the
+//!   presence task watches the subscriptions it answered and, when one ends, refreshes its
+//!   principal's row once more (an update only; it never brings anyone online), so the TTL
+//!   counts from the departure.
 //!   (Ends are noticed at each sweep, so this costs one scan of this process's subscriptions
 //!   per sweep period.) A process that dies without a word cannot do that; its subscribers
 //!   go offline up to one heartbeat period earlier than TTL after its death.
@@ -42,7 +43,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::auth::PresenceKey;
-use crate::config::tuning::{PRESENCE_MAX_BATCH, PRESENCE_PUSH_CHECK};
+use crate::config::tuning::{PRESENCE_CHUNK, PRESENCE_MAX_BATCH, PRESENCE_PUSH_CHECK};
 use crate::delivery::{Outbound, Subscription};
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -52,18 +53,14 @@ use rules::{AccountUser, OnlineSet};
 /// The channel presence changes are announced on (payload: the account id).
 pub const CHANNEL: &str = "cable_presence";
 
-/// `keys` as the three parallel arrays the statements unnest, sorted by primary key: every
-/// process then locks rows in the same order, so concurrent heartbeats of overlapping sets
-/// (the same agent connected to two processes) cannot deadlock each other.
-fn columns(keys: &HashSet<PresenceKey>) -> (Vec<i64>, Vec<String>, Vec<i64>) {
-    let mut sorted: Vec<(i64, &'static str, i64)> = keys
+/// `keys` (in [`PresenceKey::lock_order`]) as the three parallel arrays the statements unnest.
+fn columns(keys: &[PresenceKey]) -> (Vec<i64>, Vec<&'static str>, Vec<i64>) {
+    let accounts = keys.iter().map(|k| k.account_id).collect();
+    let kinds = keys
         .iter()
-        .map(|k| (k.account_id, if k.is_user { "u" } else { "c" }, k.id))
+        .map(|k| if k.is_user { "u" } else { "c" })
         .collect();
-    sorted.sort_unstable();
-    let accounts = sorted.iter().map(|k| k.0).collect();
-    let kinds = sorted.iter().map(|k| k.1.to_string()).collect();
-    let ids = sorted.iter().map(|k| k.2).collect();
+    let ids = keys.iter().map(|k| k.id).collect();
     (accounts, kinds, ids)
 }
 
@@ -109,55 +106,56 @@ impl Presence {
         let _ = self.answers.send(sub);
     }
 
-    /// A sign of life of `keys`: their rows in PostgreSQL, and Chatwoot's keys in Redis.
-    async fn seen(&self, keys: &HashSet<PresenceKey>) -> Result<(), sqlx::Error> {
+    /// A sign of life of `keys` (in [`PresenceKey::lock_order`]): their rows in PostgreSQL,
+    /// and Chatwoot's keys in Redis.
+    async fn seen(&self, keys: &[PresenceKey]) -> Result<(), sqlx::Error> {
         if let Some(chatwoot) = &self.chatwoot {
             chatwoot.seen(keys);
         }
         self.mark_seen(keys).await
     }
 
-    /// Refreshes `seen_at` of `keys` (one statement).
-    /// New rows (principals coming online) are announced on [`CHANNEL`].
-    pub async fn mark_seen(&self, keys: &HashSet<PresenceKey>) -> Result<(), sqlx::Error> {
-        if keys.is_empty() {
-            return Ok(());
+    /// Refreshes `seen_at` of `keys` (in [`PresenceKey::lock_order`]; one statement per
+    /// [`PRESENCE_CHUNK`], so a heartbeat of a busy process never builds the arrays of all its
+    /// subscribers at once). New rows (principals coming online) are announced on [`CHANNEL`].
+    pub async fn mark_seen(&self, keys: &[PresenceKey]) -> Result<(), sqlx::Error> {
+        for chunk in keys.chunks(PRESENCE_CHUNK) {
+            let (accounts, kinds, ids) = columns(chunk);
+            sqlx::query(
+                "WITH seen AS (
+                   INSERT INTO cable_presence (account_id, kind, principal_id, seen_at)
+                   SELECT a, k, i, now() FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS t(a, k, i)
+                   ON CONFLICT (account_id, kind, principal_id) DO UPDATE SET seen_at = excluded.seen_at
+                   RETURNING account_id, (xmax = 0) AS inserted)
+                 SELECT pg_notify('cable_presence', account_id::text)
+                   FROM (SELECT DISTINCT account_id FROM seen WHERE inserted) AS online",
+            )
+            .bind(accounts)
+            .bind(kinds)
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
         }
-        let (accounts, kinds, ids) = columns(keys);
-        sqlx::query(
-            "WITH seen AS (
-               INSERT INTO cable_presence (account_id, kind, principal_id, seen_at)
-               SELECT a, k, i, now() FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS t(a, k, i)
-               ON CONFLICT (account_id, kind, principal_id) DO UPDATE SET seen_at = excluded.seen_at
-               RETURNING account_id, (xmax = 0) AS inserted)
-             SELECT pg_notify('cable_presence', account_id::text)
-               FROM (SELECT DISTINCT account_id FROM seen WHERE inserted) AS online",
-        )
-        .bind(accounts)
-        .bind(kinds)
-        .bind(ids)
-        .execute(&self.pool)
-        .await?;
         Ok(())
     }
 
-    /// Refreshes `seen_at` of the rows of `keys` that exist (one statement): the last sign of
-    /// life of subscriptions that just ended. Never inserts, so never announces.
-    pub async fn touch(&self, keys: &HashSet<PresenceKey>) -> Result<(), sqlx::Error> {
-        if keys.is_empty() {
-            return Ok(());
+    /// Refreshes `seen_at` of the rows of `keys` (in [`PresenceKey::lock_order`]) that exist,
+    /// one statement per [`PRESENCE_CHUNK`]: the last sign of life of subscriptions that just
+    /// ended. Never inserts, so never announces.
+    pub async fn touch(&self, keys: &[PresenceKey]) -> Result<(), sqlx::Error> {
+        for chunk in keys.chunks(PRESENCE_CHUNK) {
+            let (accounts, kinds, ids) = columns(chunk);
+            sqlx::query(
+                "UPDATE cable_presence p SET seen_at = now()
+                   FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS t(a, k, i)
+                  WHERE p.account_id = t.a AND p.kind = t.k::char(1) AND p.principal_id = t.i",
+            )
+            .bind(accounts)
+            .bind(kinds)
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
         }
-        let (accounts, kinds, ids) = columns(keys);
-        sqlx::query(
-            "UPDATE cable_presence p SET seen_at = now()
-               FROM unnest($1::bigint[], $2::text[], $3::bigint[]) AS t(a, k, i)
-              WHERE p.account_id = t.a AND p.kind = t.k::char(1) AND p.principal_id = t.i",
-        )
-        .bind(accounts)
-        .bind(kinds)
-        .bind(ids)
-        .execute(&self.pool)
-        .await?;
         Ok(())
     }
 
@@ -237,7 +235,8 @@ impl Presence {
 
     /// Answers a batch: one upsert, one online set per account, one encoding per audience.
     async fn answer_batch(&self, batch: Vec<Arc<Subscription>>) {
-        let keys: HashSet<PresenceKey> = batch.iter().map(|s| s.presence).collect();
+        let mut keys: Vec<PresenceKey> = batch.iter().map(|s| s.presence).collect();
+        PresenceKey::lock_order(&mut keys);
         if let Err(e) = self.seen(&keys).await {
             tracing::warn!(error = %e, "presence: could not mark subscribers seen");
         }
@@ -358,14 +357,15 @@ impl Presence {
                     }
                 }
                 _ = sweep.tick() => {
-                    let mut departed = HashSet::new();
+                    let mut departed = Vec::new();
                     watched.retain(|_, sub| {
                         let live = sub.is_active();
                         if !live {
-                            departed.insert(sub.presence);
+                            departed.push(sub.presence);
                         }
                         live
                     });
+                    PresenceKey::lock_order(&mut departed);
                     if let Err(e) = self.touch(&departed).await {
                         tracing::warn!(error = %e, "presence: could not mark departures seen");
                     }
