@@ -715,3 +715,67 @@ async fn sigterm_tells_clients_to_reconnect_and_exits_0() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "{status}");
 }
+
+/// The heartbeat and the departures go 1,000 rows per statement: over 2,600 subscribers (three
+/// statements, the last one short) every row is written, and every row is refreshed.
+#[tokio::test]
+async fn a_heartbeat_over_many_subscribers_reaches_every_row() {
+    use cable_gateway::metrics::Metrics;
+    use cable_gateway::presence::Presence;
+    use cable_gateway::resume::rings::Rings;
+    use cable_gateway::router::Router;
+
+    const N: i64 = 2_600;
+    let db = TestDb::new().await;
+    let metrics = Arc::new(Metrics::new());
+    let router = Router::new(
+        metrics.clone(),
+        Arc::new(Rings::new(16, Duration::from_secs(60))),
+        0,
+    );
+    bulk_user_subscriptions(&db, &router, &metrics, 1000, N).await;
+    let (presence, _answers) = Presence::new(
+        db.pool.clone(),
+        Duration::from_secs(30),
+        8 << 20,
+        metrics,
+        None,
+    );
+    let keys = router.presence_keys();
+    assert_eq!(keys.len(), N as usize);
+    let rows = |filter: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM cable_presence
+                  WHERE account_id = 1 AND kind = 'u' AND principal_id >= 1000 {filter}"
+            )))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n
+        }
+    };
+    presence.mark_seen(&keys).await.unwrap();
+    assert_eq!(
+        rows("").await,
+        N,
+        "the heartbeat wrote every subscriber's row"
+    );
+    db.exec("UPDATE cable_presence SET seen_at = now() - interval '1 hour'")
+        .await;
+    presence.touch(&keys).await.unwrap();
+    assert_eq!(
+        rows("AND seen_at > now() - interval '1 minute'").await,
+        N,
+        "the departures refreshed every row"
+    );
+    db.exec("UPDATE cable_presence SET seen_at = now() - interval '1 hour'")
+        .await;
+    presence.mark_seen(&keys).await.unwrap();
+    assert_eq!(
+        rows("AND seen_at > now() - interval '1 minute'").await,
+        N,
+        "and so did the next heartbeat"
+    );
+}

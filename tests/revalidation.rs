@@ -98,8 +98,7 @@ async fn routing_follows_membership_and_role_changes_within_seconds() {
 async fn a_pass_over_many_subscriptions_checks_every_one() {
     use std::sync::Arc;
 
-    use cable_gateway::auth::{batch::Batcher, AuthCache, Membership, Principal};
-    use cable_gateway::delivery::{SessionHandle, Subscription};
+    use cable_gateway::auth::{batch::Batcher, AuthCache, Principal};
     use cable_gateway::metrics::Metrics;
     use cable_gateway::resume::rings::Rings;
     use cable_gateway::revalidate::{self, Revalidation};
@@ -107,45 +106,13 @@ async fn a_pass_over_many_subscriptions_checks_every_one() {
 
     const N: i64 = 2_600; // three chunks of the pass
     let db = TestDb::new().await;
-    db.exec(&format!(
-        "INSERT INTO users (id, name, email, pubsub_token)
-           SELECT i, 'bulk', 'bulk' || i || '@example.com', 'bulk-' || i
-             FROM generate_series(1000, {last}) i;
-         INSERT INTO account_users (account_id, user_id, role, availability, auto_offline)
-           SELECT 1, i, 0, 0, true FROM generate_series(1000, {last}) i;",
-        last = 999 + N
-    ))
-    .await;
     let metrics = Arc::new(Metrics::new());
     let router = Arc::new(Router::new(
         metrics.clone(),
         Arc::new(Rings::new(16, Duration::from_secs(60))),
         0,
     ));
-    let mut ids = std::collections::HashMap::new();
-    for user_id in 1000..1000 + N {
-        let principal = Principal::User {
-            account_id: 1,
-            user_id,
-            membership: Membership {
-                administrator: false,
-                availability: 0,
-                auto_offline: true,
-                inbox_ids: Arc::from([]),
-            },
-        };
-        let sub = Subscription::new(
-            Arc::from(format!(
-                "{{\"channel\":\"RoomChannel\",\"user\":{user_id}}}"
-            )),
-            SessionHandle::new(16, metrics.clone()),
-            &principal,
-            None,
-        );
-        ids.insert(user_id, sub.id);
-        let token = Arc::from(format!("bulk-{user_id}"));
-        router.register(sub, principal, token, None, None, false);
-    }
+    let ids = bulk_user_subscriptions(&db, &router, &metrics, 1000, N).await;
     let (batcher, _batching) = Batcher::new(db.pool.clone(), metrics.clone());
     let pass = Revalidation {
         pool: db.pool.clone(),

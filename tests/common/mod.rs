@@ -521,3 +521,54 @@ impl Drop for GatewayProcess {
         let _ = self.child.start_kill();
     }
 }
+
+/// `n` users of account 1 (ids from `first`, tokens `bulk-<id>`, agents without inboxes) in
+/// the database, and one subscription of each registered straight in `router`, without a
+/// connection: for passes over many subscriptions. Returns the subscription ids by user id.
+pub async fn bulk_user_subscriptions(
+    db: &TestDb,
+    router: &cable_gateway::router::Router,
+    metrics: &std::sync::Arc<cable_gateway::metrics::Metrics>,
+    first: i64,
+    n: i64,
+) -> std::collections::HashMap<i64, u64> {
+    use std::sync::Arc;
+
+    use cable_gateway::auth::{Membership, Principal};
+    use cable_gateway::delivery::{SessionHandle, Subscription};
+
+    db.exec(&format!(
+        "INSERT INTO users (id, name, email, pubsub_token)
+           SELECT i, 'bulk', 'bulk' || i || '@example.com', 'bulk-' || i
+             FROM generate_series({first}, {last}) i;
+         INSERT INTO account_users (account_id, user_id, role, availability, auto_offline)
+           SELECT 1, i, 0, 0, true FROM generate_series({first}, {last}) i;",
+        last = first + n - 1
+    ))
+    .await;
+    let mut ids = std::collections::HashMap::new();
+    for user_id in first..first + n {
+        let principal = Principal::User {
+            account_id: 1,
+            user_id,
+            membership: Membership {
+                administrator: false,
+                availability: 0,
+                auto_offline: true,
+                inbox_ids: Arc::from([]),
+            },
+        };
+        let sub = Subscription::new(
+            Arc::from(format!(
+                "{{\"channel\":\"RoomChannel\",\"user\":{user_id}}}"
+            )),
+            SessionHandle::new(16, metrics.clone()),
+            &principal,
+            None,
+        );
+        ids.insert(user_id, sub.id);
+        let token = Arc::from(format!("bulk-{user_id}"));
+        router.register(sub, principal, token, None, None, false);
+    }
+    ids
+}
