@@ -44,18 +44,7 @@ pub struct FloorArgs {
 
 fn text_frame(payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(payload.len() + 10);
-    frame.push(0x81);
-    match payload.len() {
-        n if n < 126 => frame.push(n as u8),
-        n if n < 65536 => {
-            frame.push(126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
+    crate::wire::push_header(&mut frame, crate::wire::TEXT, false, payload.len());
     frame.extend_from_slice(payload);
     frame
 }

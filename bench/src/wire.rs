@@ -31,12 +31,30 @@ const BUFFER: usize = 4096;
 /// Per thread: where the rest of a message longer than [`HEAD`] is read and forgotten.
 const SCRATCH: usize = 64 * 1024;
 
-const TEXT: u8 = 0x1;
+pub const TEXT: u8 = 0x1;
 const BINARY: u8 = 0x2;
 const CONTINUATION: u8 = 0x0;
 const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
+
+/// Appends a final frame's header: `opcode`, the mask bit (a client's frames are masked, a
+/// server's are not; the key is the caller's to append), and the payload's length.
+pub fn push_header(frame: &mut Vec<u8>, opcode: u8, masked: bool, len: usize) {
+    let mask = if masked { 0x80 } else { 0 };
+    frame.push(0x80 | opcode);
+    match len {
+        0..=125 => frame.push(mask | len as u8),
+        126..=0xffff => {
+            frame.push(mask | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            frame.push(mask | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+}
 
 thread_local! {
     static DISCARD: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
@@ -276,18 +294,7 @@ impl Conn {
 
     async fn send(&mut self, opcode: u8, payload: &[u8]) -> Result<(), String> {
         let mut frame = Vec::with_capacity(payload.len() + 14);
-        frame.push(0x80 | opcode);
-        match payload.len() {
-            n @ 0..=125 => frame.push(0x80 | n as u8),
-            n @ 126..=0xffff => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
+        push_header(&mut frame, opcode, true, payload.len());
         self.mask ^= self.mask << 13;
         self.mask ^= self.mask >> 17;
         self.mask ^= self.mask << 5;
@@ -400,6 +407,20 @@ mod tests {
         let (got, pong) = server.await.unwrap();
         assert_eq!(got, command);
         assert_eq!(pong, b"are you there");
+    }
+
+    #[test]
+    fn headers_use_the_shortest_length_form() {
+        let header = |masked, len| {
+            let mut out = Vec::new();
+            push_header(&mut out, TEXT, masked, len);
+            out
+        };
+        assert_eq!(header(false, 125), [0x81, 125]);
+        assert_eq!(header(true, 125), [0x81, 0x80 | 125]);
+        assert_eq!(header(false, 126), [0x81, 126, 0, 126]);
+        assert_eq!(header(true, 65535), [0x81, 0x80 | 126, 0xff, 0xff]);
+        assert_eq!(header(false, 65536), [0x81, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
     }
 
     #[tokio::test]
