@@ -332,6 +332,11 @@ pub mod tuning {
     /// An event's audience at least this large is delivered from two threads (a scoped
     /// thread costs tens of µs; 2,048 deliveries cost ~20 ms of socket writes).
     pub const SPLIT_AUDIENCE_AT: usize = 2048;
+    /// Audiences kept per account for its next events (`router`): an inbox's, the whole
+    /// account's. Each holds a pointer per recipient.
+    pub const AUDIENCES_KEPT: usize = 4;
+    /// How many recipients ahead a fan-out asks the CPU for a recipient's memory.
+    pub const PREFETCH_AHEAD: usize = 4;
     /// A drained frame list longer than this is given back (idle connections stay small).
     pub const KEEP_FRAMES: usize = 4;
     /// A write buffer larger than this is given back after use: an idle connection must not

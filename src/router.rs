@@ -15,14 +15,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::auth::{Membership, PresenceKey, Principal};
-use crate::config::tuning::SPLIT_AUDIENCE_AT;
+use crate::config::tuning::{AUDIENCES_KEPT, PREFETCH_AHEAD, SPLIT_AUDIENCE_AT};
 use crate::delivery::{tallied, Event, Message, Outbound, Position, Subscription};
 use crate::metrics::Metrics;
 use crate::resume::rings::Rings;
-use crate::routing::{account_stream, entitled};
+use crate::routing::{account_stream, entitled, is_typing};
 
 /// A live subscription with what the router knows about it.
 struct Entry {
@@ -114,7 +114,14 @@ struct AccountIndex {
     /// Members of each inbox who are not administrators (administrators see every inbox).
     by_inbox: HashMap<i64, Ids>,
     by_contact_inbox: HashMap<i64, Ids>,
+    /// The user part of rules 3 and 4 (an inbox's, `Some`, or the whole account's, `None`), as
+    /// dispatch last built it, while nothing in this index changes: see
+    /// [`AccountIndex::user_audience`].
+    audiences: Mutex<HashMap<Option<i64>, Audience>>,
 }
+
+/// Subscriptions an event is delivered to, shared by the events that have the same one.
+type Audience = Arc<[Arc<Subscription>]>;
 
 impl AccountIndex {
     fn is_empty(&self) -> bool {
@@ -122,6 +129,7 @@ impl AccountIndex {
     }
 
     fn add(&mut self, id: u64, principal: &Principal) {
+        self.audiences.get_mut().clear();
         match principal {
             Principal::User {
                 user_id,
@@ -145,6 +153,7 @@ impl AccountIndex {
     }
 
     fn remove(&mut self, id: u64, principal: &Principal) {
+        self.audiences.get_mut().clear();
         match principal {
             Principal::User {
                 user_id,
@@ -162,6 +171,41 @@ impl AccountIndex {
                 take(&mut self.by_contact_inbox, &contact.contact_inbox_id, id)
             }
         }
+    }
+}
+
+impl AccountIndex {
+    /// The user subscriptions rules 3 (`inbox`: its members and the administrators) and 4
+    /// (`None`: every user subscription) name, before rule 6 (typing is not echoed to its
+    /// actor, applied while delivering). An account's big events (a message to every agent)
+    /// go to the same subscriptions again and again: the list is kept until this index
+    /// changes, so that an event costs no lookup and no reference count per recipient. At
+    /// most [`AUDIENCES_KEPT`] are kept per account.
+    fn user_audience(&self, entries: &HashMap<u64, Entry>, inbox: Option<i64>) -> Audience {
+        let mut audiences = self.audiences.lock();
+        if let Some(audience) = audiences.get(&inbox) {
+            return audience.clone();
+        }
+        let sub = |id: &u64| entries.get(id).map(|entry| entry.sub.clone());
+        let mut audience: Vec<Arc<Subscription>> = match inbox {
+            None => self.users.iter().filter_map(sub).collect(),
+            Some(inbox) => {
+                let members = self.by_inbox.get(&inbox).into_iter().flat_map(Ids::iter);
+                self.admins
+                    .iter()
+                    .copied()
+                    .chain(members)
+                    .filter_map(|id| sub(&id))
+                    .collect()
+            }
+        };
+        audience.sort_by_cached_key(|sub| sub.session.queue.socket_order());
+        let audience: Audience = audience.into();
+        if audiences.len() >= AUDIENCES_KEPT {
+            audiences.clear();
+        }
+        audiences.insert(inbox, audience.clone());
+        audience
     }
 }
 
@@ -200,9 +244,20 @@ fn candidates(registry: &Registry, index: &AccountIndex, event: &Event, out: &mu
             None => out.extend(&index.users),
         }
         // Rules 3 and 4: plus the listed contact sessions.
-        for contact_inbox_id in &event.contact_inbox_ids {
-            extend(out, index.by_contact_inbox.get(contact_inbox_id));
-        }
+        contact_candidates(index, event, out);
+    }
+}
+
+/// The contact sessions rules 3 and 4 name.
+fn contact_candidates(index: &AccountIndex, event: &Event, out: &mut Vec<u64>) {
+    for contact_inbox_id in &event.contact_inbox_ids {
+        out.extend(
+            index
+                .by_contact_inbox
+                .get(contact_inbox_id)
+                .into_iter()
+                .flat_map(Ids::iter),
+        );
     }
 }
 
@@ -403,7 +458,7 @@ impl Router {
     /// that starts meanwhile is not in the audience, and its confirm comes after this event.
     pub fn dispatch(&self, event: &Arc<Event>, scratch: &mut Vec<u64>) -> usize {
         scratch.clear();
-        let audience: Vec<Arc<Subscription>> = {
+        let (users, others) = {
             let registry = self.registry.read();
             if let Position::Outbox(offset) = event.message.position {
                 self.outbox_offset.store(offset, Ordering::Release);
@@ -411,16 +466,30 @@ impl Router {
             let Some(index) = registry.accounts.get(&event.account_id) else {
                 return 0;
             };
-            candidates(&registry, index, event, scratch);
-            scratch
-                .iter()
-                .filter_map(|id| registry.entries.get(id))
-                .filter(|entry| entitled(&entry.principal, event))
-                .map(|entry| entry.sub.clone())
-                .collect()
+            let entitled_subs = |ids: &[u64]| -> Vec<Arc<Subscription>> {
+                ids.iter()
+                    .filter_map(|id| registry.entries.get(id))
+                    .filter(|entry| entitled(&entry.principal, event))
+                    .map(|entry| entry.sub.clone())
+                    .collect()
+            };
+            if event.stream.is_none() && event.user_id.is_none() {
+                // Rules 3 and 4: the account's kept audience of users, and the listed contact
+                // sessions looked up.
+                let users = index.user_audience(&registry.entries, event.inbox_id);
+                contact_candidates(index, event, scratch);
+                (Some(users), entitled_subs(scratch))
+            } else {
+                candidates(&registry, index, event, scratch);
+                (None, entitled_subs(scratch))
+            }
         };
-        deliver_all(&audience, &event.message, &self.metrics);
-        audience.len()
+        let not_echoed = is_typing(event).then_some(event.actor_user_id).flatten();
+        let mut delivered = deliver_all(&others, None, &event.message, &self.metrics);
+        if let Some(users) = users {
+            delivered += deliver_all(&users, not_echoed, &event.message, &self.metrics);
+        }
+        delivered
     }
 
     /// Whether any subscription streams `stream` here (its token, or `account_<id>` of an
@@ -538,19 +607,47 @@ impl Router {
 /// Delivers `message` to `audience`; a large audience is split in two, the second half
 /// written from a scoped thread (the machine's two cores both write, as the floor does).
 /// Each thread counts what it wrote locally and adds it to the metrics once.
-fn deliver_all(audience: &[Arc<Subscription>], message: &Arc<Message>, metrics: &Metrics) {
+///
+/// `not_echoed`: a user whose subscriptions are skipped (rule 6, applied here to a kept
+/// audience of users). Returns how many were delivered to.
+fn deliver_all(
+    audience: &[Arc<Subscription>],
+    not_echoed: Option<i64>,
+    message: &Arc<Message>,
+    metrics: &Metrics,
+) -> usize {
     let deliver = |part: &[Arc<Subscription>]| {
-        tallied(metrics, || part.iter().for_each(|sub| sub.deliver(message)))
+        tallied(metrics, || {
+            let mut delivered = 0;
+            for (i, sub) in part.iter().enumerate() {
+                // Each write waits on the kernel for microseconds: meanwhile the memory of
+                // the next recipients is fetched, in two steps (the subscription, then what
+                // it points to).
+                if let Some(far) = part.get(i + PREFETCH_AHEAD * 2) {
+                    far.prefetch();
+                }
+                if let Some(near) = part.get(i + PREFETCH_AHEAD) {
+                    near.prefetch_queue();
+                }
+                let skipped = not_echoed
+                    .is_some_and(|user_id| sub.presence.is_user && sub.presence.id == user_id);
+                if !skipped {
+                    sub.deliver(message);
+                    delivered += 1;
+                }
+            }
+            delivered
+        })
     };
     if audience.len() < SPLIT_AUDIENCE_AT {
-        deliver(audience);
-        return;
+        return deliver(audience);
     }
     let (first, second) = audience.split_at(audience.len() / 2);
     std::thread::scope(|scope| {
-        scope.spawn(|| deliver(second));
-        deliver(first);
-    });
+        let second = scope.spawn(|| deliver(second));
+        let first = deliver(first);
+        first + second.join().expect("a delivering thread")
+    })
 }
 
 /// One account's live subscriptions on this process ([`Router::census`]).
@@ -684,6 +781,24 @@ mod tests {
                 sub.session.queue.take_now(); // the confirm
                 subs.push((sub, principal.clone()));
             }
+            let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+            let mut scratch = Vec::new();
+            // Every event once before the changes (audiences are kept), then again after.
+            let check = |router: &Router, kept: &[(Arc<Subscription>, Principal)], scratch: &mut Vec<u64>| -> Result<(), TestCaseError> {
+                for event in &events {
+                    let delivered = router.dispatch(event, scratch);
+                    let mut expected = 0;
+                    for (sub, principal) in kept {
+                        let got = sub.session.queue.take_now().len();
+                        let want = receives(principal, &token_of(principal), event);
+                        expected += usize::from(want);
+                        prop_assert_eq!(got, usize::from(want), "{:?} {:?}", principal, event);
+                    }
+                    prop_assert_eq!(delivered, expected);
+                }
+                Ok(())
+            };
+            check(&router, &subs, &mut scratch)?;
             // Some leave, some become administrators of inbox 3 as well.
             let mut kept = Vec::new();
             for (i, (sub, mut principal)) in subs.into_iter().enumerate() {
@@ -701,20 +816,101 @@ mod tests {
                 }
                 kept.push((sub, principal));
             }
-            let mut scratch = Vec::new();
-            for event in events {
-                let event = Arc::new(event);
-                let delivered = router.dispatch(&event, &mut scratch);
-                let mut expected = 0;
-                for (sub, principal) in &kept {
-                    let got = sub.session.queue.take_now().len();
-                    let want = receives(principal, &token_of(principal), &event);
-                    expected += usize::from(want);
-                    prop_assert_eq!(got, usize::from(want), "{:?} {:?}", principal, event);
-                }
-                prop_assert_eq!(delivered, expected);
+            check(&router, &kept, &mut scratch)?;
+        }
+    }
+
+    /// An audience large enough to be written from two threads, kept between events: typing
+    /// skips its actor's subscriptions in either half, and a change to the account (a
+    /// subscription leaves, one joins) is seen by the next event.
+    #[test]
+    fn a_kept_audience_skips_the_typing_actor_and_follows_changes() {
+        let metrics = Arc::new(Metrics::new());
+        let router = Router::new(
+            metrics.clone(),
+            Arc::new(Rings::new(10, std::time::Duration::from_secs(60))),
+            0,
+        );
+        let register = |user_id: i64| {
+            let principal = Principal::User {
+                account_id: 1,
+                user_id,
+                membership: Membership {
+                    administrator: true,
+                    availability: 0,
+                    auto_offline: true,
+                    inbox_ids: Arc::from([]),
+                },
+            };
+            let session = SessionHandle::new(64, metrics.clone());
+            let sub = Subscription::new("{}".into(), session, &principal, None);
+            let token: Arc<str> = format!("u{user_id}").into();
+            router.register(
+                sub.clone(),
+                principal,
+                token,
+                Some(Bytes::new()),
+                None,
+                false,
+            );
+            sub.session.queue.take_now();
+            sub
+        };
+        // Users 1..=n, each with one subscription; user 7 has two more (tabs), so that its
+        // subscriptions are likely in both halves of the audience.
+        let n = SPLIT_AUDIENCE_AT as i64 + 100;
+        let mut subs: Vec<(i64, Arc<Subscription>)> = (1..=n).map(|u| (u, register(u))).collect();
+        subs.push((7, register(7)));
+        subs.push((7, register(7)));
+        let event = |kind: &str, inbox_id: Option<i64>| {
+            Arc::new(Event {
+                id: 1,
+                account_id: 1,
+                event: kind.to_string(),
+                inbox_id,
+                contact_inbox_ids: Vec::new(),
+                user_id: None,
+                private: false,
+                actor_user_id: Some(7),
+                actor_contact_inbox_id: None,
+                stream: None,
+                message: Arc::new(Message {
+                    body: Bytes::from_static(b"{}}"),
+                    created_at: 0.0,
+                    position: Position::None,
+                }),
+            })
+        };
+        let mut scratch = Vec::new();
+        let received = |subs: &[(i64, Arc<Subscription>)]| -> Vec<i64> {
+            subs.iter()
+                .filter(|(_, sub)| sub.session.queue.take_now().len() == 1)
+                .map(|(user, _)| *user)
+                .collect()
+        };
+        for inbox in [None, Some(2)] {
+            // Twice each: built, then kept.
+            for _ in 0..2 {
+                let all = router.dispatch(&event("message.created", inbox), &mut scratch);
+                assert_eq!(all, subs.len());
+                assert_eq!(received(&subs).len(), subs.len());
+                let typing = router.dispatch(&event("conversation.typing_on", inbox), &mut scratch);
+                assert_eq!(typing, subs.len() - 3);
+                let got = received(&subs);
+                assert_eq!(got.len(), subs.len() - 3);
+                assert!(!got.contains(&7), "typing is not echoed to its actor");
             }
         }
+        // One leaves, one joins: the next event sees both.
+        let (_, gone) = subs.remove(10);
+        assert!(router.unregister(gone.id, None));
+        subs.push((n + 1, register(n + 1)));
+        assert_eq!(
+            router.dispatch(&event("message.created", None), &mut scratch),
+            subs.len()
+        );
+        assert_eq!(received(&subs).len(), subs.len());
+        assert!(gone.session.queue.take_now().is_empty());
     }
 
     #[test]

@@ -94,7 +94,7 @@ fn addressed(principal: &Principal, token: &str, event: &Event) -> bool {
 
 /// Rules 5 and 6, applied to every subscription an event is addressed to.
 pub fn entitled(principal: &Principal, event: &Event) -> bool {
-    let typing = TYPING_EVENTS.contains(&event.event.as_str());
+    let typing = is_typing(event);
     match principal {
         Principal::Contact(contact) => {
             !event.private
@@ -103,6 +103,11 @@ pub fn entitled(principal: &Principal, event: &Event) -> bool {
         }
         Principal::User { user_id, .. } => !(typing && event.actor_user_id == Some(*user_id)),
     }
+}
+
+/// Whether rule 6 applies to `event`.
+pub fn is_typing(event: &Event) -> bool {
+    TYPING_EVENTS.contains(&event.event.as_str())
 }
 
 /// The parts of a broadcast payload rule 7 reads; everything else is ignored.
