@@ -8,6 +8,7 @@
 //! client that does not read is ended with `too_slow` instead, and nobody else is delayed.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -398,6 +399,9 @@ struct QueueState {
     writer_busy: bool,
     /// The socket, when frames may be written to it straight from the delivering thread.
     direct: Option<Direct>,
+    /// A ping due (its value), sent in the same write as the next frame written straight to
+    /// the socket, or on its own a moment later ([`crate::session::pings`]).
+    ping: Option<NonZeroU32>,
 }
 
 /// The socket as delivering threads write to it: its descriptor, kept open by the stream
@@ -470,6 +474,7 @@ impl SendQueue {
                 frames: VecDeque::new(),
                 writer_busy: true,
                 direct: None,
+                ping: None,
             }),
             queued: Notify::new(),
             taken: Notify::new(),
@@ -502,6 +507,17 @@ impl SendQueue {
             fd: socket.as_raw_fd(),
             _open: socket,
         });
+    }
+
+    /// Makes a ping due: it goes out with the next frame written straight to the socket, if
+    /// one comes before [`SendQueue::take_ping`].
+    pub fn defer_ping(&self, value: NonZeroU32) {
+        self.queue.lock().ping = Some(value);
+    }
+
+    /// The ping still due, if no frame took it along.
+    pub fn take_ping(&self) -> Option<NonZeroU32> {
+        self.queue.lock().ping.take()
     }
 
     /// The socket's descriptor (`i32::MAX` when none is attached): a fan-out writes in this
@@ -539,14 +555,15 @@ impl SendQueue {
     /// or whose queue reaches the hard limit, is too slow.
     fn push(&self, frame: Pushed<'_>, metrics: &Metrics) -> bool {
         {
-            let mut queue = self.queue.lock();
+            let mut guard = self.queue.lock();
+            let queue = &mut *guard;
             let (frame, tail) = match &queue.direct {
                 Some(socket)
                     if queue.frames.is_empty()
                         && !queue.writer_busy
                         && self.reason.get().is_none() =>
                 {
-                    match write_now(socket, frame, metrics) {
+                    match write_now(socket, queue.ping.take(), frame, metrics) {
                         Rest::Nothing => return true,
                         Rest::One(rest) => (rest, None),
                         Rest::Two(head, tail) => (head, Some(tail)),
@@ -661,6 +678,20 @@ pub fn push_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {
         buf.push(127);
         buf.extend_from_slice(&(len as u64).to_be_bytes());
     }
+}
+
+/// Appends a ping frame, `{"type":"ping","message":<value>}`, without allocating.
+pub fn push_ping(buf: &mut Vec<u8>, value: NonZeroU32) {
+    let mut digits = [0u8; 10];
+    let mut cursor = std::io::Cursor::new(&mut digits[..]);
+    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{value}"));
+    let len = cursor.position() as usize;
+    let digits = &digits[..len];
+    const HEAD: &[u8] = br#"{"type":"ping","message":"#;
+    push_header(buf, OP_TEXT, HEAD.len() + digits.len() + 1);
+    buf.extend_from_slice(HEAD);
+    buf.extend_from_slice(digits);
+    buf.push(b'}');
 }
 
 pub fn push_text(buf: &mut Vec<u8>, payload: &[u8]) {
@@ -825,10 +856,16 @@ enum Rest {
     Two(Outbound, Outbound),
 }
 
-/// Writes `frame` to `socket` without waiting; returns what the socket did not take. A large
-/// body goes out from its shared bytes (one `sendmsg` with the head), and what the socket
-/// leaves of it is queued as a slice of them, not a copy.
-fn write_now(socket: &Direct, frame: Pushed<'_>, metrics: &Metrics) -> Rest {
+/// Writes `frame` to `socket` without waiting, after the `ping` that is due if any (one write
+/// for both); returns what the socket did not take. A large body goes out from its shared
+/// bytes (one `sendmsg` with the head), and what the socket leaves of it is queued as a slice
+/// of them, not a copy.
+fn write_now(
+    socket: &Direct,
+    ping: Option<NonZeroU32>,
+    frame: Pushed<'_>,
+    metrics: &Metrics,
+) -> Rest {
     /// Frames are encoded into one buffer per thread, kept up to this size.
     const KEEP: usize = 64 * 1024;
     thread_local! {
@@ -837,6 +874,9 @@ fn write_now(socket: &Direct, frame: Pushed<'_>, metrics: &Metrics) -> Rest {
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         buf.clear();
+        if let Some(value) = ping {
+            push_ping(&mut buf, value);
+        }
         let tail = match frame {
             Pushed::Owned(frame) => encode_head(&mut buf, frame, metrics),
             Pushed::Message(sub, message) => {

@@ -669,6 +669,11 @@ mod tests {
     use proptest::prelude::*;
 
     /// A subscriber: user (account, user id, admin, inboxes) or contact (account, session id).
+    fn test_router(metrics: &Arc<Metrics>) -> Router {
+        let rings = Rings::new(10, std::time::Duration::from_secs(60));
+        Router::new(metrics.clone(), Arc::new(rings), 0)
+    }
+
     fn principal() -> impl Strategy<Value = Principal> {
         let user = (
             1..3i64,
@@ -771,7 +776,7 @@ mod tests {
             promote in prop::collection::vec(any::<bool>(), 12),
         ) {
             let metrics = Arc::new(Metrics::new());
-            let router = Router::new(metrics.clone(), Arc::new(Rings::new(10, std::time::Duration::from_secs(60))), 0);
+            let router = test_router(&metrics);
             let mut subs = Vec::new();
             for principal in &population {
                 let session = SessionHandle::new(1 << 16, metrics.clone());
@@ -826,11 +831,7 @@ mod tests {
     #[test]
     fn a_kept_audience_skips_the_typing_actor_and_follows_changes() {
         let metrics = Arc::new(Metrics::new());
-        let router = Router::new(
-            metrics.clone(),
-            Arc::new(Rings::new(10, std::time::Duration::from_secs(60))),
-            0,
-        );
+        let router = test_router(&metrics);
         let register = |user_id: i64| {
             let principal = Principal::User {
                 account_id: 1,
@@ -916,11 +917,7 @@ mod tests {
     #[test]
     fn broadcasts_reach_the_streams_subscribers_and_contacts_only_if_allowed() {
         let metrics = Arc::new(Metrics::new());
-        let router = Router::new(
-            metrics.clone(),
-            Arc::new(Rings::new(10, std::time::Duration::from_secs(60))),
-            0,
-        );
+        let router = test_router(&metrics);
         let user = |account_id, user_id| Principal::User {
             account_id,
             user_id,

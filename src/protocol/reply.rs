@@ -55,10 +55,6 @@ pub fn disconnect(reason: DisconnectReason) -> Bytes {
     .into()
 }
 
-pub fn ping(unix_seconds: u64) -> Bytes {
-    format!(r#"{{"type":"ping","message":{unix_seconds}}}"#).into()
-}
-
 fn quoted(raw_identifier: &str) -> String {
     serde_json::to_string(raw_identifier).expect("a string always serializes")
 }

@@ -302,4 +302,46 @@ mod tests {
         queue.close(crate::delivery::CloseReason::ConnectionLost);
         writer.await.unwrap();
     }
+
+    /// A ping that is due goes out with the next frame written straight to the socket, before
+    /// it, in the protocol's form; one that no frame took is still there to be sent alone.
+    #[tokio::test]
+    async fn a_due_ping_rides_with_the_next_frame() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let server = Arc::new(server);
+        let metrics = Arc::new(Metrics::new());
+        let handle = SessionHandle::new(64, metrics.clone());
+        let queue = handle.queue.clone();
+        queue.attach(server.clone());
+        let writer = {
+            let queue = queue.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                super::run(Shared(server), None, &queue, &metrics).await;
+            })
+        };
+        while queue.writer_busy() {
+            tokio::task::yield_now().await;
+        }
+        let due = std::num::NonZeroU32::new(1_764_730_000).unwrap();
+        queue.defer_ping(due);
+        handle.send(Outbound::Frame(Bytes::from_static(b"event")));
+        let ping: serde_json::Value =
+            serde_json::from_slice(&read_frame(&mut client).await).unwrap();
+        assert_eq!(
+            ping,
+            serde_json::json!({"type": "ping", "message": 1_764_730_000u32})
+        );
+        assert_eq!(read_frame(&mut client).await, b"event");
+        assert_eq!(queue.take_ping(), None, "sent once");
+        // Not taken along: still due.
+        queue.defer_ping(due);
+        assert_eq!(queue.take_ping(), Some(due));
+        queue.close(crate::delivery::CloseReason::ConnectionLost);
+        writer.await.unwrap();
+    }
 }
