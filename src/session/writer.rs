@@ -233,13 +233,15 @@ mod tests {
         payload
     }
 
-    /// Large bodies go out from their shared bytes, through a socket that cannot take them
-    /// at once, both straight from the delivering side and through the writer: every frame
-    /// arrives whole, once, in order, with small frames before, between and after.
-    #[tokio::test]
-    async fn large_bodies_arrive_whole_and_in_order_through_a_full_socket() {
+    /// A loopback connection: the client's end, and the server's end attached to a session
+    /// whose writer task runs.
+    async fn attached() -> (
+        tokio::net::TcpStream,
+        SessionHandle,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
@@ -248,13 +250,19 @@ mod tests {
         let handle = SessionHandle::new(64, metrics.clone());
         let queue = handle.queue.clone();
         queue.attach(server.clone());
-        let writer = {
-            let queue = queue.clone();
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                super::run(Shared(server), None, &queue, &metrics).await;
-            })
-        };
+        let writer = tokio::spawn(async move {
+            super::run(Shared(server), None, &queue, &metrics).await;
+        });
+        (client, handle, writer)
+    }
+
+    /// Large bodies go out from their shared bytes, through a socket that cannot take them
+    /// at once, both straight from the delivering side and through the writer: every frame
+    /// arrives whole, once, in order, with small frames before, between and after.
+    #[tokio::test]
+    async fn large_bodies_arrive_whole_and_in_order_through_a_full_socket() {
+        let (mut client, handle, writer) = attached().await;
+        let queue = handle.queue.clone();
         let principal = Principal::Contact(ContactRecord {
             contact_inbox_id: 1,
             contact_id: 1,
@@ -307,23 +315,8 @@ mod tests {
     /// it, in the protocol's form; one that no frame took is still there to be sent alone.
     #[tokio::test]
     async fn a_due_ping_rides_with_the_next_frame() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let server = Arc::new(server);
-        let metrics = Arc::new(Metrics::new());
-        let handle = SessionHandle::new(64, metrics.clone());
+        let (mut client, handle, writer) = attached().await;
         let queue = handle.queue.clone();
-        queue.attach(server.clone());
-        let writer = {
-            let queue = queue.clone();
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                super::run(Shared(server), None, &queue, &metrics).await;
-            })
-        };
         while queue.writer_busy() {
             tokio::task::yield_now().await;
         }
