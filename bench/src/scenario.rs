@@ -419,13 +419,17 @@ impl Run {
                 _ => Value::Null,
             }
         };
-        let too_slow = match (&m0, &m1) {
-            (Some(a), Some(b)) => json!(
-                probe::metric(b, "cable_too_slow_disconnects_total")
-                    - probe::metric(a, "cable_too_slow_disconnects_total")
-            ),
-            _ => Value::Null,
+        // How much a counter of the gateway's grew over the window.
+        let grew = |name: &str| -> Value {
+            match (&m0, &m1) {
+                (Some(a), Some(b)) => json!(probe::metric(b, name) - probe::metric(a, name)),
+                _ => Value::Null,
+            }
         };
+        let too_slow = grew("cable_too_slow_disconnects_total");
+        // A presence push to a big account's members is queued ahead of the events that
+        // follow it: a fan-out that stalls with pushes in its window is explained by them.
+        let presence_pushes = grew("cable_presence_pushes_total");
         Ok(json!({
             "connections": self.args.connections,
             "events": events,
@@ -459,6 +463,7 @@ impl Run {
             "deliveries_per_cpu_s_net_of_idle": (delivered as f64 / net_cpu).round(),
             "db_cpu_s": db_cpu,
             "too_slow_disconnects": too_slow,
+            "presence_pushes": presence_pushes,
             "gateway_mean_outbox_lag_ms": mean_of("cable_outbox_lag_seconds"),
             "gateway_mean_write_latency_ms": mean_of("cable_delivery_latency_seconds"),
             "disconnects_seen": r.sum.disconnects,
