@@ -5,7 +5,9 @@
 //! membership, contact session and stream name. An event looks up only the index entries the
 //! rules of [`crate::routing`] name (`candidates`), then applies
 //! [`crate::routing::entitled`]; the tests check that this gives exactly the audience
-//! [`crate::routing::receives`] defines.
+//! [`crate::routing::receives`] defines. The users an event to an inbox or a whole account
+//! goes to are kept as a list per account until its index changes (`user_audience`): a big
+//! account's events are written without a lookup per recipient.
 //!
 //! Delivery never blocks: each subscription's session has a bounded queue, and a full queue
 //! disconnects that client (`too_slow`), see [`crate::delivery::SessionHandle::send`].
@@ -172,9 +174,7 @@ impl AccountIndex {
             }
         }
     }
-}
 
-impl AccountIndex {
     /// The user subscriptions rules 3 (`inbox`: its members and the administrators) and 4
     /// (`None`: every user subscription) name, before rule 6 (typing is not echoed to its
     /// actor, applied while delivering). An account's big events (a message to every agent)
@@ -209,11 +209,11 @@ impl AccountIndex {
     }
 }
 
-/// Rules 1–4 of [`crate::routing`], by index: the subscriptions of the event's account it is
-/// addressed to (a superset is fine for rules 5 and 6, which are applied afterwards).
+/// Rules 1 and 2 of [`crate::routing`], by index (an event with a stream or a user): the
+/// subscriptions of the event's account it is addressed to (a superset is fine for rules 5
+/// and 6, which are applied afterwards). Rules 3 and 4 are [`AccountIndex::user_audience`]
+/// and [`contact_candidates`].
 fn candidates(registry: &Registry, index: &AccountIndex, event: &Event, out: &mut Vec<u64>) {
-    let extend =
-        |out: &mut Vec<u64>, ids: Option<&Ids>| out.extend(ids.into_iter().flat_map(Ids::iter));
     if let Some(stream) = &event.stream {
         // Rule 1: subscriptions streaming that name.
         if *stream == account_stream(event.account_id) {
@@ -232,23 +232,11 @@ fn candidates(registry: &Registry, index: &AccountIndex, event: &Event, out: &mu
         out.dedup();
     } else if let Some(user_id) = event.user_id {
         // Rule 2: one user only.
-        extend(out, index.by_user.get(&user_id));
-    } else {
-        match event.inbox_id {
-            // Rule 3: administrators and members of the inbox.
-            Some(inbox_id) => {
-                out.extend(&index.admins);
-                extend(out, index.by_inbox.get(&inbox_id));
-            }
-            // Rule 4: every user subscription of the account.
-            None => out.extend(&index.users),
-        }
-        // Rules 3 and 4: plus the listed contact sessions.
-        contact_candidates(index, event, out);
+        out.extend(index.by_user.get(&user_id).into_iter().flat_map(Ids::iter));
     }
 }
 
-/// The contact sessions rules 3 and 4 name.
+/// The contact sessions rules 3 and 4 name (beside their users, [`AccountIndex::user_audience`]).
 fn contact_candidates(index: &AccountIndex, event: &Event, out: &mut Vec<u64>) {
     for contact_inbox_id in &event.contact_inbox_ids {
         out.extend(
@@ -474,8 +462,8 @@ impl Router {
                     .collect()
             };
             if event.stream.is_none() && event.user_id.is_none() {
-                // Rules 3 and 4: the account's kept audience of users, and the listed contact
-                // sessions looked up.
+                // Rules 3 (an inbox's) and 4 (the account's): the kept audience of users, and
+                // the listed contact sessions looked up.
                 let users = index.user_audience(&registry.entries, event.inbox_id);
                 contact_candidates(index, event, scratch);
                 (Some(users), entitled_subs(scratch))
@@ -669,6 +657,20 @@ mod tests {
     use proptest::prelude::*;
 
     /// A subscriber: user (account, user id, admin, inboxes) or contact (account, session id).
+    /// A user of `account_id` in no inbox, online.
+    fn agent(account_id: i64, user_id: i64, administrator: bool) -> Principal {
+        Principal::User {
+            account_id,
+            user_id,
+            membership: Membership {
+                administrator,
+                availability: 0,
+                auto_offline: true,
+                inbox_ids: Arc::from([]),
+            },
+        }
+    }
+
     fn test_router(metrics: &Arc<Metrics>) -> Router {
         let rings = Rings::new(10, std::time::Duration::from_secs(60));
         Router::new(metrics.clone(), Arc::new(rings), 0)
@@ -833,16 +835,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let router = test_router(&metrics);
         let register = |user_id: i64| {
-            let principal = Principal::User {
-                account_id: 1,
-                user_id,
-                membership: Membership {
-                    administrator: true,
-                    availability: 0,
-                    auto_offline: true,
-                    inbox_ids: Arc::from([]),
-                },
-            };
+            let principal = agent(1, user_id, true);
             let session = SessionHandle::new(64, metrics.clone());
             let sub = Subscription::new("{}".into(), session, &principal, None);
             let token: Arc<str> = format!("u{user_id}").into();
@@ -918,16 +911,7 @@ mod tests {
     fn broadcasts_reach_the_streams_subscribers_and_contacts_only_if_allowed() {
         let metrics = Arc::new(Metrics::new());
         let router = test_router(&metrics);
-        let user = |account_id, user_id| Principal::User {
-            account_id,
-            user_id,
-            membership: Membership {
-                administrator: false,
-                availability: 0,
-                auto_offline: true,
-                inbox_ids: Arc::from([]),
-            },
-        };
+        let user = |account_id, user_id| agent(account_id, user_id, false);
         let contact = |account_id, id| {
             Principal::Contact(ContactRecord {
                 contact_inbox_id: id,
