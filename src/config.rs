@@ -148,10 +148,17 @@ pub struct ServeConfig {
     )]
     pub auth_cache_size: u64,
 
-    /// How often live subscriptions are re-checked against the database (roles, inbox
-    /// memberships, revoked tokens). Default: 2s
+    /// How soon live subscriptions are re-checked against the database (roles, inbox
+    /// memberships, revoked tokens) after the identity tables change, and how often while
+    /// their change notifications cannot be heard (no triggers, LISTEN connection down); at
+    /// most one pass per interval. Default: 2s
     #[arg(long, env = "CABLE_REVALIDATE_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
     pub revalidate_interval: Duration,
+
+    /// How often live subscriptions are re-checked although no change was notified (a safety
+    /// net for changes the triggers cannot see, e.g. with triggers disabled). Default: 60s
+    #[arg(long, env = "CABLE_REVALIDATE_FULL_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
+    pub revalidate_full_interval: Duration,
 
     /// How often the outbox is read when no notification arrives (safety net). Default: 1s
     #[arg(long, env = "CABLE_OUTBOX_POLL", default_value = "1s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]

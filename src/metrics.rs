@@ -129,6 +129,10 @@ pub struct Metrics {
     pub listen_channels: Gauge,
     pub outbox_lag: Histogram,
     pub revocations: Counter,
+    pub revalidation_passes: Counter,
+    /// 1 while revalidation follows the identity tables' change notifications, 0 while it
+    /// polls every interval (no triggers, or the LISTEN connection is down).
+    pub revalidation_on_change: Gauge,
     pub presence_pushes: Counter,
     pub events_pruned: Counter,
     pub broadcasts: Family<IngressLabels, Counter>,
@@ -184,6 +188,8 @@ impl Metrics {
             listen_channels: Gauge::default(),
             outbox_lag: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             revocations: Counter::default(),
+            revalidation_passes: Counter::default(),
+            revalidation_on_change: Gauge::default(),
             presence_pushes: Counter::default(),
             events_pruned: Counter::default(),
             broadcasts: Family::default(),
@@ -295,6 +301,16 @@ impl Metrics {
             "cable_revocations",
             "Live subscriptions rejected because their token stopped being valid",
             m.revocations.clone(),
+        );
+        r.register(
+            "cable_revalidation_passes",
+            "Passes over every live subscription's token (after a change, or the slow full pass)",
+            m.revalidation_passes.clone(),
+        );
+        r.register(
+            "cable_revalidation_on_change",
+            "1 while revalidation follows the identity tables' change notifications, 0 while it polls",
+            m.revalidation_on_change.clone(),
         );
         r.register(
             "cable_presence_pushes",

@@ -77,12 +77,35 @@ pub async fn apply(db: &Database) -> Result<Vec<String>, MigrateError> {
         .bind(LOCK_KEY)
         .execute(&mut conn)
         .await?;
-    let result = apply_locked(&mut conn).await;
+    let mut result = apply_locked(&mut conn).await;
+    if result.is_ok() {
+        if let Err(e) = install_triggers(&mut conn).await {
+            result = Err(e.into());
+        }
+    }
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(LOCK_KEY)
         .execute(&mut conn)
         .await;
     result
+}
+
+/// Adds the identity tables' change triggers that are missing (migration 0007), every run: a
+/// first run without the privilege to add them installs none, and a later run as the tables'
+/// owner adds them. Without them the gateway polls (see [`crate::revalidate`]).
+async fn install_triggers(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let installed: bool = sqlx::query_scalar("SELECT cable_install_auth_triggers()")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !installed {
+        eprintln!(
+            "warning: no permission to add the cable_auth_changed triggers to the identity \
+             tables: the gateway will re-check live subscriptions every \
+             CABLE_REVALIDATE_INTERVAL instead of on change. Run `cable-gateway migrate` as \
+             the tables' owner to add them."
+        );
+    }
+    Ok(())
 }
 
 async fn apply_locked(conn: &mut PgConnection) -> Result<Vec<String>, MigrateError> {

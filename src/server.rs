@@ -242,8 +242,19 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     );
     let doorbell = Arc::new(Notify::new());
     let rounds = Arc::new(Notify::new());
+    let auth_changed = Arc::new(Notify::new());
     let mut listen = Listen::new(db.clone(), metrics.clone());
     {
+        // A change to the identity tables: new subscribes must not be answered from the
+        // cache, and live ones are re-checked.
+        let (ring, cache) = (auth_changed.clone(), auth.clone());
+        listen.channel(
+            revalidate::CHANNEL,
+            Box::new(move |_| {
+                cache.invalidate_all();
+                ring.notify_one();
+            }),
+        );
         let ring = doorbell.clone();
         listen.channel(outbox::CHANNEL, Box::new(move |_| ring.notify_one()));
         let ring = rounds.clone();
@@ -255,9 +266,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         // Whatever was announced while the connection was down is lost: catch up.
         let (doorbell, presence, router) = (doorbell.clone(), presence.clone(), router.clone());
         let rounds = rounds.clone();
+        let auth_changed = auth_changed.clone();
         listen.on_connect(Box::new(move || {
             doorbell.notify_one();
             rounds.notify_one();
+            auth_changed.notify_one();
             presence.resync(router.accounts());
         }));
     }
@@ -333,7 +346,12 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
                 auth: auth.clone(),
                 metrics: metrics.clone(),
             },
-            config.revalidate_interval,
+            revalidate::Schedule {
+                interval: config.revalidate_interval,
+                full_interval: config.revalidate_full_interval,
+                changed: auth_changed,
+                listening: listen_ready.clone(),
+            },
         )),
     ];
     if let Some(writer) = chatwoot_writer {

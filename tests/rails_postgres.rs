@@ -53,8 +53,8 @@ async fn gateway(db: &TestDb, prefix: &str) -> Running {
 /// Waits until the LISTEN connection listens on `n` channels (the gauge is updated after
 /// each LISTEN/UNLISTEN round trip).
 /// The channels every process listens to: the outbox's doorbell and rounds, presence
-/// announcements, restored sessions.
-const FIXED: f64 = 4.0;
+/// announcements, restored sessions, the identity tables' changes.
+const FIXED: f64 = 5.0;
 
 async fn listening_on(gw: &Running, streams: f64) {
     let n = FIXED + streams;

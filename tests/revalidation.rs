@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use cable_gateway::server::Running;
 use common::events::*;
 use common::*;
 use serde_json::json;
@@ -157,5 +158,145 @@ async fn a_pass_over_many_subscriptions_checks_every_one() {
         revalidate::once(&pass).await.unwrap(),
         0,
         "and nothing more"
+    );
+}
+
+/// Waits until the metric `name` satisfies `want`; fails after [`WAIT`].
+async fn until_metric(gw: &Running, name: &str, want: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = metric(gw, name, "");
+        if want(value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{name} is still {value}");
+        // No readiness signal for a metric: it is polled.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The one subscription of `client` gets a reject within 5 s of `started`.
+async fn rejected_within_5_s(client: &mut Client, identifier: &str, started: Instant) {
+    assert_eq!(client.next_significant().await, reject(identifier));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// With the triggers in place, a quiet database costs no pass (whatever else changes in the
+/// identity tables, such as a user's name), and a change that matters is followed at once.
+#[tokio::test]
+async fn passes_follow_changes_and_nothing_polls_while_nothing_changes() {
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.revalidate_interval = Duration::from_millis(100);
+    config.revalidate_full_interval = Duration::from_secs(3600);
+    let gw = start(config).await;
+    until_metric(&gw, "cable_revalidation_on_change", |v| v == 1.0).await;
+    // The pass that follows the LISTEN connection going live (a catch-up).
+    until_metric(&gw, "cable_revalidation_passes_total", |v| v >= 1.0).await;
+    let mut bob = Client::ready(gw.addr).await;
+    let identifier = user(BOB, 1, 2);
+    bob.subscribe_ok(&identifier).await;
+
+    let quiet = metric(&gw, "cable_revalidation_passes_total", "");
+    db.exec("UPDATE users SET name = 'Robert' WHERE id = 2")
+        .await;
+    db.exec("UPDATE contacts SET name = 'Dave D.' WHERE id = 1")
+        .await;
+    // An absence has no signal to wait for: ten intervals without a pass.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        metric(&gw, "cable_revalidation_passes_total", ""),
+        quiet,
+        "a pass ran while nothing it reads changed"
+    );
+
+    db.exec("DELETE FROM account_users WHERE account_id = 1 AND user_id = 2")
+        .await;
+    rejected_within_5_s(&mut bob, &identifier, Instant::now()).await;
+    assert!(metric(&gw, "cable_revalidation_passes_total", "") > quiet);
+    assert_eq!(metric(&gw, "cable_revocations_total", ""), 1.0);
+}
+
+/// A table whose trigger is disabled cannot tell its changes: passes poll every interval,
+/// revocations still land within 5 s, and once the trigger is back, polling stops.
+#[tokio::test]
+async fn without_a_trigger_passes_poll_and_revocations_still_land() {
+    let db = TestDb::new().await;
+    db.exec("ALTER TABLE contact_inboxes DISABLE TRIGGER cable_auth_changed")
+        .await;
+    let mut config = db.config();
+    config.revalidate_interval = Duration::from_millis(200);
+    config.revalidate_full_interval = Duration::from_secs(3600);
+    let gw = start(config).await;
+    let mut dave = Client::ready(gw.addr).await;
+    let identifier = contact(DAVE, Some(1));
+    dave.subscribe_ok(&identifier).await;
+    assert_eq!(metric(&gw, "cable_revalidation_on_change", ""), 0.0);
+    let before = metric(&gw, "cable_revalidation_passes_total", "");
+    until_metric(&gw, "cable_revalidation_passes_total", |v| {
+        v >= before + 2.0
+    })
+    .await;
+
+    db.exec("DELETE FROM contact_inboxes WHERE id = 1").await;
+    rejected_within_5_s(&mut dave, &identifier, Instant::now()).await;
+
+    db.exec("ALTER TABLE contact_inboxes ENABLE TRIGGER cable_auth_changed")
+        .await;
+    until_metric(&gw, "cable_revalidation_on_change", |v| v == 1.0).await;
+}
+
+/// `cable-gateway migrate` adds the triggers again where they are missing (a first run
+/// without the privilege, or a dropped one), and leaves those in place alone.
+#[tokio::test]
+async fn migrate_adds_missing_triggers_again() {
+    let db = TestDb::new().await;
+    let untriggered = || async {
+        cable_gateway::revalidate::untriggered(&db.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(untriggered().await, Vec::<String>::new());
+    db.exec("DROP TRIGGER cable_auth_changed ON inbox_members")
+        .await;
+    db.exec("ALTER TABLE users DISABLE TRIGGER cable_auth_changed")
+        .await;
+    assert_eq!(untriggered().await, ["inbox_members", "users"]);
+    let url = cable_gateway::db::Database::from_url(&db.url).unwrap();
+    cable_gateway::migrate::apply(&url).await.unwrap();
+    // A disabled trigger is the operator's choice: migrate does not enable it.
+    assert_eq!(untriggered().await, ["users"]);
+}
+
+/// On a host's database the gateway's role may lack the TRIGGER privilege on the identity
+/// tables: adding the triggers then says so and changes nothing, instead of failing.
+#[tokio::test]
+async fn without_the_privilege_the_triggers_are_skipped_not_failed() {
+    let db = TestDb::new().await;
+    db.exec("DROP TRIGGER cable_auth_changed ON account_users")
+        .await;
+    let role = format!("{}_app", db.name);
+    db.exec(&format!("CREATE ROLE {role}")).await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET ROLE {role}")))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let installed: bool = sqlx::query_scalar("SELECT cable_install_auth_triggers()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql("RESET ROLE")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    db.exec(&format!("DROP ROLE {role}")).await;
+    assert!(!installed);
+    assert_eq!(
+        cable_gateway::revalidate::untriggered(&db.pool)
+            .await
+            .unwrap(),
+        ["account_users"]
     );
 }
