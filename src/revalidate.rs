@@ -17,8 +17,9 @@
 //!
 //! Where the change cannot be heard, passes run every `CABLE_REVALIDATE_INTERVAL`, as they
 //! would be needed to keep the 5-s promise (CONTRACT §6): while a trigger is missing or
-//! disabled (checked at start and at every full pass; a warning names the fix), and while the
-//! LISTEN connection is down. Each time it is live again, a pass catches up with what was
+//! disabled (checked at start, at every full pass, and at every pass while polling, so that
+//! adding or enabling one ends the polling within an interval; a warning names the fix), and
+//! while the LISTEN connection is down. Each time it is live again, a pass catches up with what was
 //! notified while it was down.
 
 use std::collections::HashSet;

@@ -300,3 +300,49 @@ async fn without_the_privilege_the_triggers_are_skipped_not_failed() {
         ["account_users"]
     );
 }
+
+/// While the LISTEN connection is down, changes cannot be heard: passes poll, so a removal
+/// made then is still followed within 5 s; once the connection is back, polling stops.
+#[tokio::test]
+async fn while_the_listen_connection_is_down_passes_poll() {
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.revalidate_interval = Duration::from_millis(200);
+    config.revalidate_full_interval = Duration::from_secs(3600);
+    let gw = start(config).await;
+    let mut bob = Client::ready(gw.addr).await;
+    let identifier = user(BOB, 1, 2);
+    bob.subscribe_ok(&identifier).await;
+    until_metric(&gw, "cable_revalidation_on_change", |v| v == 1.0).await;
+
+    // Keep one connection of ours, refuse new ones, and end only the LISTEN connection: the
+    // gateway's pool keeps its connections, so passes can still run, but nothing is heard.
+    let mut ours = db.pool.acquire().await.unwrap();
+    let admin = sqlx::PgPool::connect(&admin_url()).await.unwrap();
+    let allow = |on: bool| format!("ALTER DATABASE {} ALLOW_CONNECTIONS {on}", db.name);
+    sqlx::query(sqlx::AssertSqlSafe(allow(false)))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = $1 AND query ILIKE 'LISTEN%'",
+    )
+    .bind(&db.name)
+    .execute(&admin)
+    .await
+    .unwrap();
+    until_metric(&gw, "cable_revalidation_on_change", |v| v == 0.0).await;
+
+    sqlx::query("DELETE FROM account_users WHERE account_id = 1 AND user_id = 2")
+        .execute(&mut *ours)
+        .await
+        .unwrap();
+    rejected_within_5_s(&mut bob, &identifier, Instant::now()).await;
+
+    sqlx::query(sqlx::AssertSqlSafe(allow(true)))
+        .execute(&admin)
+        .await
+        .unwrap();
+    until_metric(&gw, "cable_revalidation_on_change", |v| v == 1.0).await;
+}
