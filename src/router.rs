@@ -656,9 +656,13 @@ mod tests {
     use crate::routing::{receives, CONTACT_EVENTS};
     use proptest::prelude::*;
 
-    /// A subscriber: user (account, user id, admin, inboxes) or contact (account, session id).
-    /// A user of `account_id` in no inbox, online.
-    fn agent(account_id: i64, user_id: i64, administrator: bool) -> Principal {
+    /// A user of `account_id`, online, a member of `inbox_ids`.
+    fn member(
+        account_id: i64,
+        user_id: i64,
+        administrator: bool,
+        inbox_ids: Arc<[i64]>,
+    ) -> Principal {
         Principal::User {
             account_id,
             user_id,
@@ -666,9 +670,14 @@ mod tests {
                 administrator,
                 availability: 0,
                 auto_offline: true,
-                inbox_ids: Arc::from([]),
+                inbox_ids,
             },
         }
+    }
+
+    /// A user of `account_id` in no inbox, online.
+    fn agent(account_id: i64, user_id: i64, administrator: bool) -> Principal {
+        member(account_id, user_id, administrator, Arc::from([]))
     }
 
     fn test_router(metrics: &Arc<Metrics>) -> Router {
@@ -676,6 +685,7 @@ mod tests {
         Router::new(metrics.clone(), Arc::new(rings), 0)
     }
 
+    /// A subscriber: user (account, user id, admin, inboxes) or contact (account, session id).
     fn principal() -> impl Strategy<Value = Principal> {
         let user = (
             1..3i64,
@@ -686,16 +696,7 @@ mod tests {
             .prop_map(|(account_id, user_id, administrator, mut inboxes)| {
                 inboxes.sort_unstable();
                 inboxes.dedup();
-                Principal::User {
-                    account_id,
-                    user_id,
-                    membership: Membership {
-                        administrator,
-                        availability: 0,
-                        auto_offline: true,
-                        inbox_ids: inboxes.into(),
-                    },
-                }
+                member(account_id, user_id, administrator, inboxes.into())
             });
         let contact = (1..3i64, 10..14i64).prop_map(|(account_id, contact_inbox_id)| {
             Principal::Contact(ContactRecord {
