@@ -656,28 +656,9 @@ mod tests {
     use crate::routing::{receives, CONTACT_EVENTS};
     use proptest::prelude::*;
 
-    /// A user of `account_id`, online, a member of `inbox_ids`.
-    fn member(
-        account_id: i64,
-        user_id: i64,
-        administrator: bool,
-        inbox_ids: Arc<[i64]>,
-    ) -> Principal {
-        Principal::User {
-            account_id,
-            user_id,
-            membership: Membership {
-                administrator,
-                availability: 0,
-                auto_offline: true,
-                inbox_ids,
-            },
-        }
-    }
-
     /// A user of `account_id` in no inbox, online.
     fn agent(account_id: i64, user_id: i64, administrator: bool) -> Principal {
-        member(account_id, user_id, administrator, Arc::from([]))
+        Principal::member(account_id, user_id, administrator, &[])
     }
 
     fn test_router(metrics: &Arc<Metrics>) -> Router {
@@ -696,7 +677,7 @@ mod tests {
             .prop_map(|(account_id, user_id, administrator, mut inboxes)| {
                 inboxes.sort_unstable();
                 inboxes.dedup();
-                member(account_id, user_id, administrator, inboxes.into())
+                Principal::member(account_id, user_id, administrator, &inboxes)
             });
         let contact = (1..3i64, 10..14i64).prop_map(|(account_id, contact_inbox_id)| {
             Principal::Contact(ContactRecord {

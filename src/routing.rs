@@ -160,23 +160,14 @@ mod tests {
     //! party not listed must not receive it.
 
     use super::*;
-    use crate::auth::{ContactRecord, Membership};
+    use crate::auth::ContactRecord;
     use crate::delivery::Message;
     use bytes::Bytes;
 
     /// Account 1: admin Alice (1), Bob (2, inbox 1), Carol (3, inbox 2); contact sessions
     /// Dave (10, inbox 1) and Erin (11, inbox 2). Account 2: admin Zed (9), contact Yan (20).
     fn parties() -> Vec<(&'static str, Principal, &'static str)> {
-        let user = |account_id, user_id, administrator, inboxes: &[i64]| Principal::User {
-            account_id,
-            user_id,
-            membership: Membership {
-                administrator,
-                availability: 0,
-                auto_offline: true,
-                inbox_ids: inboxes.into(),
-            },
-        };
+        let user = Principal::member;
         let contact = |account_id, contact_inbox_id, inbox_id| {
             Principal::Contact(ContactRecord {
                 contact_inbox_id,

@@ -71,6 +71,21 @@ pub enum Principal {
 }
 
 impl Principal {
+    /// For unit tests: a user of `account_id`, online, a member of `inbox_ids`.
+    #[cfg(test)]
+    pub fn member(account_id: i64, user_id: i64, administrator: bool, inbox_ids: &[i64]) -> Self {
+        Principal::User {
+            account_id,
+            user_id,
+            membership: Membership {
+                administrator,
+                availability: 0,
+                auto_offline: true,
+                inbox_ids: inbox_ids.into(),
+            },
+        }
+    }
+
     pub fn account_id(&self) -> i64 {
         match self {
             Principal::User { account_id, .. } => *account_id,
