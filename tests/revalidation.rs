@@ -161,6 +161,15 @@ async fn a_pass_over_many_subscriptions_checks_every_one() {
     );
 }
 
+/// A gateway whose passes come only from change notifications, or every `interval_ms` where
+/// changes cannot be heard: its full pass is an hour away.
+async fn gateway_without_full_passes(interval_ms: u64, db: &TestDb) -> Running {
+    let mut config = db.config();
+    config.revalidate_interval = Duration::from_millis(interval_ms);
+    config.revalidate_full_interval = Duration::from_secs(3600);
+    start(config).await
+}
+
 /// Waits until the metric `name` satisfies `want`; fails after [`WAIT`].
 async fn until_metric(gw: &Running, name: &str, want: impl Fn(f64) -> bool) -> f64 {
     let deadline = Instant::now() + WAIT;
@@ -186,10 +195,7 @@ async fn rejected_within_5_s(client: &mut Client, identifier: &str, started: Ins
 #[tokio::test]
 async fn passes_follow_changes_and_nothing_polls_while_nothing_changes() {
     let db = TestDb::new().await;
-    let mut config = db.config();
-    config.revalidate_interval = Duration::from_millis(100);
-    config.revalidate_full_interval = Duration::from_secs(3600);
-    let gw = start(config).await;
+    let gw = gateway_without_full_passes(100, &db).await;
     until_metric(&gw, "cable_revalidation_on_change", |v| v == 1.0).await;
     // The pass that follows the LISTEN connection going live (a catch-up).
     until_metric(&gw, "cable_revalidation_passes_total", |v| v >= 1.0).await;
@@ -224,10 +230,7 @@ async fn without_a_trigger_passes_poll_and_revocations_still_land() {
     let db = TestDb::new().await;
     db.exec("ALTER TABLE contact_inboxes DISABLE TRIGGER cable_auth_changed")
         .await;
-    let mut config = db.config();
-    config.revalidate_interval = Duration::from_millis(200);
-    config.revalidate_full_interval = Duration::from_secs(3600);
-    let gw = start(config).await;
+    let gw = gateway_without_full_passes(200, &db).await;
     let mut dave = Client::ready(gw.addr).await;
     let identifier = contact(DAVE, Some(1));
     dave.subscribe_ok(&identifier).await;
@@ -306,10 +309,7 @@ async fn without_the_privilege_the_triggers_are_skipped_not_failed() {
 #[tokio::test]
 async fn while_the_listen_connection_is_down_passes_poll() {
     let db = TestDb::new().await;
-    let mut config = db.config();
-    config.revalidate_interval = Duration::from_millis(200);
-    config.revalidate_full_interval = Duration::from_secs(3600);
-    let gw = start(config).await;
+    let gw = gateway_without_full_passes(200, &db).await;
     let mut bob = Client::ready(gw.addr).await;
     let identifier = user(BOB, 1, 2);
     bob.subscribe_ok(&identifier).await;
