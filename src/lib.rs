@@ -52,7 +52,7 @@
 //!    trigger queues `NOTIFY cable_events`, delivered at commit.
 //! 2. The LISTEN connection ([`listen`]) hands the notification to the outbox channel's
 //!    handler, which rings the appender's doorbell. Whichever process appends first cuts a
-//!    *round* ([`ingress::outbox::append`]): the rows that became visible since the previous
+//!    *round* ([`ingress::outbox::append`], stamped after its snapshot): the rows that became visible since the previous
 //!    round's MVCC snapshot, which get the next offsets, in commit order, for every process.
 //! 3. `NOTIFY cable_rounds` wakes every process's reader ([`ingress::outbox::read`]), which
 //!    fetches the new rounds' rows and encodes each event once: `{"event":..,"data":..}}`,

@@ -510,32 +510,50 @@ impl Router {
         contacts: bool,
         scratch: &mut Vec<u64>,
     ) -> usize {
-        scratch.clear();
         let registry = self.registry.read();
-        if let Some(ids) = registry.by_token.get(stream) {
-            scratch.extend(ids.iter());
-        }
-        let account = stream
-            .strip_prefix("account_")
-            .and_then(|n| n.parse::<i64>().ok())
-            .filter(|id| account_stream(*id) == stream);
-        if let Some(index) = account.and_then(|id| registry.accounts.get(&id)) {
-            scratch.extend(&index.users);
-            scratch.sort_unstable();
-            scratch.dedup();
-        }
-        if scratch.is_empty() {
+        if !stream_audience(&registry, stream, scratch) {
             return 0;
         }
         let message = self.rings.record(stream, body, created_at, contacts);
+        self.deliver_to_stream(&registry, scratch, &message, contacts)
+    }
+
+    /// Queues a broadcast read from the outbox, like [`Router::broadcast`] but at its outbox
+    /// offset (no stream history of this process's: the outbox is its history). Like
+    /// [`Router::dispatch`], it records the offset as dispatched under the registry's lock.
+    pub fn broadcast_outbox(
+        &self,
+        stream: &str,
+        message: &Arc<Message>,
+        contacts: bool,
+        scratch: &mut Vec<u64>,
+    ) -> usize {
+        let registry = self.registry.read();
+        if let Position::Outbox(offset) = message.position {
+            self.outbox_offset.store(offset, Ordering::Release);
+        }
+        if !stream_audience(&registry, stream, scratch) {
+            return 0;
+        }
+        self.deliver_to_stream(&registry, scratch, message, contacts)
+    }
+
+    /// Delivers `message` to the subscriptions `ids` found by [`stream_audience`].
+    fn deliver_to_stream(
+        &self,
+        registry: &Registry,
+        ids: &[u64],
+        message: &Arc<Message>,
+        contacts: bool,
+    ) -> usize {
         let mut delivered = 0;
         tallied(&self.metrics, || {
-            for id in scratch.iter() {
+            for id in ids {
                 let Some(entry) = registry.entries.get(id) else {
                     continue;
                 };
                 if contacts || entry.principal.is_user() {
-                    entry.sub.deliver(&message);
+                    entry.sub.deliver(message);
                     delivered += 1;
                 }
             }
@@ -590,6 +608,25 @@ impl Router {
             })
             .collect()
     }
+}
+
+/// The subscriptions streaming `stream` into `out` (its token's, and the user subscriptions
+/// of `account_<id>`), sorted; whether there is any.
+fn stream_audience(registry: &Registry, stream: &str, out: &mut Vec<u64>) -> bool {
+    out.clear();
+    if let Some(ids) = registry.by_token.get(stream) {
+        out.extend(ids.iter());
+    }
+    let account = stream
+        .strip_prefix("account_")
+        .and_then(|n| n.parse::<i64>().ok())
+        .filter(|id| account_stream(*id) == stream);
+    if let Some(index) = account.and_then(|id| registry.accounts.get(&id)) {
+        out.extend(&index.users);
+        out.sort_unstable();
+        out.dedup();
+    }
+    !out.is_empty()
 }
 
 /// Delivers `message` to `audience`; a large audience is split in two, the second half

@@ -95,7 +95,6 @@ struct Http {
     jwt: Option<Verifier>,
     /// The inspector and its token, when `CABLE_ADMIN_TOKEN` is set.
     inspector: Option<(Arc<Inspector>, String)>,
-    streams: Arc<Streams>,
     max_broadcast_size: usize,
     /// `CABLE_FIRST_BYTES_TIMEOUT`.
     first_bytes_timeout: std::time::Duration,
@@ -202,8 +201,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     let rings = Arc::new(Rings::new(config.history_limit, config.history_ttl));
     let router = Arc::new(Router::new(metrics.clone(), rings, cursor.offset()));
     let (sessions, session_writes) = Sessions::new(pool.clone(), config.session_ttl);
+    let rounds = Arc::new(Notify::new());
+    let appender = outbox::Appender::new(pool.clone(), rounds.clone());
     let history = Arc::new(History {
         pool: pool.clone(),
+        appender: appender.clone(),
         epoch,
         max_span: config.history_max_span,
         max_event_size: config.max_event_size,
@@ -241,7 +243,6 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         chatwoot,
     );
     let doorbell = Arc::new(Notify::new());
-    let rounds = Arc::new(Notify::new());
     let auth_changed = Arc::new(Notify::new());
     let mut listen = Listen::new(db.clone(), metrics.clone());
     {
@@ -307,12 +308,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     let mut tasks = vec![
         tokio::spawn(batching),
         tokio::spawn(listen.run()),
-        tokio::spawn(outbox::append_task(
-            pool.clone(),
-            doorbell,
-            rounds.clone(),
-            config.outbox_poll,
-        )),
+        tokio::spawn(appender.run(doorbell, config.outbox_poll)),
         tokio::spawn(outbox::run(
             pool.clone(),
             router.clone(),
@@ -403,7 +399,6 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         broadcast_key: nonempty(&config.broadcast_key),
         jwt: config.jwt_secret.as_deref().and_then(Verifier::new),
         inspector,
-        streams,
         max_broadcast_size: config.max_broadcast_size,
         first_bytes_timeout: config.first_bytes_timeout,
     });
@@ -564,7 +559,7 @@ async fn broadcast(http: &Http, request: Request<Incoming>) -> Response<Full<Byt
         Err(_) => return text(StatusCode::BAD_REQUEST, "could not read the body\n"),
     };
     let answer = match api::parse(&body, http.max_broadcast_size) {
-        Ok(broadcasts) => api::deliver(&http.streams, &broadcasts),
+        Ok(broadcasts) => api::publish(&http.pool, &http.services.metrics, &broadcasts).await,
         Err(refused) => refused,
     };
     with_status(answer.status, answer.body + "\n")

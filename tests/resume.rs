@@ -5,100 +5,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::ext::*;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const ALICE: &str = "demo-user-alice";
 const DAVE: &str = "demo-contact-dave";
-const EXT: &str = "actioncable-v1-ext-json";
-
-/// Connects with the extended protocol (restoring `sid` if given) and reads the welcome.
-async fn ext(addr: std::net::SocketAddr, sid: Option<&str>) -> (Client, Value) {
-    let path = match sid {
-        Some(sid) => format!("/cable?sid={sid}"),
-        None => "/cable".to_string(),
-    };
-    let mut client = Client::connect_path(addr, &path, &[EXT], None)
-        .await
-        .expect("websocket connects");
-    assert_eq!(client.protocol.as_deref(), Some(EXT));
-    let welcome = client.next().await;
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    (client, welcome)
-}
-
-fn sid_of(welcome: &Value) -> String {
-    let sid = welcome["sid"].as_str().expect("a sid").to_string();
-    assert!(sid.len() >= 32, "a session id of 128 bits: {sid}");
-    sid
-}
-
-/// Waits until the session row of `sid` holds `n` subscriptions (saves are asynchronous).
-async fn saved(db: &TestDb, sid: &str, n: i64) {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let count: Option<i32> = sqlx::query_scalar(
-                "SELECT jsonb_array_length(subscriptions) FROM cable_sessions WHERE sid = $1",
-            )
-            .bind(sid)
-            .fetch_optional(&db.pool)
-            .await
-            .unwrap();
-            if count == Some(n as i32) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the session row in time");
-}
-
-/// An extended-protocol client subscribed to `identifier`, its session saved: (client, sid).
-async fn session(db: &TestDb, addr: std::net::SocketAddr, identifier: &str) -> (Client, String) {
-    let (mut client, welcome) = ext(addr, None).await;
-    let sid = sid_of(&welcome);
-    client.subscribe_ok(identifier).await;
-    saved(db, &sid, 1).await;
-    (client, sid)
-}
-
-/// The position a message frame carries, as a history request's stream entry.
-fn position(frame: &Value) -> (String, Value) {
-    let stream = frame["stream_id"].as_str().expect("stream_id").to_string();
-    assert!(frame["offset"].is_i64(), "an integer offset: {frame}");
-    (
-        stream,
-        json!({"epoch": frame["epoch"], "offset": frame["offset"]}),
-    )
-}
-
-fn history(identifier: &str, streams: &[(String, Value)]) -> Value {
-    let streams: serde_json::Map<String, Value> = streams.iter().cloned().collect();
-    json!({"command": "history", "identifier": identifier,
-           "history": {"since": null, "streams": streams}})
-}
-
-/// Reads message frames until `confirm_history` (or `reject_history`) for `identifier`;
-/// returns the events' `data.n` in order and which answer came.
-async fn replay(client: &mut Client, identifier: &str) -> (Vec<i64>, &'static str) {
-    let mut got = Vec::new();
-    loop {
-        let frame = client.next_significant().await;
-        match frame["type"].as_str() {
-            Some("confirm_history") => {
-                assert_eq!(frame["identifier"], identifier);
-                return (got, "confirm_history");
-            }
-            Some("reject_history") => {
-                assert_eq!(frame["identifier"], identifier);
-                return (got, "reject_history");
-            }
-            None => got.push(frame["message"]["data"]["n"].as_i64().expect("data.n")),
-            Some(other) => panic!("unexpected {other}: {frame}"),
-        }
-    }
-}
 
 /// What a restored subscription gets after its history request: the replay, then (if the
 /// process had not read them yet when the subscription went live) live events, until `n`.
@@ -471,30 +383,29 @@ async fn a_subscribe_with_history_since_replays_before_going_live() {
     running.shutdown().await;
 }
 
+/// Rails' adapters are heard by each process on its own: their history is that process's.
 #[tokio::test]
 async fn stream_ingress_history_is_honoured_by_the_process_that_heard_it() {
     let db = TestDb::new().await;
-    let mut config = db.config();
-    config.broadcast_key = Some("k".into());
-    let a = start(config.clone()).await;
-    let b = start(config).await;
+    let a = start(db.config()).await;
+    let b = start(db.config()).await;
     let identifier = user(ALICE, 1, 1);
-    let post = |addr, n: i64| async move {
-        let body =
-            json!({"stream": ALICE, "data": json!({"event": "x", "data": {"n": n}}).to_string()});
-        let (status, _) = http_request(
-            addr,
-            "POST",
-            "/_broadcast",
-            &["Authorization: Bearer k"],
-            body.to_string().as_bytes(),
-        )
-        .await;
-        assert_eq!(status, 201);
+    // As Rails' PostgreSQL adapter broadcasts: NOTIFY on the stream's name.
+    let notify = |n: i64| {
+        let payload = json!({"event": "x", "data": {"n": n}}).to_string();
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(ALICE)
+                .bind(payload)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
     };
 
     let (mut client, sid) = session(&db, a.addr, &identifier).await;
-    post(a.addr, 1).await;
+    notify(1).await;
     let seen = client.next_significant().await;
     assert_eq!(seen["stream_id"], ALICE);
     assert_eq!(seen["offset"], 1);
@@ -502,8 +413,8 @@ async fn stream_ingress_history_is_honoured_by_the_process_that_heard_it() {
     // Someone else keeps the stream heard on A while the client is away.
     let mut other = Client::ready(a.addr).await;
     other.subscribe_ok(&identifier).await;
-    post(a.addr, 2).await;
-    post(a.addr, 3).await;
+    notify(2).await;
+    notify(3).await;
     for n in [2, 3] {
         assert_eq!(other.next_significant().await["message"]["data"]["n"], n);
     }

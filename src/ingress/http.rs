@@ -4,17 +4,24 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | valid, right key | 201; every broadcast delivered, in order |
+//! | valid, right key | 201 once the broadcasts are stored; each delivered on every process, in order |
 //! | missing or wrong key | 401, nothing delivered |
 //! | not `POST` | 405 |
 //! | body over 16 × `CABLE_MAX_BROADCAST_SIZE` | 413, nothing delivered |
 //! | body not JSON, not an object or array, an item without a string `stream` and `data`, a `data` that is not JSON text or is over `CABLE_MAX_BROADCAST_SIZE` | 422 naming the problem (and the item), nothing delivered |
 //!
-//! The whole request is checked before anything is delivered.
+//! | the database does not answer | 503, nothing delivered |
+//!
+//! The whole request is checked before anything is delivered. Accepted broadcasts are
+//! written to the outbox in one statement, in the request's order, as broadcast rows
+//! (`payload` set, see [`super::outbox`]): every process's outbox reader then delivers them to
+//! its subscribers of the stream, with outbox positions every process honours. A backend
+//! behind a load balancer thus reaches every subscriber, whichever process it reached.
 
 use serde_json::Value;
+use sqlx::PgPool;
 
-use super::streams::Streams;
+use crate::metrics::Metrics;
 
 /// The `ingress` label of this ingress.
 pub const INGRESS: &str = "http";
@@ -85,13 +92,34 @@ pub fn parse(body: &[u8], max_size: usize) -> Result<Vec<(String, String)>, Answ
     Ok(broadcasts)
 }
 
-/// Delivers what [`parse`] accepted.
-pub fn deliver(streams: &Streams, broadcasts: &[(String, String)]) -> Answer {
-    for (stream, payload) in broadcasts {
-        // Checked by parse already; a skip here cannot happen, and would be counted.
-        let _ = streams.deliver(INGRESS, stream, payload.as_bytes());
+/// Stores what [`parse`] accepted in the outbox, in order, in one statement.
+pub async fn publish(pool: &PgPool, metrics: &Metrics, broadcasts: &[(String, String)]) -> Answer {
+    let (streams, payloads): (Vec<&str>, Vec<&str>) = broadcasts
+        .iter()
+        .map(|(stream, payload)| (stream.as_str(), payload.as_str()))
+        .unzip();
+    let stored = sqlx::query(
+        "INSERT INTO cable_events (account_id, event, data, stream, payload)
+         SELECT 0, 'broadcast', '{}', b.stream, b.payload
+           FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS b(stream, payload, n)
+          ORDER BY b.n",
+    )
+    .bind(streams)
+    .bind(payloads)
+    .execute(pool)
+    .await;
+    match stored {
+        Ok(_) => {
+            for _ in broadcasts {
+                metrics.broadcast(INGRESS);
+            }
+            answer(201, "")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "storing broadcasts failed");
+            answer(503, "the database did not answer; nothing was broadcast")
+        }
     }
-    answer(201, "")
 }
 
 /// The body size limit for `max_size` broadcasts.

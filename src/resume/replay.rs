@@ -4,16 +4,26 @@
 //!
 //! # How "exactly once, no gap" holds
 //! While the replay is prepared and sent, the subscription's live frames are held
-//! ([`crate::delivery::Positions`]). When it went live, the subscription learned the offset
-//! live delivery started after (`live_from`, read under the router's lock, so exact): live
-//! delivery covers everything after it, so a replay covers `(position, live_from]`, and the
-//! client's own position may be ahead of this process (it came from another one that read
-//! further): frames at or below it are dropped. Then the held frames go out, then live ones.
+//! ([`crate::delivery::Positions`]).
+//!
+//! An outbox replay first has a round cut ([`crate::ingress::outbox::Appender::cut`]): every
+//! event committed before the request arrived is then in a round, whichever process appended
+//! it and whether or not this process's reader has dispatched it yet. The replay covers
+//! `(position, newest]`, `newest` being the last offset of the rounds when it starts; the
+//! client now has everything up to `newest` (and up to its own position, which may be ahead
+//! of this process's reader), so live frames at or below it, held meanwhile or read late by
+//! this process, are dropped. Then the held frames go out, then live ones. Every event
+//! committed before the request thus comes before `confirm_history`, and none twice.
+//!
+//! Stream ingress history ([`super::rings`]) is this process's own: there a replay covers
+//! `(position, live_from]`, `live_from` being where live delivery to the subscription started.
 //!
 //! # What it costs
 //! An outbox replay reads the rounds and rows between the two offsets, numbers them (offsets
 //! are positions among *all* rows of a round) and returns only the subscription's account's
-//! rows; the routing rules ([`crate::routing::receives`]) then apply exactly as to live events.
+//! rows and the broadcasts on its streams; the routing rules ([`crate::routing::receives`])
+//! then apply exactly as to live events. The round cut before it is shared by every request
+//! that arrives while one is being cut.
 //! It reads in pages of [`OUTBOX_PAGE`] offsets, one query each, and waits for the client's
 //! queue to drain between pages, so a long replay is paced by its client and holds no pool
 //! connection while it waits. A request reaching back over more than `CABLE_HISTORY_MAX_SPAN`
@@ -27,7 +37,7 @@ use sqlx::PgPool;
 use crate::auth::Principal;
 use crate::config::tuning::OUTBOX_PAGE;
 use crate::delivery::{Outbound, Subscription};
-use crate::ingress::outbox::{event_from, malformed, Row, EVENT_COLUMNS, ROUND_ROWS};
+use crate::ingress::outbox::{Appender, Outboxed, Row, EVENT_COLUMNS, ROUND_ROWS};
 use crate::metrics::Metrics;
 use crate::protocol::{reply, HistoryRequest};
 use crate::router::Router;
@@ -37,6 +47,9 @@ use super::rings::Kept;
 /// What history replay needs of the process.
 pub struct History {
     pub pool: PgPool,
+    /// Cuts a round before an outbox replay, so that it covers every event committed before
+    /// the request arrived.
+    pub appender: Arc<Appender>,
     /// The database's epoch of outbox positions.
     pub epoch: Arc<str>,
     pub max_span: i64,
@@ -67,22 +80,29 @@ impl Refusal {
 }
 
 /// One history page, bounds included, in one query. Parameters: `$1` the client's position,
-/// `$2` where live delivery starts (`live_from`), `$3` the account, `$4` `since` (NULL for a
-/// position), `$5` the page's span in offsets, `$6` `CABLE_HISTORY_MAX_SPAN`, `$7` where a
-/// later page continues (NULL for the first). Every row starts with the bounds (oldest and
-/// newest offsets kept, and the replay's `(lo, hi]`); a row without an event (offset NULL)
-/// carries them alone. Nothing but the bounds is read when the request cannot be honoured.
+/// `$2` the replay's end (NULL on the first page: the newest offset, fixed from then on), `$3`
+/// the account, `$4` `since` (NULL for a position), `$5` the page's span in offsets, `$6`
+/// `CABLE_HISTORY_MAX_SPAN`, `$7` where a later page continues (NULL for the first), `$8` the
+/// streams the subscription streams (for broadcast rows). Every row starts with the bounds
+/// (oldest and newest offsets kept, and the replay's `(lo, hi]`); a row without an event
+/// (`off` NULL) carries them alone. Nothing but the bounds is read when the request cannot be
+/// honoured.
+///
+/// `since` names the first round stamped at or after it, looked up by round number (see
+/// [`crate::ingress::outbox::Appender`] on round times): every event that became visible at
+/// or after `since`, which includes every event whose `created_at` is.
 static REPLAY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH bounds AS (
   SELECT (SELECT first_offset FROM cable_rounds ORDER BY round LIMIT 1) AS oldest,
          (SELECT first_offset + count - 1 FROM cable_rounds ORDER BY round DESC LIMIT 1) AS newest,
-         (SELECT first_offset - 1 FROM cable_rounds WHERE created_at >= to_timestamp($4)
-           ORDER BY created_at, round LIMIT 1) AS since_from
+         (SELECT first_offset - 1 FROM cable_rounds
+           WHERE round = (SELECT min(round) FROM cable_rounds
+                           WHERE created_at >= to_timestamp($4))) AS since_from
 ), span AS (
   SELECT oldest, newest,
          COALESCE($7, CASE WHEN $4::float8 IS NULL THEN $1 ELSE COALESCE(since_from, newest) END) AS lo,
-         LEAST($2, newest) AS hi
+         LEAST(COALESCE($2, newest), newest) AS hi
     FROM bounds
 ), ok AS (
   SELECT lo, LEAST(hi, lo + $5) AS page_hi FROM span
@@ -93,14 +113,14 @@ static REPLAY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                                ORDER BY first_offset DESC, round DESC LIMIT 1), 0)
      AND c.first_offset <= ok.page_hi
 ), numbered AS (
-  SELECT e.id, e.account_id,
+  SELECT e.id, e.account_id, e.stream, e.payload IS NOT NULL AS broadcast,
          r.first_offset - 1 + row_number() OVER (PARTITION BY r.round ORDER BY e.id) AS off
-    FROM r CROSS JOIN LATERAL (SELECT e.id, e.account_id FROM {ROUND_ROWS} e) e
+    FROM r CROSS JOIN LATERAL (SELECT e.id, e.account_id, e.stream, e.payload FROM {ROUND_ROWS} e) e
 ), events AS (
   SELECT n.off, {EVENT_COLUMNS}
     FROM numbered n JOIN cable_events e ON e.id = n.id, ok
-   WHERE n.off > ok.lo AND n.off <= ok.page_hi AND n.account_id = $3
-     AND ($4::float8 IS NULL OR e.created_at >= to_timestamp($4))
+   WHERE n.off > ok.lo AND n.off <= ok.page_hi
+     AND CASE WHEN n.broadcast THEN n.stream = ANY($8) ELSE n.account_id = $3 END
 )
 SELECT span.oldest, span.newest, span.lo, span.hi, events.*
   FROM span LEFT JOIN events ON true
@@ -108,38 +128,22 @@ SELECT span.oldest, span.newest, span.lo, span.hi, events.*
     )
 });
 
-/// A history page's bounds, and its events as outbox [`Row`]s with their offsets.
-fn page_from(rows: Vec<sqlx::postgres::PgRow>) -> Result<(Bounds, Vec<Row>), sqlx::Error> {
-    use sqlx::Row as _;
+/// A history page's bounds, and its rows with their offsets.
+fn page_from(rows: Vec<sqlx::postgres::PgRow>) -> Result<(Bounds, Vec<(i64, Row)>), sqlx::Error> {
+    use sqlx::{FromRow, Row as _};
     let mut bounds = Bounds::default();
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         bounds = Bounds {
-            oldest: row.try_get::<Option<i64>, _>(0)?.unwrap_or(1),
-            newest: row.try_get::<Option<i64>, _>(1)?.unwrap_or(0),
-            lo: row.try_get::<Option<i64>, _>(2)?.unwrap_or(0),
-            hi: row.try_get::<Option<i64>, _>(3)?.unwrap_or(0),
+            oldest: row.try_get::<Option<i64>, _>("oldest")?.unwrap_or(1),
+            newest: row.try_get::<Option<i64>, _>("newest")?.unwrap_or(0),
+            lo: row.try_get::<Option<i64>, _>("lo")?.unwrap_or(0),
+            hi: row.try_get::<Option<i64>, _>("hi")?.unwrap_or(0),
         };
-        let Some(offset) = row.try_get::<Option<i64>, _>(4)? else {
+        let Some(offset) = row.try_get::<Option<i64>, _>("off")? else {
             continue;
         };
-        events.push((
-            0,
-            offset,
-            row.try_get(5)?,
-            row.try_get(6)?,
-            row.try_get(7)?,
-            row.try_get(8)?,
-            row.try_get(9)?,
-            row.try_get(10)?,
-            row.try_get(11)?,
-            row.try_get(12)?,
-            row.try_get(13)?,
-            row.try_get(14)?,
-            row.try_get(15)?,
-            row.try_get(16)?,
-            row.try_get(17)?,
-        ));
+        events.push((offset, Row::from_row(&row)?));
     }
     Ok((bounds, events))
 }
@@ -202,7 +206,7 @@ impl History {
         request: &HistoryRequest,
     ) -> Result<(), Refusal> {
         let positions = sub.positions.as_ref().expect("checked by serve");
-        let (outbox_mark, stream_marks) = positions.marks();
+        let (_, stream_marks) = positions.marks();
 
         // Which positions name what; everything is checked before anything is sent.
         let mut outbox_position = None;
@@ -241,23 +245,29 @@ impl History {
             (None, None) => None,
         };
         if let Some((position, since)) = outbox {
-            let mut start: Option<i64> = None;
+            // Everything committed before the request arrived goes into a round first: the
+            // replay then reaches it, whether or not this process's reader has yet.
+            self.appender.cut().await.map_err(Refusal::Database)?;
+            let streams = crate::routing::streams(principal, token);
+            let mut first: Option<Bounds> = None;
             let mut next: Option<i64> = None;
             loop {
                 self.metrics.history_queries.inc();
                 let rows = sqlx::query(sqlx::AssertSqlSafe(REPLAY.as_str()))
                     .bind(position)
-                    .bind(outbox_mark.live_from)
+                    .bind(first.map(|b| b.hi))
                     .bind(principal.account_id())
                     .bind(since)
                     .bind(OUTBOX_PAGE)
                     .bind(self.max_span)
                     .bind(next)
+                    .bind(&streams)
                     .fetch_all(&self.pool)
                     .await
                     .map_err(Refusal::Database)?;
                 let (bounds, rows) = page_from(rows).map_err(Refusal::Database)?;
-                if start.is_none() {
+                let span = *first.get_or_insert(bounds);
+                if next.is_none() {
                     if since.is_none()
                         && (bounds.lo + 1 < bounds.oldest || bounds.lo > bounds.newest)
                     {
@@ -266,28 +276,30 @@ impl History {
                     if bounds.hi - bounds.lo > self.max_span {
                         return Err(Refusal::TooLong);
                     }
-                    start = Some(bounds.lo);
                 }
-                for row in rows {
-                    if malformed(&row, self.max_event_size).is_some() {
-                        continue;
-                    }
-                    let offset = row.1;
-                    let Some(event) = event_from(row, offset) else {
-                        continue;
+                for (offset, row) in rows {
+                    let message = match row.decode(offset, self.max_event_size) {
+                        Ok(Outboxed::Event(event))
+                            if crate::routing::receives(principal, token, &event) =>
+                        {
+                            event.message
+                        }
+                        Ok(Outboxed::Broadcast(b)) if b.contacts || principal.is_user() => {
+                            b.message
+                        }
+                        _ => continue,
                     };
-                    if crate::routing::receives(principal, token, &event) {
-                        sub.session.send(Outbound::Message {
-                            sub: sub.clone(),
-                            message: event.message,
-                        });
-                        self.metrics.history_replayed.inc();
-                    }
+                    sub.session.send(Outbound::Message {
+                        sub: sub.clone(),
+                        message,
+                    });
+                    self.metrics.history_replayed.inc();
                 }
-                let page_end = (bounds.lo + OUTBOX_PAGE).min(bounds.hi);
-                if page_end >= bounds.hi {
-                    let floor = if since.is_none() { position } else { 0 };
-                    positions.replayed(None, start.unwrap_or(bounds.lo), floor);
+                let page_end = (bounds.lo + OUTBOX_PAGE).min(span.hi);
+                if page_end >= span.hi {
+                    // The client now has everything up to the replay's end: live frames at or
+                    // below it (held meanwhile, or read late by this process) are dropped.
+                    positions.replayed(None, span.lo, span.hi.max(position));
                     break;
                 }
                 next = Some(page_end);

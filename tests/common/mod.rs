@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod events;
+pub mod ext;
 pub mod redis;
 
 use std::sync::atomic::{AtomicU32, Ordering};
