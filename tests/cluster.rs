@@ -334,3 +334,46 @@ async fn broadcasts_accepted_by_one_process_reach_every_process_with_positions_b
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A position of Rails' adapters is history of the process that heard it. On another process
+/// it cannot be honoured, and that must not cost the client the outbox events it missed: they
+/// are replayed, then `reject_history` says that something could not be.
+#[tokio::test]
+async fn a_broadcast_position_another_process_cannot_honour_costs_no_outbox_event() {
+    let db = TestDb::new().await;
+    let a = start(db.config()).await;
+    let b = start(db.config()).await;
+    let identifier = user(ALICE, 1, 1);
+    let (mut client, sid) = session(&db, a.addr, &identifier).await;
+    to_alice(&db.pool, 1).await;
+    let event = client.next_significant().await;
+    // As Rails' PostgreSQL adapter broadcasts: heard by A only (B has no subscriber of it).
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(ALICE)
+        .bind(json!({"event": "x", "data": {"n": 100}}).to_string())
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let broadcast = client.next_significant().await;
+    assert_eq!(broadcast["stream_id"], ALICE);
+    drop(client);
+    to_alice(&db.pool, 2).await;
+    to_alice(&db.pool, 3).await;
+
+    let (mut client, welcome) = ext(b.addr, Some(&sid)).await;
+    assert_eq!(welcome["restored"], true, "{welcome}");
+    client
+        .send(history(
+            &identifier,
+            &[position(&event), position(&broadcast)],
+        ))
+        .await;
+    assert_eq!(
+        replay(&mut client, &identifier).await,
+        (vec![2, 3], "reject_history")
+    );
+    to_alice(&db.pool, 4).await;
+    assert_eq!(client.next_significant().await["message"]["data"]["n"], 4);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -208,9 +208,13 @@ impl History {
         let positions = sub.positions.as_ref().expect("checked by serve");
         let (_, stream_marks) = positions.marks();
 
-        // Which positions name what; everything is checked before anything is sent.
+        // Which positions name what. An outbox position that cannot be honoured refuses the
+        // request before anything is sent; a stream ingress position (history of the process
+        // that heard it) only refuses its own stream: everything else is replayed, then the
+        // answer is `reject_history`, so that the client knows something is missing.
         let mut outbox_position = None;
         let mut streams: Vec<(Arc<str>, i64, Vec<Kept>)> = Vec::new();
+        let mut unhonoured: Vec<&str> = Vec::new();
         for position in &request.streams {
             if position.stream_id == *positions.outbox_stream_id {
                 if position.epoch != *self.epoch {
@@ -221,17 +225,21 @@ impl History {
                 .iter()
                 .find(|(name, _)| **name == position.stream_id)
             {
-                let kept = router
+                match router
                     .rings()
                     .after(name, &position.epoch, position.offset, mark.live_from)
-                    .map_err(|_| Refusal::Stream)?;
-                streams.push((name.clone(), position.offset, kept));
+                {
+                    Ok(kept) => streams.push((name.clone(), position.offset, kept)),
+                    Err(_) => unhonoured.push(name),
+                }
             }
             // A stream this subscription does not have: nothing of it is ours to replay.
         }
         if let Some(since) = request.since {
             for (name, mark) in &stream_marks {
-                if !streams.iter().any(|(listed, ..)| listed == name) {
+                let listed = streams.iter().any(|(listed, ..)| listed == name)
+                    || unhonoured.contains(&&**name);
+                if !listed {
                     let kept = router.rings().since(name, since, mark.live_from);
                     streams.push((name.clone(), 0, kept));
                 }
@@ -318,6 +326,10 @@ impl History {
             }
             positions.replayed(Some(&name), position, position);
         }
-        Ok(())
+        if unhonoured.is_empty() {
+            Ok(())
+        } else {
+            Err(Refusal::Stream)
+        }
     }
 }

@@ -6,8 +6,8 @@
 #   CABLE_ADAPTER=postgresql   the app's database (DATABASE_URL), via ActiveRecord
 #   CABLE_ADAPTER=redis        REDIS_URL, with CHANNEL_PREFIX as channel_prefix
 # It reads one broadcast per line on stdin, "<stream>\t<JSON message>", and answers "sent"
-# on stdout after each (tests/js/rails.test.mjs drives it). Debian's ruby-actioncable,
-# ruby-activerecord, ruby-pg and ruby-redis are all it needs.
+# on stdout after each, or "error <what>" when the adapter failed (tests/js and the soak drive
+# it). Debian's ruby-actioncable, ruby-activerecord, ruby-pg and ruby-redis are all it needs.
 
 require "json"
 require "logger"
@@ -37,6 +37,12 @@ $stdout.sync = true
 puts "ready #{ActionCable.version}"
 $stdin.each_line do |line|
   stream, message = line.chomp.split("\t", 2)
-  ActionCable.server.broadcast(stream, JSON.parse(message))
-  puts "sent"
+  begin
+    ActionCable.server.broadcast(stream, JSON.parse(message))
+    puts "sent"
+  rescue StandardError => e
+    # The adapter's connection broke (a database or Redis restart): say so and go on; the
+    # driver decides whether to start a fresh broadcaster.
+    puts "error #{e.class}: #{e.message.lines.first&.strip}"
+  end
 end

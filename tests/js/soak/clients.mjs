@@ -1,0 +1,156 @@
+// The soak's clients, three kinds, each the official library as shipped (only its reconnect
+// delays shortened where it takes a strategy):
+//   plain    @rails/actioncable, a user's dashboard tab
+//   contact  @rails/actioncable, a contact's chat widget
+//   ext      @anycable/core with actioncable-v1-ext-json (session restore, history)
+// Each records what it received (with when and, for ext, the position) and, for the plain
+// kinds, when its subscription was confirmed and when it lost it.
+
+import { createRequire } from "node:module";
+import { createCable } from "@anycable/core";
+import WebSocket from "ws";
+import { params } from "./world.mjs";
+
+const require = createRequire(import.meta.url);
+const ActionCable = require("@rails/actioncable");
+
+// @rails/actioncable under Node, as tests/js/actioncable.test.mjs explains: `ws` as its
+// WebSocket, and no-op page visibility listeners. Its subscriptions hear of a lost connection
+// only when the socket's close completes, which against a frozen server takes `ws`' close
+// timeout (30 s) after the client gave up on it: the socket tells its client itself, at once.
+globalThis.addEventListener ??= () => {};
+globalThis.removeEventListener ??= () => {};
+const byUrl = new Map();
+ActionCable.adapters.WebSocket = class TellingWebSocket extends WebSocket {
+  constructor(url, protocols) {
+    super(url, protocols);
+    this.client = byUrl.get(url);
+    if (this.client) this.client.socket = this;
+    this.on("close", () => this.lost());
+  }
+
+  close(...args) {
+    this.lost();
+    return super.close(...args);
+  }
+
+  /** Only the client's current socket speaks for it (an old one may close late). */
+  lost() {
+    if (this.client?.socket === this) this.client.disconnected();
+  }
+};
+ActionCable.logger.enabled = false;
+
+class Client {
+  constructor(kind, principal) {
+    this.kind = kind;
+    this.principal = principal;
+    this.received = [];
+    this.intervals = [];
+    this.presence = null;
+    this.confirmed = false;
+    this.subscribes = 0;
+  }
+
+  record(message, meta) {
+    if (message?.event === "presence.update") {
+      this.presence = { at: Date.now(), data: message.data };
+      return;
+    }
+    this.received.push({ at: Date.now(), message, meta });
+  }
+
+  connected() {
+    this.disconnected();
+    this.confirmed = true;
+    this.subscribes += 1;
+    this.intervals.push([Date.now(), Infinity]);
+  }
+
+  disconnected() {
+    if (!this.confirmed) return;
+    this.confirmed = false;
+    this.intervals[this.intervals.length - 1][1] = Date.now();
+  }
+}
+
+/** A @rails/actioncable consumer with one RoomChannel subscription. */
+export class PlainClient extends Client {
+  constructor(kind, principal, url) {
+    super(kind, principal);
+    const own = `${url}?client=${byUrl.size}`;
+    byUrl.set(own, this);
+    this.consumer = ActionCable.createConsumer(own);
+    const self = this;
+    this.subscription = this.consumer.subscriptions.create(params(principal), {
+      connected() {
+        self.connected();
+      },
+      disconnected() {
+        self.disconnected();
+      },
+      rejected() {
+        self.rejected = (self.rejected ?? 0) + 1;
+      },
+      received(message) {
+        self.record(message, null);
+      },
+    });
+  }
+
+  close() {
+    this.disconnected();
+    this.consumer.disconnect();
+  }
+}
+
+/** An @anycable/core cable with the extended protocol and one RoomChannel subscription. */
+export class ExtClient extends Client {
+  constructor(principal, url, random) {
+    super("ext", principal);
+    this.cable = createCable(url, {
+      protocol: "actioncable-v1-ext-json",
+      websocketImplementation: WebSocket,
+      logLevel: "error",
+      reconnectStrategy: () => random.int(200, 1500),
+    });
+    this.historyNotFound = 0;
+    this.channel = this.cable.subscribeTo("RoomChannel", params(principal));
+    this.channel.on("message", (message, meta) => this.record(message, meta));
+    this.channel.on("connect", () => this.connected());
+    this.channel.on("disconnect", () => this.disconnected());
+    this.channel.on("info", (info) => {
+      if (info.type === "history_not_found") this.historyNotFound += 1;
+    });
+  }
+
+  close() {
+    this.disconnected();
+    this.cable.disconnect();
+  }
+}
+
+/**
+ * The fleet: `total` clients in the soak's proportions (39% contacts, 31% ext users, 30%
+ * plain users), principals taken in turn; resolves once every subscription is confirmed.
+ */
+export async function connectFleet(world, url, total, random) {
+  const users = world.accounts.flatMap((account) => account.users);
+  const contacts = world.accounts.flatMap((account) => account.contacts);
+  const counts = { contact: Math.round(total * 0.39), ext: Math.round(total * 0.31) };
+  counts.plain = total - counts.contact - counts.ext;
+  const clients = [];
+  for (let i = 0; i < counts.contact; i += 1) clients.push(new PlainClient("contact", contacts[i % contacts.length], url));
+  for (let i = 0; i < counts.ext; i += 1) clients.push(new ExtClient(users[i % users.length], url, random));
+  for (let i = 0; i < counts.plain; i += 1) clients.push(new PlainClient("plain", users[(i + 7) % users.length], url));
+  await waitFor(() => clients.every((client) => client.confirmed), 60_000, "every client's first confirm");
+  return clients;
+}
+
+export async function waitFor(check, ms, what) {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
