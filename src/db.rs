@@ -224,6 +224,16 @@ fn tls_failed() -> Cause {
     }
 }
 
+/// What went wrong in one line: for an error the server returned, its own message (sqlx's
+/// rendering adds the source line of PostgreSQL's C code, "at line 948", which tells a user
+/// nothing); otherwise the error as sqlx says it.
+pub fn said(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// Names the cause of a failed connection: refused, host not found, TLS, authentication…
 pub fn cause(e: &sqlx::Error) -> Cause {
     use std::io::ErrorKind;

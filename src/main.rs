@@ -3,11 +3,10 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use cable_gateway::config::{Cli, Command, LogFormat};
-use cable_gateway::db::{cause, Database};
+use cable_gateway::config::{Command, LogFormat};
+use cable_gateway::db::{cause, said, Database};
 use cable_gateway::migrate::{self, MigrateError};
 use cable_gateway::server;
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// The allocator. Under glibc's malloc a connect storm left about 2 KB per connection of
@@ -61,7 +60,7 @@ async fn terminated() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cable_gateway::config::parse();
     match cli.command {
         Command::Migrate(args) => {
             init_tracing(LogFormat::Text);
@@ -78,9 +77,10 @@ async fn main() -> ExitCode {
                 Err(MigrateError::Database(e)) => {
                     let cause = cause(&e);
                     eprintln!(
-                        "error: migrating {} failed: {} ({e}). {}",
+                        "error: migrating {} failed: {} ({}). {}",
                         db.redacted(),
                         cause.what,
+                        said(&e),
                         cause.fix
                     );
                     return ExitCode::FAILURE;

@@ -65,7 +65,7 @@ const TOKEN_SUBPROTOCOL: &str = "anycable-token.";
 pub enum StartError {
     #[error("{0}. Fix DATABASE_URL.")]
     Config(#[from] ConfigError),
-    #[error("cannot connect to the database at {url}: {} ({source}). {}", cause(.source).what, cause(.source).fix)]
+    #[error("cannot connect to the database at {url}: {} ({}). {}", cause(.source).what, crate::db::said(.source), cause(.source).fix)]
     Database { url: String, source: sqlx::Error },
     #[error("{} migration(s) pending ({}). Run `cable-gateway migrate` first.", .0.len(), .0.join(", "))]
     PendingMigrations(Vec<String>),

@@ -276,6 +276,10 @@ async function main() {
 
 const GRACE_SETTLE_MS = 10_000;
 
+// Interrupted (Ctrl-C, or scripts/bench's time limit): exit through the exit hooks, which kill
+// every gateway and helper.
+for (const signal of ["SIGINT", "SIGTERM"]) process.once(signal, () => process.exit(130));
+
 main().then(
   (ok) => process.exit(ok ? 0 : 1),
   (error) => {

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod values;
+pub use values::{explain, parse};
+
 /// ActionCable-compatible WebSocket gateway fed by a PostgreSQL outbox.
 #[derive(Debug, Parser)]
 #[command(name = "cable-gateway", version, about)]
@@ -34,18 +37,20 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
-    /// Address to listen on (port 0 picks a free port). Default: 127.0.0.1:8080
+    /// Address to listen on, IP:PORT or HOST:PORT (port 0 picks a free port).
+    /// Default: 127.0.0.1:8080
     #[arg(
         long,
         env = "CABLE_LISTEN",
         default_value = "127.0.0.1:8080",
+        value_parser = values::listen,
         hide_env_values = true,
         hide_default_value = true
     )]
     pub listen: SocketAddr,
 
     /// How long a subscriber stays online after its last sign of life. Default: 30s
-    #[arg(long, env = "CABLE_PRESENCE_TTL", default_value = "30s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
+    #[arg(long, env = "CABLE_PRESENCE_TTL", default_value = "30s", value_parser = values::duration, hide_env_values = true, hide_default_value = true)]
     pub presence_ttl: Duration,
 
     /// Bytes per second an account's presence pushes may use. Default: 8388608 (8 MiB/s)
@@ -115,7 +120,7 @@ pub struct ServeConfig {
 
     /// A connection that sends nothing for this long after connecting is closed (it holds a
     /// descriptor and has asked for nothing). Default: 60s
-    #[arg(long, env = "CABLE_FIRST_BYTES_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
+    #[arg(long, env = "CABLE_FIRST_BYTES_TIMEOUT", default_value = "60s", value_parser = values::duration, hide_env_values = true, hide_default_value = true)]
     pub first_bytes_timeout: Duration,
 
     /// Frames that may wait for a client whose socket has taken nothing for 1 s before it is
@@ -131,11 +136,11 @@ pub struct ServeConfig {
     pub send_queue: usize,
 
     /// How long a valid token lookup is cached. Default: 5s
-    #[arg(long, env = "CABLE_AUTH_CACHE_TTL", default_value = "5s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
+    #[arg(long, env = "CABLE_AUTH_CACHE_TTL", default_value = "5s", value_parser = values::duration, hide_env_values = true, hide_default_value = true)]
     pub auth_cache_ttl: Duration,
 
     /// How long an invalid token lookup is cached. Default: 1s
-    #[arg(long, env = "CABLE_AUTH_NEGATIVE_TTL", default_value = "1s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
+    #[arg(long, env = "CABLE_AUTH_NEGATIVE_TTL", default_value = "1s", value_parser = values::duration, hide_env_values = true, hide_default_value = true)]
     pub auth_negative_ttl: Duration,
 
     /// Most token lookups kept in the cache. Default: 100000
@@ -152,16 +157,16 @@ pub struct ServeConfig {
     /// memberships, revoked tokens) after the identity tables change, and how often while
     /// their change notifications cannot be heard (no triggers, LISTEN connection down); at
     /// most one pass per interval. Default: 2s
-    #[arg(long, env = "CABLE_REVALIDATE_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
+    #[arg(long, env = "CABLE_REVALIDATE_INTERVAL", default_value = "2s", value_parser = values::duration, hide_env_values = true, hide_default_value = true)]
     pub revalidate_interval: Duration,
 
     /// How often live subscriptions are re-checked although no change was notified (a safety
     /// net for changes the triggers cannot see, e.g. with triggers disabled). Default: 60s
-    #[arg(long, env = "CABLE_REVALIDATE_FULL_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
+    #[arg(long, env = "CABLE_REVALIDATE_FULL_INTERVAL", default_value = "60s", value_parser = values::duration, hide_env_values = true, hide_default_value = true)]
     pub revalidate_full_interval: Duration,
 
     /// How often the outbox is read when no notification arrives (safety net). Default: 1s
-    #[arg(long, env = "CABLE_OUTBOX_POLL", default_value = "1s", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
+    #[arg(long, env = "CABLE_OUTBOX_POLL", default_value = "1s", value_parser = values::duration, hide_env_values = true, hide_default_value = true)]
     pub outbox_poll: Duration,
 
     /// Largest outbox event `data` in bytes (as stored, in jsonb's text form); a larger row
@@ -171,12 +176,12 @@ pub struct ServeConfig {
     pub max_event_size: usize,
 
     /// Events older than this are deleted from cable_events. Default: 24h
-    #[arg(long, env = "CABLE_EVENT_RETENTION", default_value = "24h", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
+    #[arg(long, env = "CABLE_EVENT_RETENTION", default_value = "24h", value_parser = values::duration, hide_env_values = true, hide_default_value = true)]
     pub event_retention: Duration,
 
     /// Extended protocol: how long a session can be restored by its `sid` after its socket
     /// was lost (on any process of the database). Default: 5m
-    #[arg(long, env = "CABLE_SESSION_TTL", default_value = "5m", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
+    #[arg(long, env = "CABLE_SESSION_TTL", default_value = "5m", value_parser = values::duration, hide_env_values = true, hide_default_value = true)]
     pub session_ttl: Duration,
 
     /// Extended protocol: the most outbox events (of every account) one history request may
@@ -204,7 +209,7 @@ pub struct ServeConfig {
 
     /// Extended protocol: how long a stream ingress broadcast is kept for history.
     /// Default: 5m
-    #[arg(long, env = "CABLE_HISTORY_TTL", default_value = "5m", value_parser = humantime::parse_duration, hide_env_values = true, hide_default_value = true)]
+    #[arg(long, env = "CABLE_HISTORY_TTL", default_value = "5m", value_parser = values::duration, hide_env_values = true, hide_default_value = true)]
     pub history_ttl: Duration,
 
     /// Hear a Rails backend's ActionCable PostgreSQL adapter (`NOTIFY`) on this database:

@@ -1,0 +1,191 @@
+// The README's copy-paste snippets, run as printed (issue 32): the reliable-streams client in a
+// browser (@anycable/web in headless Chromium) and under Node (@anycable/core with ws), the
+// Rails broadcasters for both adapters, and the JWT minting line. Each block is taken from
+// README.md by its `<!-- example: NAME -->` marker; only the documented URL (and, for the
+// shell blocks, the environment a user would have set) is changed.
+//
+// Run from the repository root:   node --test tests/js/
+// Environment: as tests/js/actioncable.test.mjs (CABLE_PG_ADMIN_URL required); CHROMIUM_BIN.
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import path from "node:path";
+import readline from "node:readline";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import WebSocket from "ws";
+import { REPO, createDatabase, eventually, spawnGateway, withTimeout } from "./harness.mjs";
+import { Redis, freePort } from "./soak/cluster.mjs";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const STEP_TIMEOUT_MS = 15_000;
+const DOCUMENTED_URL = "ws://127.0.0.1:8080/cable";
+const PREFIX = "chatwoot_development_action_cable";
+const JWT_SECRET = "readme-test-secret";
+const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
+
+/** The fenced block after `<!-- example: NAME -->` in README.md. */
+function example(name) {
+  const readme = readFileSync(path.join(REPO, "README.md"), "utf8");
+  const block = readme.split(`<!-- example: ${name} -->\n`)[1]?.match(/^```\w+\n([\s\S]*?)^```/m)?.[1];
+  assert.ok(block, `README.md has a block after <!-- example: ${name} -->`);
+  return block;
+}
+
+/** Lines a child process prints, awaitable by prefix. */
+function lines(stream) {
+  const seen = [];
+  const waiters = new Set();
+  readline.createInterface({ input: stream }).on("line", (line) => {
+    seen.push(line);
+    for (const waiter of [...waiters]) waiter();
+  });
+  return {
+    seen,
+    printed: (prefix, what) =>
+      withTimeout(
+        new Promise((resolve) => {
+          const attempt = () => {
+            const line = seen.find((l) => l.startsWith(prefix));
+            if (line) {
+              waiters.delete(attempt);
+              resolve(line);
+            }
+          };
+          waiters.add(attempt);
+          attempt();
+        }),
+        STEP_TIMEOUT_MS,
+        `${what}; printed ${JSON.stringify(seen)}`,
+      ),
+  };
+}
+
+/** Runs a README shell block with bash; resolves with its output, rejects on failure. */
+function sh(block, env) {
+  return new Promise((resolve, reject) => {
+    const child = spawn("bash", ["-c", block], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (chunk) => (out += chunk));
+    child.stderr.on("data", (chunk) => (out += chunk));
+    child.once("exit", (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`exit ${code}: ${out}`))));
+  });
+}
+
+describe("the README's snippets, as printed", { timeout: 180_000 }, () => {
+  const adminUrl = process.env.CABLE_PG_ADMIN_URL;
+  let db = null;
+  let gateway = null;
+  let redis = null;
+  let cableUrl = "";
+
+  before(async () => {
+    assert.ok(adminUrl, "CABLE_PG_ADMIN_URL is not set (scripts/test sets it)");
+    db = await createDatabase(adminUrl, "cable_readme");
+    redis = await new Redis(await freePort()).start();
+    // As the README starts it for the Rails examples (scripts/dev passes these through).
+    gateway = await spawnGateway(db.url, {
+      CABLE_REDIS_URL: `redis://127.0.0.1:${redis.port}`,
+      CABLE_RAILS_CHANNEL_PREFIX: PREFIX,
+      CABLE_JWT_SECRET: JWT_SECRET,
+    });
+    cableUrl = `ws://127.0.0.1:${gateway.port}/cable`;
+  });
+
+  after(async () => {
+    if (gateway) await gateway.kill("SIGTERM");
+    redis?.stop();
+    if (db) await db.drop();
+  });
+
+  const publish = (id) =>
+    db.sql(`INSERT INTO cable_events (account_id, event, data) VALUES (1, 'message.created', '{"id": ${id}}')`);
+
+  /** Runs a README Node block beside node_modules; returns its printed lines. */
+  function runNode(t, name) {
+    const block = example(name);
+    assert.ok(block.includes(DOCUMENTED_URL), `${name} connects to the documented URL`);
+    const file = path.join(HERE, `readme-${name}-${process.pid}.mjs`);
+    writeFileSync(file, block.replace(DOCUMENTED_URL, cableUrl));
+    t.after(() => rmSync(file, { force: true }));
+    const child = spawn(process.execPath, [file], { stdio: ["ignore", "pipe", "pipe"] });
+    t.after(() => child.kill("SIGKILL"));
+    return lines(child.stdout);
+  }
+
+  test("1. reliable streams under Node: @anycable/core with ws", async (t) => {
+    const out = runNode(t, "anycable-node");
+    await out.printed("presence.update ", "the client subscribed");
+    await publish(101);
+    const line = await out.printed("message.created ", "the event printed");
+    assert.deepEqual(JSON.parse(line.slice("message.created ".length)), { id: 101, account_id: 1 });
+  });
+
+  test("2. reliable streams in a browser: @anycable/web in headless Chromium", async (t) => {
+    const block = example("anycable-browser");
+    assert.ok(block.includes(DOCUMENTED_URL));
+    // What a bundler does, done with an import map over tests/js/node_modules.
+    const page = `<!doctype html><script type="importmap">${JSON.stringify({
+      imports: {
+        "@anycable/web": "/node_modules/@anycable/web/index.js",
+        "@anycable/core": "/node_modules/@anycable/core/index.js",
+        nanoevents: "/node_modules/nanoevents/index.js",
+      },
+    })}</script><script type="module" src="/example.js"></script>`;
+    const server = http.createServer((request, response) => {
+      const url = new URL(request.url, "http://x");
+      if (url.pathname === "/") return response.writeHead(200, { "content-type": "text/html" }).end(page);
+      if (url.pathname === "/example.js") {
+        return response.writeHead(200, { "content-type": "text/javascript" }).end(block.replace(DOCUMENTED_URL, cableUrl));
+      }
+      const file = path.join(HERE, path.normalize(url.pathname));
+      if (!file.startsWith(path.join(HERE, "node_modules"))) return response.writeHead(404).end();
+      try {
+        response.writeHead(200, { "content-type": "text/javascript" }).end(readFileSync(file));
+      } catch {
+        response.writeHead(404).end();
+      }
+    });
+    await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+    t.after(() => server.close());
+    const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true });
+    t.after(() => browser.close());
+    const tab = await browser.newPage();
+    const logged = [];
+    const errors = [];
+    tab.on("console", (message) => logged.push(message.text()));
+    tab.on("pageerror", (error) => errors.push(String(error)));
+    await tab.goto(`http://127.0.0.1:${server.address().port}/`);
+    await eventually(() => logged.some((l) => l.startsWith("presence.update ")), STEP_TIMEOUT_MS, `subscribed; logged ${logged} ${errors}`);
+    await publish(102);
+    const line = await eventually(() => logged.find((l) => l.startsWith("message.created ")), STEP_TIMEOUT_MS, `the event; logged ${logged}`);
+    assert.deepEqual(JSON.parse(line.slice("message.created ".length)), { id: 102, account_id: 1 });
+    assert.deepEqual(errors, []);
+  });
+
+  for (const adapter of ["redis", "postgresql"]) {
+    test(`3. the Rails broadcaster (${adapter}) reaches Alice's subscription`, async (t) => {
+      const out = runNode(t, "node");
+      await out.printed("presence.update ", "Alice subscribed");
+      await sh(example(`rails-${adapter}`), { REDIS_URL: `redis://127.0.0.1:${redis.port}`, DATABASE_URL: db.url });
+      const line = await out.printed("notification.created ", "the broadcast printed");
+      assert.deepEqual(JSON.parse(line.slice("notification.created ".length)), { id: 1 });
+    });
+  }
+
+  test("4. the JWT minting line gives a token the gateway takes", async () => {
+    const token = await sh(example("jwt-node"), { CABLE_JWT_SECRET: JWT_SECRET });
+    assert.match(token, /^[\w-]+\.[\w-]+\.[\w-]+$/);
+    const ws = new WebSocket(`${cableUrl}?jid=${token}`, ["actioncable-v1-json"]);
+    const frames = [];
+    ws.on("message", (data) => frames.push(JSON.parse(data.toString())));
+    await withTimeout(new Promise((resolve, reject) => ws.once("open", resolve).once("error", reject)), STEP_TIMEOUT_MS, "connect");
+    const identifier = JSON.stringify({ channel: "RoomChannel" });
+    ws.send(JSON.stringify({ command: "subscribe", identifier }));
+    await eventually(() => frames.some((f) => f.type === "confirm_subscription"), STEP_TIMEOUT_MS, `confirm; got ${JSON.stringify(frames)}`);
+    ws.terminate();
+  });
+});
