@@ -2,6 +2,9 @@
 //! at a time (a subscribe's token lookup finishes before the next command is looked at).
 //! What bad input gets comes from [`crate::protocol::bad_input`], applied in [`Reader::bad`].
 
+mod restore;
+mod subscribe;
+
 use std::sync::Arc;
 
 use tokio::io::AsyncRead;
@@ -11,13 +14,11 @@ use super::rate::RateLimit;
 use super::subscriptions::SessionSubscriptions;
 use super::Services;
 use crate::auth::jwt::ConnectionIdentity;
-use crate::auth::{token_prefix, Principal};
-use crate::channel::SubscribeError;
-use crate::config::tuning::{HARD_LIMIT_FACTOR, HISTORY_RATE, RESTORE_HOLD};
+use crate::auth::Principal;
+use crate::config::tuning::{HARD_LIMIT_FACTOR, HISTORY_RATE};
 use crate::delivery::{CloseReason, Outbound, Positions, SessionHandle, Subscription};
-use crate::metrics::ReasonLabels;
 use crate::protocol::reply;
-use crate::protocol::{BadInput, Command, HistoryRequest, Identifier, IdentifierError, Verdict};
+use crate::protocol::{BadInput, Command, HistoryRequest, Verdict};
 use crate::router::Held;
 
 pub struct Reader<R> {
@@ -277,197 +278,6 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         subs.insert(sub.clone());
         services.presence.answer(sub.clone());
         sub
-    }
-
-    /// Restores the subscriptions of session `sid` (extended protocol), checking each token
-    /// afresh: the identifiers restored (held until the client's history request), or `None`
-    /// when there is no such session. A subscription whose token is no longer valid is
-    /// rejected (after the welcome).
-    pub async fn restore(
-        &mut self,
-        sid: &str,
-        subs: &mut SessionSubscriptions,
-    ) -> Option<Vec<Arc<str>>> {
-        let services = self.services.clone();
-        let metrics = &services.metrics;
-        let started = std::time::Instant::now();
-        let identifiers = match services.sessions.take(sid).await {
-            Ok(Some(identifiers)) => identifiers,
-            Ok(None) => {
-                metrics
-                    .session_restores
-                    .get_or_create(&ReasonLabels { reason: "unknown" })
-                    .inc();
-                return None;
-            }
-            Err(e) => {
-                tracing::warn!(session = self.session.queue.id, error = %e, "restoring a session failed; starting a new one");
-                metrics
-                    .session_restores
-                    .get_or_create(&ReasonLabels { reason: "failed" })
-                    .inc();
-                return None;
-            }
-        };
-        let mut restored = Vec::new();
-        for raw in identifiers
-            .into_iter()
-            .take(services.limits.max_subscriptions)
-        {
-            if subs.get(&raw).is_some() {
-                continue;
-            }
-            let outcome = crate::channel::subscribe(
-                &services.auth,
-                &raw,
-                subs.len(),
-                services.limits.max_subscriptions,
-                self.identity.as_deref(),
-                true,
-            )
-            .await;
-            match outcome {
-                Ok((token, identifier, principal)) => {
-                    let sub = self
-                        .go_live(identifier.raw, token, principal, false, true, subs)
-                        .await;
-                    restored.push(sub.clone());
-                }
-                Err(SubscribeError::Reject(kind, why)) => {
-                    tracing::info!(
-                        session = self.session.queue.id,
-                        kind = kind.label(),
-                        reason = why,
-                        "restored subscription rejected"
-                    );
-                    self.session.send(Outbound::Frame(reply::reject(&raw)));
-                    metrics.subscribe_rejected(why);
-                }
-                // Left out of restored_ids: the client subscribes to it again.
-                Err(SubscribeError::Unavailable(e)) => {
-                    tracing::warn!(session = self.session.queue.id, error = %e, "database unavailable while restoring a subscription");
-                }
-            }
-        }
-        metrics
-            .session_restores
-            .get_or_create(&ReasonLabels { reason: "restored" })
-            .inc();
-        tracing::debug!(
-            session = self.session.queue.id,
-            restored = restored.len(),
-            duration_ms = started.elapsed().as_millis() as u64,
-            "session restored"
-        );
-        self.save(subs);
-        // A client that never asks for history still gets its live events.
-        let waiting: Vec<Arc<Subscription>> = restored.clone();
-        let session = self.session.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(RESTORE_HOLD).await;
-            for sub in waiting {
-                if let Some(positions) = &sub.positions {
-                    positions.release_if_awaiting(&session);
-                }
-            }
-        });
-        Some(
-            restored
-                .into_iter()
-                .map(|sub| sub.identifier.clone())
-                .collect(),
-        )
-    }
-
-    async fn subscribe(
-        &mut self,
-        raw: String,
-        history: Option<HistoryRequest>,
-        subs: &mut SessionSubscriptions,
-    ) -> Option<CloseReason> {
-        let services = self.services.clone();
-        let metrics = &services.metrics;
-        match subs.get(&raw).map(|sub| sub.is_active()) {
-            Some(true) => {
-                // The official client re-sends subscribe until confirmed; a second confirm
-                // would make @anycable/core unsubscribe.
-                metrics.command("subscribe", "duplicate");
-                return None;
-            }
-            // Revoked meanwhile: this is a fresh attempt.
-            Some(false) => subs.forget(&raw),
-            None => {}
-        }
-        if let Err(IdentifierError::NotAnObject) = Identifier::parse(&raw) {
-            return self.bad(BadInput::IdentifierNotObject);
-        }
-        let outcome = crate::channel::subscribe(
-            &services.auth,
-            &raw,
-            subs.len(),
-            services.limits.max_subscriptions,
-            self.identity.as_deref(),
-            false,
-        )
-        .await;
-        match outcome {
-            Ok((token, identifier, principal)) => {
-                tracing::debug!(
-                    session = self.session.queue.id,
-                    token = %token_prefix(&token),
-                    account_id = principal.account_id(),
-                    user = principal.is_user(),
-                    "subscription confirmed"
-                );
-                let sub = self
-                    .go_live(
-                        identifier.raw,
-                        token.clone(),
-                        principal.clone(),
-                        true,
-                        history.is_some(),
-                        subs,
-                    )
-                    .await;
-                metrics.command("subscribe", "confirmed");
-                self.save(subs);
-                if let Some(history) = history {
-                    self.history(&sub, &principal, &token, &history).await;
-                }
-                None
-            }
-            Err(SubscribeError::Reject(kind, why)) => {
-                let token = Identifier::parse(&raw).ok().and_then(|identifier| {
-                    identifier
-                        .params
-                        .get("pubsub_token")?
-                        .as_str()
-                        .map(token_prefix)
-                });
-                tracing::info!(
-                    session = self.session.queue.id,
-                    kind = kind.label(),
-                    reason = why,
-                    token = token.as_deref().unwrap_or("-"),
-                    "subscription rejected"
-                );
-                self.session.send(Outbound::Frame(reply::reject(&raw)));
-                metrics.command("subscribe", "rejected");
-                metrics.subscribe_rejected(why);
-                self.rejects += 1;
-                if self.rejects > services.limits.max_rejects {
-                    return self.bad(BadInput::TooManyRejects);
-                }
-                None
-            }
-            Err(SubscribeError::Unavailable(e)) => {
-                tracing::warn!(session = self.session.queue.id, error = %e, "database unavailable during subscribe; asking the client to reconnect");
-                metrics.command("subscribe", "unavailable");
-                Some(CloseReason::Disconnect(
-                    crate::protocol::DisconnectReason::ServerRestart,
-                ))
-            }
-        }
     }
 }
 

@@ -1,87 +1,18 @@
 //! Every metric, spelled once: Prometheus names with the `cable_` prefix, `_total` counters
 //! (the `_total` suffix is added by the exposition), `_seconds` durations.
+//!
+//! [`latency`]: the delivery latency histogram and the per-thread [`Tally`].
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+mod latency;
+
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-/// Upper bounds of the delivery latency buckets (seconds): 0.5 ms doubling to ~16 s.
-const LATENCY_BUCKETS: usize = 16;
-
-/// Messages written and their latencies, counted without sharing anything: a thread tallies
-/// a whole fan-out this way and adds it to [`Metrics`] once ([`Metrics::add_sent`]). Per
-/// message, a shared counter and a locked histogram cost two contended cache lines on every
-/// delivery of every thread.
-#[derive(Debug, Default, Clone)]
-pub struct Tally {
-    count: u64,
-    sum: f64,
-    /// Per bucket (not cumulative); the last is +Inf.
-    buckets: [u64; LATENCY_BUCKETS + 1],
-}
-
-impl Tally {
-    /// One message written `latency` seconds after it was published.
-    pub fn add(&mut self, latency: f64) {
-        self.count += 1;
-        self.sum += latency;
-        let bucket = latency_bounds()
-            .iter()
-            .position(|bound| latency <= *bound)
-            .unwrap_or(LATENCY_BUCKETS);
-        self.buckets[bucket] += 1;
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-}
-
-fn latency_bounds() -> &'static [f64; LATENCY_BUCKETS] {
-    static BOUNDS: std::sync::OnceLock<[f64; LATENCY_BUCKETS]> = std::sync::OnceLock::new();
-    BOUNDS.get_or_init(|| {
-        let mut bounds = [0.0; LATENCY_BUCKETS];
-        for (bound, value) in
-            bounds
-                .iter_mut()
-                .zip(exponential_buckets(0.0005, 2.0, LATENCY_BUCKETS as u16))
-        {
-            *bound = value;
-        }
-        bounds
-    })
-}
-
-/// `cable_delivery_latency_seconds`: a histogram that takes whole [`Tally`]s.
-#[derive(Debug, Default, Clone)]
-pub struct DeliveryLatency {
-    inner: std::sync::Arc<parking_lot::Mutex<Tally>>,
-}
-
-impl TypedMetric for DeliveryLatency {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for DeliveryLatency {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let tally = self.inner.lock().clone();
-        let buckets: Vec<(f64, u64)> = latency_bounds()
-            .iter()
-            .copied()
-            .chain([f64::MAX])
-            .zip(tally.buckets)
-            .collect();
-        encoder.encode_histogram::<NoLabelSet>(tally.sum, tally.count, &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
-    }
-}
+pub use latency::{DeliveryLatency, Tally};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandLabels {
@@ -402,40 +333,5 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
-    }
-}
-
-#[cfg(test)]
-mod tally_tests {
-    use super::*;
-
-    #[test]
-    fn a_tally_adds_to_the_counter_and_the_histogram_as_observations_would() {
-        let metrics = Metrics::new();
-        let mut tally = Tally::default();
-        for latency in [0.0001, 0.0005, 0.003, 100.0] {
-            tally.add(latency);
-        }
-        metrics.add_sent(&tally);
-        metrics.add_sent(&Tally::default());
-        let text = metrics.encode();
-        for line in [
-            "cable_messages_sent_total 4",
-            "cable_delivery_latency_seconds_count 4",
-            "cable_delivery_latency_seconds_bucket{le=\"0.0005\"} 2",
-            "cable_delivery_latency_seconds_bucket{le=\"0.001\"} 2",
-            "cable_delivery_latency_seconds_bucket{le=\"0.004\"} 3",
-            "cable_delivery_latency_seconds_bucket{le=\"+Inf\"} 4",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "{line} missing in:\n{text}"
-            );
-        }
-        let sum = text
-            .lines()
-            .find_map(|l| l.strip_prefix("cable_delivery_latency_seconds_sum "))
-            .unwrap();
-        assert!((sum.parse::<f64>().unwrap() - 100.0036).abs() < 1e-9);
     }
 }

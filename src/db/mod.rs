@@ -18,22 +18,25 @@
 //! `sslrootcert`, so the LISTEN connection's TLS is configured here from the parsed mode; and
 //! a rustls name-mismatch error changed shape in rustls 0.23.24, so `verify-ca` needs a
 //! verifier that ignores both shapes (sqlx 0.9 has one; ours is [`ChainOnly`]).
+//!
+//! # Files
+//! - [`tls`]: the rustls configurations for each `sslmode`.
+//! - [`cause`]: why a connection failed, in a few words, and what fixes it.
+
+mod cause;
+mod tls;
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+pub use cause::{cause, said, Cause};
+use tls::{client_config, root_store};
 
 /// The `application_name` of the gateway's connections, unless `DATABASE_URL` names one.
 pub const APPLICATION_NAME: &str = "cable-gateway";
@@ -210,81 +213,6 @@ impl Database {
     }
 }
 
-/// Why a connection failed, in a few words, and what fixes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cause {
-    pub what: &'static str,
-    pub fix: &'static str,
-}
-
-fn tls_failed() -> Cause {
-    Cause {
-        what: "TLS failed",
-        fix: "Check sslmode and sslrootcert: verify-ca needs the server's certificate to chain to sslrootcert, verify-full also needs it to name the host.",
-    }
-}
-
-/// What went wrong in one line: for an error the server returned, its own message (sqlx's
-/// rendering adds the source line of PostgreSQL's C code, "at line 948", which tells a user
-/// nothing); otherwise the error as sqlx says it.
-pub fn said(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Database(db) => db.message().to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// Names the cause of a failed connection: refused, host not found, TLS, authentication…
-pub fn cause(e: &sqlx::Error) -> Cause {
-    use std::io::ErrorKind;
-    let cause = |what, fix| Cause { what, fix };
-    // A failed handshake reaches us as an I/O error around rustls' own (sqlx 0.9).
-    let tls = |io: &std::io::Error| {
-        io.get_ref()
-            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-    };
-    match e {
-        sqlx::Error::Tls(_) => tls_failed(),
-        sqlx::Error::Io(io) if tls(io) => tls_failed(),
-        sqlx::Error::Io(io) if io.kind() == ErrorKind::ConnectionRefused => cause(
-            "connection refused",
-            "Start PostgreSQL or fix the host and port in DATABASE_URL.",
-        ),
-        sqlx::Error::Io(io) if io.kind() == ErrorKind::TimedOut => cause(
-            "connection timed out",
-            "Check that the host is reachable and the port open.",
-        ),
-        sqlx::Error::Io(io) if io.to_string().contains("lookup") => {
-            cause("host name not found", "Fix the host name in DATABASE_URL.")
-        }
-        sqlx::Error::Io(_) => cause("network error", "Check the host and port in DATABASE_URL."),
-        sqlx::Error::Database(db) => match db.code().as_deref() {
-            Some("28P01") | Some("28000") => cause(
-                "authentication failed",
-                "Fix the user or password in DATABASE_URL (or the server's pg_hba.conf).",
-            ),
-            Some("3D000") => cause(
-                "database does not exist",
-                "Create it, or fix the database name in DATABASE_URL.",
-            ),
-            Some("57P03") => cause(
-                "the server is starting up or shutting down",
-                "Wait for PostgreSQL to accept connections.",
-            ),
-            _ => cause("refused by the server", "See the server's message."),
-        },
-        sqlx::Error::Configuration(_) => cause("invalid settings", "Fix DATABASE_URL."),
-        sqlx::Error::PoolTimedOut => cause(
-            "no connection within the pool's timeout",
-            "Check that PostgreSQL accepts connections (max_connections).",
-        ),
-        _ => cause(
-            "failed",
-            "Check that PostgreSQL is running and DATABASE_URL is right.",
-        ),
-    }
-}
-
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -296,156 +224,6 @@ pub fn redact(url: &str) -> String {
     match credentials.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_string(),
-    }
-}
-
-fn root_store(path: Option<&std::path::Path>) -> Result<RootCertStore, ConfigError> {
-    let mut store = RootCertStore::empty();
-    match path {
-        None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        Some(path) => {
-            let failed = |reason: String| ConfigError::RootCert {
-                path: path.display().to_string(),
-                reason,
-            };
-            let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
-            use rustls::pki_types::pem::PemObject;
-            let mut found = 0;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| failed(e.to_string()))?;
-                store.add(cert).map_err(|e| failed(e.to_string()))?;
-                found += 1;
-            }
-            if found == 0 {
-                return Err(failed("no PEM certificate in it".into()));
-            }
-        }
-    }
-    Ok(store)
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The rustls configuration for a mode.
-fn client_config(mode: SslMode, roots: RootCertStore) -> ClientConfig {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions");
-    match mode {
-        SslMode::VerifyFull => builder.with_root_certificates(roots).with_no_client_auth(),
-        SslMode::VerifyCa => {
-            let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-                .build()
-                .expect("a root store with certificates builds a verifier");
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
-                .with_no_client_auth()
-        }
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider())))
-            .with_no_client_auth(),
-    }
-}
-
-/// `verify-ca`: the chain must lead to a trusted root; the name is not checked.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            // webpki checks the chain before the name, so a name error means the chain is good.
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require`: encrypted, certificate not checked (libpq's meaning). The
-/// handshake's signatures are still checked, so the peer holds the certificate's key.
-#[derive(Debug)]
-struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -1,0 +1,96 @@
+//! A confirmed subscription, as the session's writer sees it, and the prefetch hints a
+//! fan-out gives the CPU ahead of each recipient.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Message, Outbound, Positions, SessionHandle};
+use crate::auth::{PresenceKey, Principal};
+
+/// One confirmed subscription, as the session's writer sees it.
+pub struct Subscription {
+    pub id: u64,
+    /// `{"identifier":"<escaped raw id>","message":` (see [`crate::protocol::reply::message_prefix`]).
+    pub prefix: Bytes,
+    pub identifier: Arc<str>,
+    pub session: SessionHandle,
+    /// Whose presence this subscription keeps alive.
+    pub presence: PresenceKey,
+    /// Extended protocol only: where its streams stand, and live frames held during a replay.
+    pub positions: Option<Box<Positions>>,
+    /// Cleared on unsubscribe or revocation: frames still queued for it are dropped.
+    active: AtomicBool,
+}
+
+impl Subscription {
+    pub fn new(
+        identifier: Arc<str>,
+        session: SessionHandle,
+        principal: &Principal,
+        positions: Option<Box<Positions>>,
+    ) -> Arc<Subscription> {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Arc::new(Subscription {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            prefix: crate::protocol::reply::message_prefix(&identifier),
+            identifier,
+            session,
+            presence: PresenceKey::from(principal),
+            positions,
+            active: AtomicBool::new(true),
+        })
+    }
+
+    /// Queues a live event or broadcast for this subscription (held back during a replay,
+    /// dropped when the client already has it, see [`Positions`]).
+    pub fn deliver(self: &Arc<Self>, message: &Arc<Message>) {
+        match &self.positions {
+            // Borrowed: written at once, it costs no reference counting.
+            None => self.session.send_message(self, message),
+            Some(positions) => {
+                let frame = Outbound::Message {
+                    sub: self.clone(),
+                    message: message.clone(),
+                };
+                positions.deliver(&self.session, &message.position, frame)
+            }
+        }
+    }
+
+    /// Asks the CPU for this subscription's memory, ahead of [`Subscription::deliver`] (a
+    /// fan-out's recipients are far apart in memory; each costs a cache miss otherwise).
+    pub fn prefetch(self: &Arc<Self>) {
+        let at: *const u8 = Arc::as_ptr(self).cast();
+        prefetch(at);
+        prefetch(at.wrapping_add(64));
+    }
+
+    /// Asks the CPU for what [`Subscription::deliver`] reads of its queue and prefix (after
+    /// [`Subscription::prefetch`]: this reads the subscription).
+    pub fn prefetch_queue(&self) {
+        prefetch(std::ptr::from_ref(&self.session.queue.queue).cast());
+        prefetch(self.prefix.as_ptr());
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Ends delivery to this subscription: frames still queued for it are dropped.
+    pub fn deactivate(&self) {
+        self.active.store(false, Ordering::Release);
+    }
+}
+
+/// A hint to the CPU that `at` is about to be read.
+fn prefetch(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
