@@ -6,11 +6,13 @@
 //! events by inserting rows into the `cable_events` outbox in PostgreSQL.
 //!
 //! # Layout
-//! Leaves first: each module imports only modules listed above it (no import cycles).
+//! Leaves first: each module imports only modules listed above it, and `tests/layering.rs`
+//! fails when one does not (so there are no import cycles either).
 //! - [`clock`]: seconds since the epoch, spelled once.
 //! - [`config`]: every setting (flag + environment variable, with its default) and, in
 //!   [`config::tuning`], every fixed number with the reason for it.
 //! - [`metrics`]: every metric, spelled once.
+//! - [`secret`]: constant-time comparison of keys and tokens.
 //! - [`protocol`]: inbound [`protocol::command`]s (double-decoded), [`protocol::identifier`]s
 //!   (raw + parsed), outbound frames and disconnect reasons ([`protocol::reply`]), and
 //!   [`protocol::bad_input`]: what each kind of bad input gets.
@@ -24,27 +26,29 @@
 //! - [`channel`]: RoomChannel and the subscribe policy: identifier + token → principal or reject.
 //! - [`presence`]: the shared online set; [`presence::rules`] says **when presence expires**
 //!   and who is in a `presence.update`.
-//! - [`listen`]: the one LISTEN connection; others register the channels they want to hear.
-//!   [`backoff`]: how long it (and the Redis subscriber) waits before reconnecting.
+//! - [`backoff`]: how long the LISTEN connection and the Redis subscriber wait before
+//!   reconnecting.
 //! - [`db`]: how to reach PostgreSQL, TLS included, for the pool and the LISTEN connection.
+//! - [`listen`]: the one LISTEN connection; others register the channels they want to hear.
 //! - [`ingress`]: where events come from; [`ingress::outbox`] reads `cable_events` losslessly
-//!   in commit order; [`ingress::streams`] delivers broadcasts by stream name, as Rails'
-//!   adapters send them, heard from Redis by [`ingress::redis`], from PostgreSQL's `NOTIFY`
-//!   by [`ingress::postgres`] (per-stream channels on the LISTEN connection), and from
-//!   `POST /_broadcast` by [`ingress::http`].
+//!   in commit order (and carries `POST /_broadcast`'s broadcasts to every process);
+//!   [`ingress::streams`] delivers broadcasts by stream name, as Rails' adapters send them,
+//!   heard from Redis by [`ingress::redis`] and from PostgreSQL's `NOTIFY` by
+//!   [`ingress::postgres`] (per-stream channels on the LISTEN connection);
+//!   [`ingress::http`] takes `POST /_broadcast`.
 //! - [`resume`]: AnyCable's extended protocol: sessions restored by `sid` on any process
 //!   ([`resume::sessions`]), history replay from the outbox's rounds ([`resume::replay`]) and
-//!   stream ingress memory ([`resume::rings`]).
+//!   stream ingress memory ([`resume::rings`], the router's [`router::StreamHistory`]).
 //! - [`revalidate`]: live subscriptions follow role/inbox changes; revoked tokens are rejected.
 //! - [`typing`]: the RoomChannel action `typing`, written to the outbox with its visibility
 //!   check in one statement.
+//! - [`connections`]: the connection limit.
+//! - [`origin`]: the Origin allow-list.
+//! - [`migrate`]: embedded migrations.
+//! - [`inspect`]: the operator's page `/inspect` and its JSON, aggregated from the router,
+//!   the metrics, presence and the recent disconnects ([`inspect::log`]).
 //! - [`session`]: one connection: [`session::frame`] (frames → messages),
 //!   [`session::reader`] (commands, strictly in order), [`session::writer`] (frames, pings).
-//! - [`connections`]: the connection limit; [`origin`]: the Origin allow-list;
-//!   [`migrate`]: embedded migrations.
-//! - [`inspect`]: the operator's page `/inspect` and its JSON, aggregated from the router,
-//!   the metrics, presence and the recent disconnects ([`inspect::log`]); [`secret`]:
-//!   constant-time comparison of keys and tokens.
 //! - [`server`]: builds every component, starts and stops every task, serves HTTP.
 //!
 //! # Life of a message

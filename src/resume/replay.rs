@@ -40,13 +40,14 @@ use crate::delivery::{Outbound, Subscription};
 use crate::ingress::outbox::{Appender, Outboxed, Row, EVENT_COLUMNS, ROUND_ROWS};
 use crate::metrics::Metrics;
 use crate::protocol::{reply, HistoryRequest};
-use crate::router::Router;
 
-use super::rings::Kept;
+use super::rings::{Kept, Rings};
 
 /// What history replay needs of the process.
 pub struct History {
     pub pool: PgPool,
+    /// Stream ingress history of this process.
+    pub rings: Arc<Rings>,
     /// Cuts a round before an outbox replay, so that it covers every event committed before
     /// the request arrived.
     pub appender: Arc<Appender>,
@@ -162,7 +163,6 @@ impl History {
     /// resumes.
     pub async fn serve(
         &self,
-        router: &Router,
         sub: &Arc<Subscription>,
         principal: &Principal,
         token: &str,
@@ -172,7 +172,7 @@ impl History {
             return;
         };
         positions.hold();
-        match self.replay(router, sub, principal, token, request).await {
+        match self.replay(sub, principal, token, request).await {
             Ok(()) => {
                 sub.session
                     .send(Outbound::Frame(reply::confirm_history(&sub.identifier)));
@@ -199,7 +199,6 @@ impl History {
 
     async fn replay(
         &self,
-        router: &Router,
         sub: &Arc<Subscription>,
         principal: &Principal,
         token: &str,
@@ -225,8 +224,8 @@ impl History {
                 .iter()
                 .find(|(name, _)| **name == position.stream_id)
             {
-                match router
-                    .rings()
+                match self
+                    .rings
                     .after(name, &position.epoch, position.offset, mark.live_from)
                 {
                     Ok(kept) => streams.push((name.clone(), position.offset, kept)),
@@ -240,7 +239,7 @@ impl History {
                 let listed = streams.iter().any(|(listed, ..)| listed == name)
                     || unhonoured.contains(&&**name);
                 if !listed {
-                    let kept = router.rings().since(name, since, mark.live_from);
+                    let kept = self.rings.since(name, since, mark.live_from);
                     streams.push((name.clone(), 0, kept));
                 }
             }

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::delivery::{Message, Position};
+use crate::router::StreamHistory;
 
 /// One broadcast kept for replay.
 #[derive(Clone)]
@@ -196,6 +197,20 @@ impl Rings {
             ring.evict(self.limit, self.ttl, now);
             !ring.kept.is_empty() || streamed(stream)
         });
+    }
+}
+
+impl StreamHistory for Rings {
+    fn last(&self, stream: &str) -> i64 {
+        Rings::last(self, stream)
+    }
+
+    fn record(&self, stream: &str, body: Bytes, created_at: f64, contacts: bool) -> Arc<Message> {
+        Rings::record(self, stream, body, created_at, contacts)
+    }
+
+    fn sweep(&self, streamed: &dyn Fn(&str) -> bool) {
+        Rings::sweep(self, streamed)
     }
 }
 

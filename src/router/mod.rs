@@ -33,7 +33,6 @@ use parking_lot::RwLock;
 use crate::auth::{Membership, PresenceKey, Principal};
 use crate::delivery::{tallied, Event, Message, Outbound, Position, Subscription};
 use crate::metrics::Metrics;
-use crate::resume::rings::Rings;
 use crate::routing::{entitled, is_typing};
 use fanout::{deliver_all, stream_audience};
 use index::{candidates, contact_candidates, put, take, Entry, Ids, Registry};
@@ -41,23 +40,39 @@ use index::{candidates, contact_candidates, put, take, Entry, Ids, Registry};
 /// Something a subscription keeps while it lives; dropping it is its release.
 pub type Held = Box<dyn Send + Sync>;
 
+/// The history of stream ingress as the router consults it, under its own lock, so that a
+/// broadcast's position and where an extended-protocol subscription's live delivery starts
+/// are taken in one order (`crate::resume::rings` is the implementation).
+pub trait StreamHistory: Send + Sync {
+    /// The offset of the stream's last broadcast kept (0 when none).
+    fn last(&self, stream: &str) -> i64;
+    /// Keeps a broadcast (`body`: the payload followed by `}`) and gives it its position.
+    fn record(&self, stream: &str, body: Bytes, created_at: f64, contacts: bool) -> Arc<Message>;
+    /// Drops what expired, and the history of streams `streamed` says nobody here streams.
+    fn sweep(&self, streamed: &dyn Fn(&str) -> bool);
+}
+
 /// The live subscriptions of this process.
 pub struct Router {
     registry: RwLock<Registry>,
     metrics: Arc<Metrics>,
     /// Stream ingress history: broadcasts get their positions here, under the registry's lock.
-    rings: Arc<Rings>,
+    history: Arc<dyn StreamHistory>,
     /// The offset of the last outbox event dispatched (set under the registry's lock).
     outbox_offset: AtomicI64,
 }
 
 impl Router {
     /// `outbox_offset`: where the outbox reader starts (nothing at or below it is dispatched).
-    pub fn new(metrics: Arc<Metrics>, rings: Arc<Rings>, outbox_offset: i64) -> Router {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        history: Arc<dyn StreamHistory>,
+        outbox_offset: i64,
+    ) -> Router {
         Router {
             registry: RwLock::default(),
             metrics,
-            rings,
+            history,
             outbox_offset: AtomicI64::new(outbox_offset),
         }
     }
@@ -80,7 +95,7 @@ impl Router {
             let streams = crate::routing::streams(&principal, &token)
                 .into_iter()
                 .map(|stream| {
-                    let last = self.rings.last(&stream);
+                    let last = self.history.last(&stream);
                     (Arc::<str>::from(stream), last)
                 })
                 .collect();
@@ -260,14 +275,9 @@ impl Router {
 
     /// Drops expired stream history, and the history of streams nobody here streams any longer.
     pub fn sweep_history(&self) {
-        // The same lock order as a broadcast: the registry, then the rings.
+        // The same lock order as a broadcast: the registry, then the history.
         let registry = self.registry.read();
-        self.rings.sweep(|stream| registry.streams(stream));
-    }
-
-    /// Stream ingress history.
-    pub fn rings(&self) -> &Rings {
-        &self.rings
+        self.history.sweep(&|stream| registry.streams(stream));
     }
 
     /// Queues a broadcast on every subscription streaming `stream` (its own token, or
@@ -286,7 +296,7 @@ impl Router {
         if !stream_audience(&registry, stream, scratch) {
             return 0;
         }
-        let message = self.rings.record(stream, body, created_at, contacts);
+        let message = self.history.record(stream, body, created_at, contacts);
         self.deliver_to_stream(&registry, scratch, &message, contacts)
     }
 

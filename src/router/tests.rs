@@ -2,6 +2,7 @@ use super::*;
 use crate::auth::ContactRecord;
 use crate::config::tuning::SPLIT_AUDIENCE_AT;
 use crate::delivery::{Message, SessionHandle};
+use crate::resume::rings::Rings;
 use crate::routing::{receives, CONTACT_EVENTS};
 use proptest::prelude::*;
 

@@ -61,13 +61,14 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     // The components.
     let metrics = Arc::new(Metrics::new());
     let rings = Arc::new(Rings::new(config.history_limit, config.history_ttl));
-    let router = Arc::new(Router::new(metrics.clone(), rings, cursor.offset()));
+    let router = Arc::new(Router::new(metrics.clone(), rings.clone(), cursor.offset()));
     let (sessions, session_writes) = Sessions::new(pool.clone(), config.session_ttl);
     let rounds = Arc::new(Notify::new());
     let appender = outbox::Appender::new(pool.clone(), rounds.clone());
     let history = Arc::new(History {
         pool: pool.clone(),
         appender: appender.clone(),
+        rings,
         epoch,
         max_span: config.history_max_span,
         max_event_size: config.max_event_size,

@@ -290,12 +290,7 @@ async fn serve_history(
     token: &str,
     history: &HistoryRequest,
 ) {
-    Box::pin(
-        services
-            .history
-            .serve(&services.router, sub, principal, token, history),
-    )
-    .await;
+    Box::pin(services.history.serve(sub, principal, token, history)).await;
 }
 
 /// The `typing` action ([`crate::typing`]); what it wrote or why not is counted as the
