@@ -88,17 +88,15 @@ impl Batcher {
 
 async fn run(pool: PgPool, metrics: Arc<Metrics>, mut queue: mpsc::UnboundedReceiver<Lookup>) {
     let slots = Arc::new(Semaphore::new(AUTH_BATCHES_IN_FLIGHT));
-    while let Some(first) = queue.recv().await {
-        // Wait for a free slot first: lookups arriving meanwhile join this batch.
+    loop {
+        // A free slot first: lookups arriving while none is free wait in the queue, and the
+        // next batch takes them all at once.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let mut batch = vec![first];
-        while batch.len() < AUTH_MAX_BATCH {
-            match queue.try_recv() {
-                Ok(lookup) => batch.push(lookup),
-                Err(_) => break,
-            }
+        let mut batch = Vec::new();
+        if queue.recv_many(&mut batch, AUTH_MAX_BATCH).await == 0 {
+            return;
         }
         let (pool, metrics) = (pool.clone(), metrics.clone());
         tokio::spawn(async move {

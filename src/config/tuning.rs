@@ -103,6 +103,9 @@ pub const AUTH_MAX_BATCH: usize = 1000;
 pub const PRESENCE_PUSH_CHECK: Duration = Duration::from_millis(100);
 /// Most presence answers handled in one batch (one upsert, one snapshot per account).
 pub const PRESENCE_MAX_BATCH: usize = 4096;
+/// Batches of Chatwoot presence keys written in one Redis pipeline: each batch is one
+/// heartbeat's or subscribe's keys, so this bounds a pipeline without splitting a batch.
+pub const CHATWOOT_MAX_BATCHES: usize = 256;
 /// Most presence rows one heartbeat or departure statement refreshes: a heartbeat of 15k
 /// subscribers in one statement built ~2.5 MB of arrays every 10 s, a saw-tooth in the
 /// idle RSS (BENCHMARKS.md, issue 13's fourth round).

@@ -215,15 +215,17 @@ impl Database {
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // Fails only for URLs that cannot have a password, and this one has one.
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        // What does not parse is not shown if it may hold a password.
+        Err(_) if url.contains('@') => "(a URL that does not parse; not shown)".to_string(),
+        Err(_) => url.to_string(),
     }
 }
 
@@ -289,5 +291,15 @@ mod tests {
         );
         assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
         assert_eq!(redact("postgres:///x"), "postgres:///x");
+        assert_eq!(
+            redact("postgres://app:p%40ss:w@db/x?sslmode=require"),
+            "postgres://app:***@db/x?sslmode=require"
+        );
+        assert_eq!(
+            redact("rediss://:s3cret@cache:6380/0"),
+            "rediss://:***@cache:6380/0"
+        );
+        let unparsable = redact("postgres://app:s3cret@db:port/x");
+        assert!(!unparsable.contains("s3cret"), "{unparsable}");
     }
 }

@@ -29,11 +29,8 @@ pub fn push_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {
 
 /// Appends a ping frame, `{"type":"ping","message":<value>}`, without allocating.
 pub fn push_ping(buf: &mut Vec<u8>, value: NonZeroU32) {
-    let mut digits = [0u8; 10];
-    let mut cursor = std::io::Cursor::new(&mut digits[..]);
-    let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{value}"));
-    let len = cursor.position() as usize;
-    let digits = &digits[..len];
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(value.get()).as_bytes();
     const HEAD: &[u8] = br#"{"type":"ping","message":"#;
     push_header(buf, OP_TEXT, HEAD.len() + digits.len() + 1);
     buf.extend_from_slice(HEAD);
@@ -118,15 +115,16 @@ pub(super) fn encode_message(
     match (&sub.positions, &message.position) {
         (Some(positions), Position::Outbox(offset)) => {
             // Digits on the stack: no allocation per delivery.
-            let mut digits = [0u8; 20];
-            let mut cursor = std::io::Cursor::new(&mut digits[..]);
-            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{offset}"));
-            let len = cursor.position() as usize;
+            let mut digits = itoa::Buffer::new();
             push_positioned(
                 buf,
                 &sub.prefix,
                 &message.body,
-                &[&positions.outbox_suffix, &digits[..len], b"}"],
+                &[
+                    &positions.outbox_suffix,
+                    digits.format(*offset).as_bytes(),
+                    b"}",
+                ],
             );
         }
         (Some(_), Position::Stream { suffix, .. }) => {

@@ -27,10 +27,7 @@ pub const INGRESS: &str = "postgres";
 const IDENTIFIER_MAX: usize = 63;
 
 fn sha1_hex(name: &str) -> String {
-    Sha1::digest(name.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha1::digest(name.as_bytes()))
 }
 
 /// `name` as PostgreSQL keeps an identifier: at most 63 bytes, cut at a character boundary.

@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use tokio::sync::mpsc;
 
 use crate::auth::PresenceKey;
+use crate::config::tuning::CHATWOOT_MAX_BATCHES;
 
 /// The sorted set Chatwoot keeps an account's online users or contacts in.
 pub fn key(account_id: i64, is_user: bool) -> String {
@@ -63,11 +64,9 @@ impl ChatwootPresence {
     pub async fn run(writer: Writer) {
         let Writer { client, mut keys } = writer;
         let mut connection: Option<redis::aio::MultiplexedConnection> = None;
-        while let Some(first) = keys.recv().await {
-            let mut batch = first;
-            while let Ok(more) = keys.try_recv() {
-                batch.extend(more);
-            }
+        let mut waiting = Vec::new();
+        while keys.recv_many(&mut waiting, CHATWOOT_MAX_BATCHES).await > 0 {
+            let batch: Vec<_> = waiting.drain(..).flatten().collect();
             let now = crate::clock::unix_seconds();
             let mut pipeline = redis::pipe();
             for k in &batch {

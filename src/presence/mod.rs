@@ -333,17 +333,14 @@ impl Presence {
         let mut next_push = HashMap::new();
         // Subscriptions answered here, until they end (see the module doc).
         let mut watched: HashMap<u64, Arc<Subscription>> = HashMap::new();
+        let mut batch = Vec::new();
         loop {
             tokio::select! {
-                first = queue.recv() => {
-                    let Some(first) = first else { return };
-                    let mut batch = vec![first];
-                    while batch.len() < PRESENCE_MAX_BATCH {
-                        match queue.try_recv() {
-                            Ok(sub) => batch.push(sub),
-                            Err(_) => break,
-                        }
+                taken = queue.recv_many(&mut batch, PRESENCE_MAX_BATCH) => {
+                    if taken == 0 {
+                        return;
                     }
+                    let batch = std::mem::take(&mut batch);
                     for sub in &batch {
                         if sub.is_active() {
                             watched.entry(sub.id).or_insert_with(|| sub.clone());

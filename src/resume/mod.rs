@@ -16,6 +16,5 @@ pub mod sid;
 pub fn outbox_stream_id(raw_identifier: &str) -> String {
     use sha1::{Digest, Sha1};
     let digest = Sha1::digest(raw_identifier.as_bytes());
-    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    format!("cable_events/{hex}")
+    format!("cable_events/{}", hex::encode(&digest[..6]))
 }
