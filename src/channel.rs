@@ -9,7 +9,7 @@
 //!
 //! Ids may arrive as JSON numbers or numeric strings.
 //!
-//! On a connection with a signed token (CONTRACT §10) `pubsub_token` may be omitted: the
+//! On a connection with a signed token (docs/reference.md §10) `pubsub_token` may be omitted: the
 //! subscription acts as the token's user or contact session. Whatever the identifier does say
 //! (`pubsub_token`, `user_id`, `account_id`) must agree with the token.
 

@@ -16,7 +16,7 @@
 //! a restore with triggers disabled), and that is all an idle gateway asks of the database.
 //!
 //! Where the change cannot be heard, passes run every `CABLE_REVALIDATE_INTERVAL`, as they
-//! would be needed to keep the 5-s promise (CONTRACT §6): while a trigger is missing or
+//! would be needed to keep the 5-s promise (docs/reference.md §6): while a trigger is missing or
 //! disabled (checked at start, at every full pass, and at every pass while polling, so that
 //! adding or enabling one ends the polling within an interval; a warning names the fix), and
 //! while the LISTEN connection is down. Each time it is live again, a pass catches up with what was

@@ -1,4 +1,4 @@
-//! The RoomChannel action `typing` (CONTRACT §10): `perform('typing', {conversation_id,
+//! The RoomChannel action `typing` (docs/reference.md §10): `perform('typing', {conversation_id,
 //! status: 'on'|'off', is_private})`.
 //!
 //! The typing event is written to the outbox as one statement that also checks the

@@ -1,4 +1,4 @@
-//! Signed connection tokens (CONTRACT §10): an HS256 JWT names the connection's user or
+//! Signed connection tokens (docs/reference.md §10): an HS256 JWT names the connection's user or
 //! contact session until its `exp`; forged, expired and malformed ones are refused before a
 //! welcome, and a live connection ends with `token_expired` at `exp`.
 

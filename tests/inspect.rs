@@ -1,4 +1,4 @@
-//! The inspector's JSON (`/inspect/data`, CONTRACT §9) with many accounts: aggregated on the
+//! The inspector's JSON (`/inspect/data`, docs/reference.md §9) with many accounts: aggregated on the
 //! server, the list bounded, the numbers exact. The page itself is tested in a real browser
 //! (tests/js/inspector.test.mjs).
 

@@ -1,4 +1,4 @@
-//! Reliable streams (CONTRACT §8): the extended protocol's session restore, positions and
+//! Reliable streams (docs/reference.md §8): the extended protocol's session restore, positions and
 //! history, against real PostgreSQL and real sockets, across processes and restarts.
 
 mod common;

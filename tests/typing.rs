@@ -1,4 +1,4 @@
-//! The RoomChannel action `typing` (CONTRACT §10), as rules: who receives a typing event and
+//! The RoomChannel action `typing` (docs/reference.md §10), as rules: who receives a typing event and
 //! who never does, whatever the typist asks for.
 
 mod common;

@@ -107,7 +107,7 @@ impl AuthCache {
         }
     }
 
-    /// The pubsub token a connection token's identity acts with (CONTRACT §10); `None` when
+    /// The pubsub token a connection token's identity acts with (docs/reference.md §10); `None` when
     /// it names nobody (no such user in that account, no such contact session).
     pub async fn identity(&self, identity: Identity) -> Result<Option<Arc<str>>, AuthError> {
         match self.get(Key::Identity(identity)).await? {

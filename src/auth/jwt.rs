@@ -1,4 +1,4 @@
-//! Signed connection tokens (CONTRACT §10): an HS256 JWT carried by the upgrade request
+//! Signed connection tokens (docs/reference.md §10): an HS256 JWT carried by the upgrade request
 //! (`?jid=`, `X-JID`, or the sub-protocol `anycable-token.<token>`) names who the connection
 //! is, until its `exp`.
 //!

@@ -116,7 +116,7 @@ pub async fn contacts(
         .collect())
 }
 
-/// The pubsub token of each connection-token identity (CONTRACT §10) that names someone: a
+/// The pubsub token of each connection-token identity (docs/reference.md §10) that names someone: a
 /// user who belongs to the account, or an existing contact session.
 const IDENTITIES: &str = "
 SELECT k.user_id, k.account_id, k.contact_inbox_id,

@@ -45,7 +45,7 @@ pub struct Message {
 }
 
 /// A message's place in a stream's history: what an extended-protocol client is told with it
-/// (`stream_id`, `epoch`, `offset`) and may ask to replay after (CONTRACT §8).
+/// (`stream_id`, `epoch`, `offset`) and may ask to replay after (docs/reference.md §8).
 #[derive(Debug, Clone)]
 pub enum Position {
     /// Not history (presence snapshots, replies).

@@ -1,4 +1,4 @@
-//! The operator's view (CONTRACT §9): `GET /inspect` (a page, its assets embedded) and
+//! The operator's view (docs/reference.md §9): `GET /inspect` (a page, its assets embedded) and
 //! `GET /inspect/data` (the JSON it polls), both behind `CABLE_ADMIN_TOKEN`.
 //!
 //! - Numbers are aggregated here, never per subscription on the page: accounts are counted in

@@ -56,7 +56,7 @@ impl Command {
 /// The most stream positions one history request may name.
 pub const MAX_HISTORY_STREAMS: usize = 16;
 
-/// What a client asks to have replayed (CONTRACT §8): everything after each listed stream's
+/// What a client asks to have replayed (docs/reference.md §8): everything after each listed stream's
 /// position, and for streams not listed, everything published at or after `since`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HistoryRequest {

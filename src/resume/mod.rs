@@ -1,4 +1,4 @@
-//! AnyCable's extended protocol (`actioncable-v1-ext-json`, CONTRACT §8): sessions a client
+//! AnyCable's extended protocol (`actioncable-v1-ext-json`, docs/reference.md §8): sessions a client
 //! restores by `sid` on any process ([`sessions`]), positions on every event, and history
 //! replay ([`replay`]) from the outbox's rounds ([`crate::ingress::outbox`]) or from stream
 //! ingress memory ([`rings`]).

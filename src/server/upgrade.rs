@@ -15,7 +15,7 @@ use crate::auth::jwt::{self, Refusal, Verifier};
 
 /// The sub-protocol of ActionCable.
 pub const SUBPROTOCOL: &str = "actioncable-v1-json";
-/// AnyCable's extended protocol (CONTRACT §8), preferred when offered.
+/// AnyCable's extended protocol (docs/reference.md §8), preferred when offered.
 pub const SUBPROTOCOL_EXT: &str = "actioncable-v1-ext-json";
 /// The header a client may name the session to restore in (instead of `?sid=`).
 const RESTORE_SID_HEADER: &str = "x-anycable-restore-sid";

@@ -1,4 +1,4 @@
-//! Clients of AnyCable's extended protocol (`actioncable-v1-ext-json`, CONTRACT §8): connect
+//! Clients of AnyCable's extended protocol (`actioncable-v1-ext-json`, docs/reference.md §8): connect
 //! (and restore), history requests, and reading a replay up to its answer.
 
 use std::time::Duration;

@@ -683,7 +683,7 @@ describe("@rails/actioncable against cable-gateway", { timeout: 120_000 }, () =>
     await rails.postgresql.broadcast("demo-user-alice", { event: "notification.created", data: { id: 9 } });
     await rails.postgresql.broadcast("demo-contact-dave", { event: "conversation.updated", data: { id: 7 } });
     await alice.until((r) => notPresence(r).length >= 2, "alice's two broadcasts");
-    // Two channels through two ingresses: order is promised per channel only (CONTRACT §7).
+    // Two channels through two ingresses: order is promised per channel only (docs/reference.md §7).
     assert.deepEqual(notPresence(alice.state.received).map((m) => m.event).sort(), ["contact.created", "notification.created"]);
     await dave.until((r) => notPresence(r).length >= 1, "dave's broadcast");
     // account_1 is a user stream: the contact did not get contact.created.

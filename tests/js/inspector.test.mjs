@@ -1,4 +1,4 @@
-// The inspector page (/inspect, CONTRACT §9) in a real browser: Debian's headless Chromium,
+// The inspector page (/inspect, docs/reference.md §9) in a real browser: Debian's headless Chromium,
 // driven by playwright-core, against a running gateway with live clients and a stream of
 // events. The page must show the numbers the test created, keep them current without a
 // reload, throw no console error, and show no secret; a wrong token gets 401 and no data.

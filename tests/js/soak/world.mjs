@@ -1,5 +1,5 @@
 // The soak's world: accounts, users, contacts and their tokens, the SQL that creates them, a
-// seeded random source, and the oracle of who is entitled to what (CONTRACT §4 rules 1–5 and
+// seeded random source, and the oracle of who is entitled to what (docs/reference.md §4 rules 1–5 and
 // §7's contact safety), written here independently of the gateway's own implementation.
 
 export const CONTACT_EVENTS = new Set([
