@@ -312,23 +312,27 @@ impl Inspector {
         if accounts.is_empty() {
             return Ok(HashMap::new());
         }
-        let rows: Vec<Online> = sqlx::query_as(
-            "SELECT account_id,
-                    count(*) FILTER (WHERE kind = 'u') AS users,
-                    count(*) FILTER (WHERE kind = 'c') AS contacts,
-                    COALESCE((array_agg(principal_id ORDER BY principal_id)
-                              FILTER (WHERE kind = 'u'))[1:$3], '{}') AS user_ids,
-                    COALESCE((array_agg(principal_id ORDER BY principal_id)
-                              FILTER (WHERE kind = 'c'))[1:$3], '{}') AS contact_ids
-               FROM cable_presence
-              WHERE account_id = ANY($1) AND seen_at >= now() - make_interval(secs => $2)
-              GROUP BY account_id",
-        )
-        .bind(accounts)
-        .bind(self.sources.presence_ttl.as_secs_f64())
-        .bind(MAX_ONLINE_IDS as i32)
-        .fetch_all(&self.sources.pool)
-        .await?;
+        static ONLINE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "SELECT account_id,
+                        count(*) FILTER (WHERE kind = 'u') AS users,
+                        count(*) FILTER (WHERE kind = 'c') AS contacts,
+                        COALESCE((array_agg(principal_id ORDER BY principal_id)
+                                  FILTER (WHERE kind = 'u'))[1:$3], '{{}}') AS user_ids,
+                        COALESCE((array_agg(principal_id ORDER BY principal_id)
+                                  FILTER (WHERE kind = 'c'))[1:$3], '{{}}') AS contact_ids
+                   FROM cable_presence p
+                  WHERE account_id = ANY($1) AND {}
+                  GROUP BY account_id",
+                crate::presence::rules::live_sql("$2")
+            )
+        });
+        let rows: Vec<Online> = sqlx::query_as(sqlx::AssertSqlSafe(ONLINE.as_str()))
+            .bind(accounts)
+            .bind(self.sources.presence_ttl.as_secs_f64())
+            .bind(MAX_ONLINE_IDS as i32)
+            .fetch_all(&self.sources.pool)
+            .await?;
         Ok(rows
             .into_iter()
             .map(|online| (online.account_id, online))

@@ -162,15 +162,19 @@ impl Presence {
     /// Deletes rows past the TTL and announces each account that lost someone. Returns how
     /// many rows went.
     pub async fn sweep(&self) -> Result<u64, sqlx::Error> {
-        let gone: Vec<(i64, String)> = sqlx::query_as(
-            "WITH gone AS (
-               DELETE FROM cable_presence WHERE seen_at < now() - make_interval(secs => $1)
-               RETURNING account_id)
-             SELECT account_id, pg_notify('cable_presence', account_id::text)::text FROM gone",
-        )
-        .bind(self.ttl.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await?;
+        static SWEEP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "WITH gone AS (
+                   DELETE FROM cable_presence p WHERE {}
+                   RETURNING account_id)
+                 SELECT account_id, pg_notify('cable_presence', account_id::text)::text FROM gone",
+                rules::expired_sql("$1")
+            )
+        });
+        let gone: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(SWEEP.as_str()))
+            .bind(self.ttl.as_secs_f64())
+            .fetch_all(&self.pool)
+            .await?;
         Ok(gone.len() as u64)
     }
 
@@ -195,21 +199,28 @@ impl Presence {
     /// The account's online set as of now ([`rules::online_set`]). Only users who may be in
     /// it are read: those with a row, and those whose `auto_offline` is false.
     pub async fn online_set(&self, account_id: i64) -> Result<OnlineSet, sqlx::Error> {
-        let rows: Vec<(String, i64, i32, bool, bool)> = sqlx::query_as(
-            "SELECT 'u'::text, au.user_id::bigint, au.availability::int, au.auto_offline,
-                    p.principal_id IS NOT NULL
-               FROM account_users au
-               LEFT JOIN cable_presence p
-                 ON p.account_id = $1 AND p.kind = 'u' AND p.principal_id = au.user_id
-              WHERE au.account_id = $1 AND (au.auto_offline = false OR p.principal_id IS NOT NULL)
-             UNION ALL
-             SELECT 'c'::text, p.principal_id, 0, true, true
-               FROM cable_presence p
-              WHERE p.account_id = $1 AND p.kind = 'c'",
-        )
-        .bind(account_id)
-        .fetch_all(&self.pool)
-        .await?;
+        static ONLINE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let live = rules::live_sql("$2");
+            format!(
+                "SELECT 'u'::text, au.user_id::bigint, au.availability::int, au.auto_offline,
+                        p.principal_id IS NOT NULL
+                   FROM account_users au
+                   LEFT JOIN cable_presence p
+                     ON p.account_id = $1 AND p.kind = 'u' AND p.principal_id = au.user_id
+                        AND {live}
+                  WHERE au.account_id = $1 AND (au.auto_offline = false OR p.principal_id IS NOT NULL)
+                 UNION ALL
+                 SELECT 'c'::text, p.principal_id, 0, true, true
+                   FROM cable_presence p
+                  WHERE p.account_id = $1 AND p.kind = 'c' AND {live}"
+            )
+        });
+        let rows: Vec<(String, i64, i32, bool, bool)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(ONLINE.as_str()))
+                .bind(account_id)
+                .bind(self.ttl.as_secs_f64())
+                .fetch_all(&self.pool)
+                .await?;
         let mut users = Vec::new();
         let mut contacts = Vec::new();
         for (kind, id, availability, auto_offline, online) in rows {

@@ -31,6 +31,17 @@ pub fn expired(age: Duration, ttl: Duration) -> bool {
     age > ttl
 }
 
+/// [`expired`] as SQL, for a `cable_presence` row `p`, the TTL bound in seconds as `ttl`
+/// (a parameter such as `$2`): every statement that asks whether a row has expired asks it so.
+pub fn expired_sql(ttl: &str) -> String {
+    format!("p.seen_at < now() - make_interval(secs => {ttl})")
+}
+
+/// The opposite of [`expired_sql`]: the row is live.
+pub fn live_sql(ttl: &str) -> String {
+    format!("NOT ({})", expired_sql(ttl))
+}
+
 /// How often a process refreshes every live subscription's row: three chances per TTL.
 pub fn heartbeat_period(ttl: Duration) -> Duration {
     (ttl / 3).clamp(HEARTBEAT_MIN, HEARTBEAT_MAX)
