@@ -13,6 +13,7 @@
 //!   [`config::tuning`], every fixed number with the reason for it.
 //! - [`metrics`]: every metric, spelled once.
 //! - [`secret`]: constant-time comparison of keys and tokens.
+//! - [`ws`]: the WebSocket layer's one set of opcodes.
 //! - [`protocol`]: inbound [`protocol::command`]s (double-decoded), [`protocol::identifier`]s
 //!   (raw + parsed), outbound frames and disconnect reasons ([`protocol::reply`]), and
 //!   [`protocol::bad_input`]: what each kind of bad input gets.
@@ -118,3 +119,4 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod typing;
+pub mod ws;

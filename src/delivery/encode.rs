@@ -9,9 +9,10 @@ use super::tally::count_sent;
 use super::{Message, Outbound, Position, Subscription};
 use crate::config::tuning::LARGE_BODY;
 use crate::metrics::Metrics;
+use crate::ws::OpCode;
 
-const OP_TEXT: u8 = 0x1;
-const OP_PONG: u8 = 0xA;
+const OP_TEXT: u8 = OpCode::Text as u8;
+const OP_PONG: u8 = OpCode::Pong as u8;
 
 /// Appends an unmasked, final frame header (server frames are never masked).
 pub fn push_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {

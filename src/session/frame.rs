@@ -16,22 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::config::tuning::READ_AHEAD;
 use crate::protocol::BadInput;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpCode {
-    Continuation,
-    Text,
-    Binary,
-    Close,
-    Ping,
-    Pong,
-}
-
-impl OpCode {
-    fn is_control(self) -> bool {
-        matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
-    }
-}
+pub use crate::ws::OpCode;
 
 #[derive(Debug)]
 pub struct Frame {
@@ -134,14 +119,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Err(FrameError::Protocol("reserved bits set"));
         }
         let fin = head[0] & 0x80 != 0;
-        let opcode = match head[0] & 0x0f {
-            0x0 => OpCode::Continuation,
-            0x1 => OpCode::Text,
-            0x2 => OpCode::Binary,
-            0x8 => OpCode::Close,
-            0x9 => OpCode::Ping,
-            0xA => OpCode::Pong,
-            _ => return Err(FrameError::Protocol("unknown opcode")),
+        let Some(opcode) = OpCode::from_bits(head[0] & 0x0f) else {
+            return Err(FrameError::Protocol("unknown opcode"));
         };
         if head[1] & 0x80 == 0 {
             return Err(FrameError::Protocol("client frames must be masked"));

@@ -19,7 +19,7 @@ use crate::delivery::{
 use crate::metrics::Metrics;
 use crate::protocol::reply::{self, DisconnectReason};
 
-const OP_CLOSE: u8 = 0x8;
+const OP_CLOSE: u8 = crate::ws::OpCode::Close as u8;
 
 struct Writer<'a, W> {
     sink: W,
