@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::AsyncMessage;
 
 use crate::backoff::Backoff;
+use crate::config::tuning::LISTEN_CHUNK;
 use crate::db::Database;
 use crate::metrics::Metrics;
 
@@ -37,9 +38,6 @@ pub type OnNotify = Box<dyn Fn(&str) + Send + Sync>;
 pub type OnConnect = Box<dyn Fn() + Send + Sync>;
 /// Called with a dynamic channel's name and a notification's payload.
 pub type OnChannel = Box<dyn Fn(&str, &str) + Send + Sync>;
-
-/// LISTEN statements per round trip when many channels are listened to at once.
-const LISTEN_CHUNK: usize = 500;
 
 enum Request {
     Acquire(Vec<String>, oneshot::Sender<()>),

@@ -32,6 +32,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::auth::{store, AuthCache, AuthError, Principal, UserRecord};
+use crate::config::tuning::REVALIDATE_CHUNK;
 use crate::metrics::Metrics;
 use crate::router::Router;
 
@@ -43,17 +44,12 @@ pub struct Revalidation {
     pub metrics: Arc<Metrics>,
 }
 
-/// How many subscriptions one pass looks up per query. A pass over every live subscription at
-/// once built all their lookups and answers in memory together (about 400 bytes per
-/// subscription, every interval), which an idle gateway's RSS carried as a saw-tooth.
-const CHUNK: usize = 1_000;
-
 /// One pass. Returns how many subscriptions were revoked.
 pub async fn once(r: &Revalidation) -> Result<usize, AuthError> {
     let ids = r.router.live_ids();
     let mut revoked = 0;
     let mut failed = None;
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in ids.chunks(REVALIDATE_CHUNK) {
         match check(r, r.router.live(chunk)).await {
             Ok(n) => revoked += n,
             Err(e) => {

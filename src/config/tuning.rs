@@ -118,3 +118,40 @@ pub const SWEEP_MIN: Duration = Duration::from_millis(100);
 pub const SWEEP_MAX: Duration = Duration::from_secs(1);
 /// The shortest wait between two presence pushes of one account.
 pub const PUSH_INTERVAL_MIN: Duration = Duration::from_secs(1);
+
+// --- write buffers, batches, ingress connections, the inspector ----------------
+
+/// Frames are encoded into one buffer per thread, kept up to this size.
+pub const ENCODE_BUFFER_KEPT: usize = 64 * 1024;
+/// LISTEN statements per round trip when many channels are listened to at once.
+pub const LISTEN_CHUNK: usize = 500;
+/// The most stream positions one history request may name.
+pub const MAX_HISTORY_STREAMS: usize = 16;
+/// How many subscriptions one revalidation pass looks up per query. A pass over every live
+/// subscription at once built all their lookups and answers in memory together (about 400
+/// bytes per subscription, every interval), which an idle gateway's RSS carried as a saw-tooth.
+pub const REVALIDATE_CHUNK: usize = 1_000;
+/// Ticks of the ping wheel per ping interval.
+pub const PING_SLOTS: usize = 30;
+/// Ticks a due ping waits for a frame to go out with (300 ms).
+pub const PING_DEFER: usize = 3;
+/// How many disconnects the inspector keeps and shows.
+pub const DISCONNECTS_KEPT: usize = 50;
+/// Accounts the inspector lists (the largest by subscriptions); the rest are counted.
+pub const INSPECT_MAX_ACCOUNTS: usize = 50;
+/// Online user and contact ids the inspector lists per account; the rest are counted.
+pub const INSPECT_MAX_ONLINE_IDS: usize = 20;
+/// How often the inspector samples rates and latencies.
+pub const INSPECT_SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// Points the inspector keeps per chart: ten minutes.
+pub const INSPECT_SAMPLES: usize = 300;
+/// How long the inspector reuses a snapshot, however many pages poll.
+pub const INSPECT_SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+/// How often the Redis subscriber connection is pinged.
+pub const REDIS_PING_EVERY: Duration = Duration::from_secs(10);
+/// How long a Redis ping's answer may take before the connection counts as down.
+pub const REDIS_PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// A `POST /_broadcast` body may hold this many maximal broadcasts.
+pub const BROADCAST_BODY_FACTOR: usize = 16;
+/// How often one kind of skipped broadcast is logged, per ingress.
+pub const SKIP_WARN_EVERY: Duration = Duration::from_secs(60);

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::encode::{encode_head, encode_message, push_ping};
 use super::{Message, Outbound, Subscription};
+use crate::config::tuning::ENCODE_BUFFER_KEPT;
 use crate::metrics::Metrics;
 
 /// The socket as delivering threads write to it: its descriptor, kept open by the stream
@@ -101,8 +102,6 @@ pub(super) fn write_now(
     frame: Pushed<'_>,
     metrics: &Metrics,
 ) -> Rest {
-    /// Frames are encoded into one buffer per thread, kept up to this size.
-    const KEEP: usize = 64 * 1024;
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -144,7 +143,7 @@ pub(super) fn write_now(
                 }
             }
         };
-        if buf.capacity() > KEEP {
+        if buf.capacity() > ENCODE_BUFFER_KEPT {
             *buf = Vec::new();
         }
         rest

@@ -21,12 +21,11 @@
 use serde_json::Value;
 use sqlx::PgPool;
 
+use crate::config::tuning::BROADCAST_BODY_FACTOR;
 use crate::metrics::Metrics;
 
 /// The `ingress` label of this ingress.
 pub const INGRESS: &str = "http";
-/// A request body may hold this many maximal broadcasts.
-pub const BODY_FACTOR: usize = 16;
 
 /// The answer to a broadcast request: status and a one-line body.
 #[derive(Debug, PartialEq, Eq)]
@@ -124,7 +123,7 @@ pub async fn publish(pool: &PgPool, metrics: &Metrics, broadcasts: &[(String, St
 
 /// The body size limit for `max_size` broadcasts.
 pub fn body_limit(max_size: usize) -> usize {
-    max_size.saturating_mul(BODY_FACTOR)
+    max_size.saturating_mul(BROADCAST_BODY_FACTOR)
 }
 
 #[cfg(test)]

@@ -14,20 +14,17 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use super::streams::Streams;
 use crate::backoff::Backoff;
+use crate::config::tuning::{REDIS_PING_EVERY, REDIS_PING_TIMEOUT};
 use crate::metrics::{IngressLabels, Metrics};
 
 /// The `ingress` label of this ingress.
 pub const INGRESS: &str = "redis";
-/// How often the subscriber connection is pinged, and how long an answer may take.
-const PING_EVERY: Duration = Duration::from_secs(10);
-const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the Redis settings cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +147,7 @@ impl RedisIngress {
         let (mut sink, mut messages) = pubsub.split();
         self.set_live(true);
         tracing::info!(url = %self.url, pattern = %self.pattern, "Redis subscriber connection live");
-        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut ping = tokio::time::interval(REDIS_PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         loop {
@@ -163,7 +160,7 @@ impl RedisIngress {
                     }
                 }
                 _ = ping.tick() => {
-                    match tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await {
+                    match tokio::time::timeout(REDIS_PING_TIMEOUT, sink.ping::<redis::Value>()).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => return Err(e),
                         Err(_) => return Err(redis::RedisError::from(std::io::Error::new(

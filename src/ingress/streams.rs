@@ -15,16 +15,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
 use parking_lot::Mutex;
 
+use crate::config::tuning::SKIP_WARN_EVERY;
 use crate::metrics::Metrics;
 use crate::router::Router;
-
-/// How often one kind of skipped broadcast is logged, per ingress.
-const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Why a broadcast was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,7 +96,7 @@ impl Streams {
         let mut warned = self.warned.lock();
         let due = warned
             .get(&(ingress, skip))
-            .is_none_or(|at| now.duration_since(*at) >= WARN_EVERY);
+            .is_none_or(|at| now.duration_since(*at) >= SKIP_WARN_EVERY);
         if due {
             warned.insert((ingress, skip), now);
             drop(warned);

@@ -6,8 +6,7 @@ use std::collections::VecDeque;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-/// How many disconnects the inspector keeps and shows.
-pub const KEPT: usize = 50;
+use crate::config::tuning::DISCONNECTS_KEPT;
 
 /// One ended connection.
 #[derive(Debug, Clone, Serialize)]
@@ -32,7 +31,7 @@ pub struct DisconnectLog {
 impl DisconnectLog {
     pub fn record(&self, disconnect: Disconnect) {
         let mut recent = self.recent.lock();
-        if recent.len() == KEPT {
+        if recent.len() == DISCONNECTS_KEPT {
             recent.pop_front();
         }
         recent.push_back(disconnect);
@@ -51,7 +50,7 @@ mod tests {
     #[test]
     fn keeps_the_newest() {
         let log = DisconnectLog::default();
-        for n in 0..(KEPT as u64 + 5) {
+        for n in 0..(DISCONNECTS_KEPT as u64 + 5) {
             log.record(Disconnect {
                 at: n as f64,
                 reason: "client_closed",
@@ -63,8 +62,8 @@ mod tests {
             });
         }
         let recent = log.recent();
-        assert_eq!(recent.len(), KEPT);
-        assert_eq!(recent[0].duration_ms, KEPT as u64 + 4);
-        assert_eq!(recent[KEPT - 1].duration_ms, 5);
+        assert_eq!(recent.len(), DISCONNECTS_KEPT);
+        assert_eq!(recent[0].duration_ms, DISCONNECTS_KEPT as u64 + 4);
+        assert_eq!(recent[DISCONNECTS_KEPT - 1].duration_ms, 5);
     }
 }

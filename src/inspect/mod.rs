@@ -3,10 +3,10 @@
 //!
 //! - Numbers are aggregated here, never per subscription on the page: accounts are counted in
 //!   one pass over the router ([`crate::router::Router::census`]), the largest
-//!   [`MAX_ACCOUNTS`] are listed, online ids are capped at [`MAX_ONLINE_IDS`] per account.
-//! - A snapshot is built at most once per [`SNAPSHOT_EVERY`], however many pages poll.
+//!   [`INSPECT_MAX_ACCOUNTS`] are listed, online ids are capped at [`INSPECT_MAX_ONLINE_IDS`] per account.
+//! - A snapshot is built at most once per [`INSPECT_SNAPSHOT_EVERY`], however many pages poll.
 //! - Rates and latencies come from this process's own metrics, sampled every
-//!   [`SAMPLE_EVERY`] into a ring of [`SAMPLES`] points (the charts' last ten minutes);
+//!   [`INSPECT_SAMPLE_EVERY`] into a ring of [`INSPECT_SAMPLES`] points (the charts' last ten minutes);
 //!   latency percentiles are read from the histograms' buckets (upper bounds).
 //! - Nothing secret: tokens as a 4-character prefix, URLs with their password masked.
 //!
@@ -27,20 +27,13 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::clock::unix_now;
+use crate::config::tuning::{
+    INSPECT_MAX_ACCOUNTS, INSPECT_MAX_ONLINE_IDS, INSPECT_SAMPLES, INSPECT_SAMPLE_EVERY,
+    INSPECT_SNAPSHOT_EVERY,
+};
 use crate::metrics::Metrics;
 use crate::router::Router;
 use log::DisconnectLog;
-
-/// Accounts listed (the largest by subscriptions); the rest are counted.
-pub const MAX_ACCOUNTS: usize = 50;
-/// Online user and contact ids listed per account; the rest are counted.
-pub const MAX_ONLINE_IDS: usize = 20;
-/// How often rates and latencies are sampled.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
-/// Points kept per chart: ten minutes.
-pub const SAMPLES: usize = 300;
-/// A snapshot is reused for this long.
-pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 
 /// The health of one ingress, as shown.
 #[derive(Debug, Clone, Serialize)]
@@ -157,7 +150,7 @@ impl Inspector {
         Arc::new(Inspector {
             sources,
             started: Instant::now(),
-            samples: Mutex::new(VecDeque::with_capacity(SAMPLES)),
+            samples: Mutex::new(VecDeque::with_capacity(INSPECT_SAMPLES)),
             snapshot: tokio::sync::Mutex::new(None),
         })
     }
@@ -173,10 +166,10 @@ impl Inspector {
         }
     }
 
-    /// Samples the metrics every [`SAMPLE_EVERY`], forever (a task of the process).
+    /// Samples the metrics every [`INSPECT_SAMPLE_EVERY`], forever (a task of the process).
     pub async fn sample(self: Arc<Self>) {
         let mut previous = self.read();
-        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        let mut tick = tokio::time::interval(INSPECT_SAMPLE_EVERY);
         tick.tick().await;
         loop {
             tick.tick().await;
@@ -191,7 +184,7 @@ impl Inspector {
                 outbox_lag_p99_ms: quantile_ms(&previous.outbox_lag, &now.outbox_lag, 0.99),
             };
             let mut samples = self.samples.lock();
-            if samples.len() == SAMPLES {
+            if samples.len() == INSPECT_SAMPLES {
                 samples.pop_front();
             }
             samples.push_back(sample);
@@ -200,11 +193,11 @@ impl Inspector {
         }
     }
 
-    /// The page's data: a snapshot at most [`SNAPSHOT_EVERY`] old.
+    /// The page's data: a snapshot at most [`INSPECT_SNAPSHOT_EVERY`] old.
     pub async fn snapshot(&self) -> Arc<Value> {
         let mut cached = self.snapshot.lock().await;
         if let Some((at, value)) = cached.as_ref() {
-            if at.elapsed() < SNAPSHOT_EVERY {
+            if at.elapsed() < INSPECT_SNAPSHOT_EVERY {
                 return value.clone();
             }
         }
@@ -222,7 +215,7 @@ impl Inspector {
         census.sort_by_key(|account| {
             std::cmp::Reverse(account.user_subscriptions + account.contact_subscriptions)
         });
-        census.truncate(MAX_ACCOUNTS);
+        census.truncate(INSPECT_MAX_ACCOUNTS);
         let shown: Vec<i64> = census.iter().map(|account| account.account_id).collect();
         let online = match self.online(&shown).await {
             Ok(online) => online,
@@ -330,7 +323,7 @@ impl Inspector {
         let rows: Vec<Online> = sqlx::query_as(sqlx::AssertSqlSafe(ONLINE.as_str()))
             .bind(accounts)
             .bind(self.sources.presence_ttl.as_secs_f64())
-            .bind(MAX_ONLINE_IDS as i32)
+            .bind(INSPECT_MAX_ONLINE_IDS as i32)
             .fetch_all(&self.sources.pool)
             .await?;
         Ok(rows
@@ -340,7 +333,7 @@ impl Inspector {
     }
 }
 
-/// Who is online in one account: counts, and the first [`MAX_ONLINE_IDS`] ids of each kind.
+/// Who is online in one account: counts, and the first [`INSPECT_MAX_ONLINE_IDS`] ids of each kind.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 struct Online {
     #[serde(skip)]

@@ -5,6 +5,8 @@ use serde_json::{Map, Value};
 
 use super::BadInput;
 
+use crate::config::tuning::MAX_HISTORY_STREAMS;
+
 /// A client command, decoded. The identifier stays the raw string the client sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -52,9 +54,6 @@ impl Command {
         }
     }
 }
-
-/// The most stream positions one history request may name.
-pub const MAX_HISTORY_STREAMS: usize = 16;
 
 /// What a client asks to have replayed (docs/reference.md §8): everything after each listed stream's
 /// position, and for streams not listed, everything published at or after `since`.

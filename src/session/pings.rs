@@ -1,5 +1,5 @@
 //! Pings for every connection of the process from one timer: `{"type":"ping","message":<unix
-//! seconds>}` every [`PING_INTERVAL`] per connection, spread over [`SLOTS`] ticks so that they
+//! seconds>}` every [`PING_INTERVAL`] per connection, spread over [`PING_SLOTS`] ticks so that they
 //! do not all go out in the same instant.
 //!
 //! A tick makes a ping due on every connection of its slot ([`SendQueue::defer_ping`]). A
@@ -21,14 +21,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::config::tuning::PING_INTERVAL;
+use crate::config::tuning::{PING_DEFER, PING_INTERVAL, PING_SLOTS};
 use crate::delivery::{push_ping, CloseReason, Outbound, SessionHandle};
-
-/// Ticks per ping interval.
-pub const SLOTS: usize = 30;
-
-/// Ticks a due ping waits for a frame to go out with (300 ms).
-pub const PING_DEFER: usize = 3;
 
 struct Slot {
     sessions: HashMap<u64, SessionHandle>,
@@ -43,7 +37,7 @@ pub struct Pings {
 impl Default for Pings {
     fn default() -> Self {
         Pings {
-            slots: (0..SLOTS)
+            slots: (0..PING_SLOTS)
                 .map(|_| {
                     Mutex::new(Slot {
                         sessions: HashMap::new(),
@@ -57,7 +51,7 @@ impl Default for Pings {
 
 impl Pings {
     fn slot(&self, id: u64) -> &Mutex<Slot> {
-        &self.slots[(id % SLOTS as u64) as usize]
+        &self.slots[(id % PING_SLOTS as u64) as usize]
     }
 
     /// Pings `session` from now on, until [`Pings::remove`].
@@ -118,7 +112,7 @@ impl Pings {
 
     /// The timer, forever (a task of the process).
     pub async fn run(self: std::sync::Arc<Self>) {
-        let step = PING_INTERVAL / SLOTS as u32;
+        let step = PING_INTERVAL / PING_SLOTS as u32;
         let mut tick = tokio::time::interval(step.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::new();
@@ -126,8 +120,8 @@ impl Pings {
         loop {
             tick.tick().await;
             self.tick(slot);
-            self.flush((slot + SLOTS - PING_DEFER) % SLOTS, &mut batch);
-            slot = (slot + 1) % SLOTS;
+            self.flush((slot + PING_SLOTS - PING_DEFER) % PING_SLOTS, &mut batch);
+            slot = (slot + 1) % PING_SLOTS;
         }
     }
 }
