@@ -52,6 +52,28 @@
 //!   [`session::reader`] (commands, strictly in order), [`session::writer`] (frames, pings).
 //! - [`server`]: builds every component, starts and stops every task, serves HTTP.
 //!
+//! # Glossary
+//! One meaning per word; where older code still uses a word otherwise, the meaning here wins.
+//! - **connection**: one WebSocket and the task pair (reader, writer) that owns it
+//!   ([`session`] is the module of a connection's tasks).
+//! - **session** (extended protocol): what a client restores by `sid` after a reconnect, a
+//!   row of `cable_sessions` ([`resume::sessions`]). A Chatwoot contact's session is a
+//!   **contact session** (`contact_inboxes`).
+//! - **principal**: who a subscription acts as, a user in an account or a contact session
+//!   ([`auth::Principal`]); never the identifier.
+//! - **identifier**: the subscription's key as the client sent it, byte for byte.
+//! - **stream**: a name broadcasts are addressed to (a token, `account_<id>`, or any name a
+//!   backend picks); a subscription *streams* names. **stream id**: the name a position is kept
+//!   under on the wire of the extended protocol (an outbox stream id, or a stream's name).
+//! - **round**: one cut of the outbox: the rows that became visible between two MVCC snapshots
+//!   of the database. **offset**: an outbox row's place in commit order, the same on every
+//!   process. **position**: (stream id, epoch, offset) as a client holds it.
+//! - **held**: live frames a subscription holds back while a replay is sent
+//!   ([`delivery::Positions`]). A subscription's LISTEN lease is its **lease**
+//!   ([`router::Held`] is what it keeps while it lives).
+//! - **snapshot**: an MVCC snapshot of PostgreSQL. A `presence.update` body is an **online
+//!   set**; the inspector's cached JSON, its **page data**.
+//!
 //! # Life of a message
 //! 1. A backend inserts a row into `cable_events` in its own transaction; the statement
 //!    trigger queues `NOTIFY cable_events`, delivered at commit.

@@ -17,11 +17,11 @@
 //! Neither driver gets this right alone: tokio-postgres parses neither `verify-*` nor
 //! `sslrootcert`, so the LISTEN connection's TLS is configured here from the parsed mode; and
 //! a rustls name-mismatch error changed shape in rustls 0.23.24, so `verify-ca` needs a
-//! verifier that ignores both shapes (sqlx 0.9 has one; ours is [`ChainOnly`]).
+//! verifier that ignores both shapes (sqlx 0.9 has one; ours is `tls::ChainOnly`).
 //!
 //! # Files
-//! - [`tls`]: the rustls configurations for each `sslmode`.
-//! - [`cause`]: why a connection failed, in a few words, and what fixes it.
+//! - `tls.rs`: the rustls configurations for each `sslmode`.
+//! - `cause.rs`: why a connection failed, in a few words, and what fixes it.
 
 mod cause;
 mod tls;

@@ -8,12 +8,12 @@
 //! client that does not read is ended with `too_slow` instead, and nobody else is delayed.
 //!
 //! # Files
-//! - [`subscription`]: a confirmed [`Subscription`], and its prefetch hints.
-//! - [`positions`]: what an extended-protocol subscription keeps beside it ([`Positions`]).
-//! - [`queue`]: a connection's [`SendQueue`], its close reason, and the [`SessionHandle`].
-//! - [`write`]: frames written straight to the socket from the delivering thread.
-//! - [`encode`]: frames as they go on the wire.
-//! - [`tally`]: messages written counted per thread, added to the metrics once per fan-out.
+//! - `subscription.rs`: a confirmed [`Subscription`], and its prefetch hints.
+//! - `positions.rs`: what an extended-protocol subscription keeps beside it ([`Positions`]).
+//! - `queue.rs`: a connection's [`SendQueue`], its close reason, and the [`SessionHandle`].
+//! - `write.rs`: frames written straight to the socket from the delivering thread.
+//! - `encode.rs`: frames as they go on the wire.
+//! - `tally.rs`: messages written counted per thread, added to the metrics once per fan-out.
 
 mod encode;
 mod positions;

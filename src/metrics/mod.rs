@@ -1,7 +1,7 @@
 //! Every metric, spelled once: Prometheus names with the `cable_` prefix, `_total` counters
 //! (the `_total` suffix is added by the exposition), `_seconds` durations.
 //!
-//! [`latency`]: the delivery latency histogram and the per-thread [`Tally`].
+//! `latency.rs`: the delivery latency histogram and the per-thread [`Tally`].
 
 mod latency;
 

@@ -13,9 +13,9 @@
 //! disconnects that client (`too_slow`), see [`crate::delivery::SessionHandle::send`].
 //!
 //! # Files
-//! - [`index`]: the indexes, and the candidates of rules 1 and 2.
-//! - [`audience`]: the kept user audience of rules 3 and 4.
-//! - [`fanout`]: writing a message to an audience.
+//! - `index.rs`: the indexes, and the candidates of rules 1 and 2.
+//! - `audience.rs`: the kept user audience of rules 3 and 4.
+//! - `fanout.rs`: writing a message to an audience.
 
 mod audience;
 mod fanout;

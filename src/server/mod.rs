@@ -4,9 +4,9 @@
 //! stop accepting → `server_restart` to every client → drain → stop the tasks).
 //!
 //! # Files
-//! - [`mod@start`]: builds every component and starts every task.
-//! - [`http`]: the accept loop and every HTTP route but the upgrade.
-//! - [`upgrade`]: the WebSocket upgrade of `/cable`: sub-protocols, tokens, restore.
+//! - `start.rs`: builds every component and starts every task.
+//! - `http.rs`: the accept loop and every HTTP route but the upgrade.
+//! - `upgrade.rs`: the WebSocket upgrade of `/cable`: sub-protocols, tokens, restore.
 
 mod http;
 mod start;
