@@ -27,7 +27,8 @@ pub struct Typing {
 }
 
 /// Why a `typing` action wrote nothing (the `result` label of `cable_commands_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Ignored {
     /// `conversation_id`, `status` or `is_private` missing or of the wrong kind.
     BadParams,
@@ -39,11 +40,7 @@ pub enum Ignored {
 
 impl Ignored {
     pub fn label(self) -> &'static str {
-        match self {
-            Ignored::BadParams => "bad_params",
-            Ignored::NotVisible => "not_visible",
-            Ignored::Unavailable => "unavailable",
-        }
+        self.into()
     }
 }
 

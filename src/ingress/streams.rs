@@ -25,7 +25,8 @@ use crate::metrics::Metrics;
 use crate::router::Router;
 
 /// Why a broadcast was not delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Skip {
     NotJson,
     TooLarge,
@@ -36,11 +37,7 @@ pub enum Skip {
 
 impl Skip {
     pub fn label(self) -> &'static str {
-        match self {
-            Skip::NotJson => "not_json",
-            Skip::TooLarge => "too_large",
-            Skip::AmbiguousChannel => "ambiguous_channel",
-        }
+        self.into()
     }
 }
 

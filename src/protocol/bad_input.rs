@@ -8,8 +8,9 @@
 
 use super::DisconnectReason;
 
-/// A kind of bad input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A kind of bad input; its `reason` label is its name in snake case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum BadInput {
     /// A text message that is not a JSON object.
     Malformed,
@@ -44,6 +45,7 @@ pub enum BadInput {
     TooManyRejects,
     /// A frame that breaks RFC 6455 (unmasked, reserved bits, unknown opcode, a fragmented
     /// or oversized control frame).
+    #[strum(serialize = "protocol_violation")]
     FrameViolation,
 }
 
@@ -96,24 +98,7 @@ impl BadInput {
 
     /// The `reason` label it is counted under.
     pub fn label(self) -> &'static str {
-        match self {
-            BadInput::Malformed => "malformed",
-            BadInput::UnknownCommand => "unknown_command",
-            BadInput::MissingIdentifier => "missing_identifier",
-            BadInput::BadData => "bad_data",
-            BadInput::IdentifierNotObject => "identifier_not_object",
-            BadInput::BadHistory => "bad_history",
-            BadInput::InvalidUtf8 => "invalid_utf8",
-            BadInput::Binary => "binary",
-            BadInput::StrayContinuation => "stray_continuation",
-            BadInput::BadIdentifier => "bad_identifier",
-            BadInput::InvalidToken => "invalid_token",
-            BadInput::TooManySubscriptions => "too_many_subscriptions",
-            BadInput::TooLarge => "too_large",
-            BadInput::RateLimited => "rate_limited",
-            BadInput::TooManyRejects => "too_many_rejects",
-            BadInput::FrameViolation => "protocol_violation",
-        }
+        self.into()
     }
 }
 
@@ -161,5 +146,52 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), BadInput::ALL.len());
+    }
+
+    /// Metric labels and disconnect reasons are an interface: derived, they must still read
+    /// as they always did.
+    #[test]
+    fn derived_words_are_the_documented_ones() {
+        use crate::protocol::DisconnectReason::*;
+        assert_eq!(BadInput::InvalidUtf8.label(), "invalid_utf8");
+        assert_eq!(BadInput::FrameViolation.label(), "protocol_violation");
+        assert_eq!(
+            BadInput::TooManySubscriptions.label(),
+            "too_many_subscriptions"
+        );
+        let reasons = [
+            Unauthorized,
+            ServerRestart,
+            Remote,
+            TooSlow,
+            InvalidRequest,
+            TokenExpired,
+        ];
+        assert_eq!(
+            reasons.map(|r| r.as_str()),
+            [
+                "unauthorized",
+                "server_restart",
+                "remote",
+                "too_slow",
+                "invalid_request",
+                "token_expired"
+            ]
+        );
+        use crate::ingress::streams::Skip;
+        assert_eq!(
+            [Skip::NotJson, Skip::TooLarge, Skip::AmbiguousChannel].map(Skip::label),
+            ["not_json", "too_large", "ambiguous_channel"]
+        );
+        use crate::typing::Ignored;
+        assert_eq!(
+            [
+                Ignored::BadParams,
+                Ignored::NotVisible,
+                Ignored::Unavailable
+            ]
+            .map(Ignored::label),
+            ["bad_params", "not_visible", "unavailable"]
+        );
     }
 }

@@ -7,7 +7,8 @@ use bytes::Bytes;
 pub const WELCOME: &str = r#"{"type":"welcome"}"#;
 
 /// Why the server ends a connection, as sent in the `disconnect` frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum DisconnectReason {
     /// Authentication failed for the connection as a whole.
     Unauthorized,
@@ -25,14 +26,7 @@ pub enum DisconnectReason {
 
 impl DisconnectReason {
     pub fn as_str(self) -> &'static str {
-        match self {
-            DisconnectReason::Unauthorized => "unauthorized",
-            DisconnectReason::ServerRestart => "server_restart",
-            DisconnectReason::Remote => "remote",
-            DisconnectReason::TooSlow => "too_slow",
-            DisconnectReason::InvalidRequest => "invalid_request",
-            DisconnectReason::TokenExpired => "token_expired",
-        }
+        self.into()
     }
 
     /// Whether the client is told to come back.

@@ -58,25 +58,22 @@ pub struct History {
     pub metrics: Arc<Metrics>,
 }
 
-/// Why a request gets `reject_history`.
-#[derive(Debug)]
+/// Why a request gets `reject_history` (its label in logs).
+#[derive(Debug, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 enum Refusal {
     Epoch,
+    #[strum(serialize = "not_kept")]
     Unavailable,
     TooLong,
+    #[strum(serialize = "stream_not_kept")]
     Stream,
     Database(sqlx::Error),
 }
 
 impl Refusal {
     fn label(&self) -> &'static str {
-        match self {
-            Refusal::Epoch => "epoch",
-            Refusal::Unavailable => "not_kept",
-            Refusal::TooLong => "too_long",
-            Refusal::Stream => "stream_not_kept",
-            Refusal::Database(_) => "database",
-        }
+        self.into()
     }
 }
 
