@@ -81,17 +81,7 @@ pub async fn subscribe(
 
 /// An id given as a number or a numeric string. `Ok(None)` for absent, null or blank.
 fn id_param(params: &Map<String, Value>, key: &str) -> Result<Option<i64>, SubscribeError> {
-    match params.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or(bad("id_not_an_integer")),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| bad("id_not_numeric")),
-        Some(_) => Err(bad("id_of_wrong_type")),
-    }
+    crate::protocol::numeric_id(params.get(key)).map_err(|e| bad(e.label()))
 }
 
 impl RoomParams {

@@ -47,12 +47,10 @@ impl Ignored {
 impl Typing {
     /// The action's data (`action` included, ignored here).
     pub fn parse(data: &Map<String, Value>) -> Result<Typing, Ignored> {
-        let conversation = match data.get("conversation_id") {
-            Some(Value::Number(n)) => n.as_i64(),
-            Some(Value::String(s)) => s.trim().parse().ok(),
-            _ => None,
-        }
-        .ok_or(Ignored::BadParams)?;
+        let conversation = crate::protocol::numeric_id(data.get("conversation_id"))
+            .ok()
+            .flatten()
+            .ok_or(Ignored::BadParams)?;
         let on = match data.get("status").and_then(Value::as_str) {
             Some("on") => true,
             Some("off") => false,

@@ -59,19 +59,7 @@ impl std::fmt::Debug for Verifier {
 }
 
 fn id_claim(claims: &Map<String, Value>, key: &str) -> Result<Option<i64>, Refusal> {
-    match claims.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .map(Some)
-            .ok_or(Refusal::Unauthorized("id_not_an_integer")),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| Refusal::Unauthorized("id_not_numeric")),
-        Some(_) => Err(Refusal::Unauthorized("id_of_wrong_type")),
-    }
+    crate::protocol::numeric_id(claims.get(key)).map_err(|e| Refusal::Unauthorized(e.label()))
 }
 
 impl Verifier {
