@@ -15,16 +15,13 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import net from "node:net";
 import path from "node:path";
 import readline from "node:readline";
-import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
 import { FIXTURES, GATEWAY_BIN, REPO, VERBOSE, psql, run, withTimeout } from "./harness.mjs";
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
 
 // ---------------------------------------------------------------------------------------------
 // @rails/actioncable under Node
@@ -590,62 +587,6 @@ describe("@rails/actioncable against cable-gateway", { timeout: 120_000 }, () =>
     assert.equal(consumer.connection.monitor.connectionIsStale(), false);
     assert.equal(consumer.connection.isOpen(), true);
     assert.deepEqual(sub.state.disconnected, []);
-  });
-
-  test("9. the README's Node example runs as printed", { timeout: TEST_TIMEOUT_MS }, async (t) => {
-    // The block after `<!-- example: node -->`, with only its URL replaced by this gateway's.
-    const readme = readFileSync(path.join(REPO, "README.md"), "utf8");
-    const block = readme.split("<!-- example: node -->\n")[1]?.match(/^```js\n([\s\S]*?)^```/m)?.[1];
-    assert.ok(block, "README.md has a js block after <!-- example: node -->");
-    assert.ok(block.includes("ws://127.0.0.1:8080/cable"), "the example connects to the documented URL");
-    // Beside node_modules, so its imports resolve as they would beside an `npm install`.
-    const file = path.join(HERE, `readme-example-${process.pid}.mjs`);
-    writeFileSync(file, block.replace("ws://127.0.0.1:8080/cable", cableUrl));
-    t.after(() => rmSync(file, { force: true }));
-
-    const child = spawn(process.execPath, [file], { stdio: ["ignore", "pipe", "pipe"] });
-    t.after(() => child.kill("SIGKILL"));
-    let stderr = "";
-    child.stderr.on("data", (chunk) => (stderr += chunk));
-    const lines = [];
-    const waiters = new Set();
-    readline.createInterface({ input: child.stdout }).on("line", (line) => {
-      lines.push(line);
-      for (const waiter of [...waiters]) waiter();
-    });
-    const printed = (prefix, what) =>
-      withTimeout(
-        new Promise((resolve) => {
-          const attempt = () => {
-            const line = lines.find((l) => l.startsWith(prefix));
-            if (line) {
-              waiters.delete(attempt);
-              resolve(line);
-            }
-          };
-          waiters.add(attempt);
-          attempt();
-        }),
-        STEP_TIMEOUT_MS,
-        what,
-      ).catch((error) => {
-        error.message += `; printed: ${JSON.stringify(lines)}; stderr: ${stderr}`;
-        throw error;
-      });
-
-    // presence.update follows the confirm: the subscription is live.
-    await printed("presence.update ", "the example to print presence.update");
-    await psql(
-      databaseUrl,
-      "-c",
-      `INSERT INTO cable_events (account_id, event, data) VALUES (1, 'message.created', '{"id": 7, "content": "from the README"}')`,
-    );
-    const line = await printed("message.created ", "the example to print the event");
-    assert.deepEqual(JSON.parse(line.slice("message.created ".length)), {
-      id: 7,
-      content: "from the README",
-      account_id: 1,
-    });
   });
 
   // Rails unchanged: ActionCable.server.broadcast through Rails' own adapters, received by the
