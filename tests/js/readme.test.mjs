@@ -1,9 +1,9 @@
-// The README's copy-paste snippets, run as printed (issue 32): the reliable-streams client in a
-// browser (@anycable/web in headless Chromium) and under Node (@anycable/core with ws), the
-// Rails broadcasters for both adapters, and the JWT minting line. Each block is taken from
-// README.md by its `<!-- example: NAME -->` marker (the @rails/actioncable Node example of
-// "Connecting clients" too); only the documented URL (and, for the
-// shell blocks, the environment a user would have set) is changed.
+// The README's copy-paste snippets, run as printed (issue 32): @rails/actioncable under Node,
+// the reliable-streams client in a browser (@anycable/web in headless Chromium) and under Node
+// (@anycable/core with ws), the Rails broadcasters for both adapters, the outbox INSERTs, the
+// broadcast API's curl line and the JWT minting line. Each block is taken from README.md by
+// its `<!-- example: NAME -->` marker; only the documented URL (and, for the shell blocks, the
+// environment a user would have set) is changed.
 //
 // Run from the repository root:   node --test tests/js/
 // Environment: as tests/js/actioncable.test.mjs (CABLE_PG_ADMIN_URL required); CHROMIUM_BIN.
@@ -26,6 +26,7 @@ const STEP_TIMEOUT_MS = 15_000;
 const DOCUMENTED_URL = "ws://127.0.0.1:8080/cable";
 const PREFIX = "chatwoot_development_action_cable";
 const JWT_SECRET = "readme-test-secret";
+const BROADCAST_KEY = "readme-test-broadcast-key";
 const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
 
 /** The fenced block after `<!-- example: NAME -->` in README.md. */
@@ -92,6 +93,7 @@ describe("the README's snippets, as printed", { timeout: 180_000 }, () => {
       CABLE_REDIS_URL: `redis://127.0.0.1:${redis.port}`,
       CABLE_RAILS_CHANNEL_PREFIX: PREFIX,
       CABLE_JWT_SECRET: JWT_SECRET,
+      CABLE_BROADCAST_KEY: BROADCAST_KEY,
     });
     cableUrl = `ws://127.0.0.1:${gateway.port}/cable`;
   });
@@ -192,7 +194,27 @@ describe("the README's snippets, as printed", { timeout: 180_000 }, () => {
     });
   }
 
-  test("4. the JWT minting line gives a token the gateway takes", async () => {
+  test("4. the outbox INSERTs of \"Publishing events\" reach Alice as the rules say", async (t) => {
+    const out = runNode(t, "node");
+    await out.printed("presence.update ", "Alice subscribed");
+    await db.sql(example("publish-sql"));
+    // Alice administers account 1: everything but Bob's notification and Dave's stream.
+    await out.printed("contact.created ", "the last of Alice's events");
+    const events = out.seen.filter((l) => !l.startsWith("presence.update ")).map((l) => l.split(" ")[0]);
+    assert.deepEqual(events, ["message.created", "message.created", "conversation.typing_on", "contact.created"]);
+  });
+
+  test("5. the curl line of the broadcast API reaches Alice", async (t) => {
+    const out = runNode(t, "node");
+    await out.printed("presence.update ", "Alice subscribed");
+    const block = example("broadcast-curl");
+    assert.ok(block.includes("http://127.0.0.1:8080/"));
+    await sh(block.replace("http://127.0.0.1:8080/", `http://127.0.0.1:${gateway.port}/`), { CABLE_BROADCAST_KEY: BROADCAST_KEY });
+    const line = await out.printed("notification.created ", "the broadcast printed");
+    assert.deepEqual(JSON.parse(line.slice("notification.created ".length)), { id: 1 });
+  });
+
+  test("6. the JWT minting line gives a token the gateway takes", async () => {
     const token = await sh(example("jwt-node"), { CABLE_JWT_SECRET: JWT_SECRET });
     assert.match(token, /^[\w-]+\.[\w-]+\.[\w-]+$/);
     const ws = new WebSocket(`${cableUrl}?jid=${token}`, ["actioncable-v1-json"]);
