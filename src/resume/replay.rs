@@ -36,10 +36,10 @@ use sqlx::PgPool;
 
 use crate::auth::Principal;
 use crate::config::tuning::OUTBOX_PAGE;
-use crate::delivery::{Outbound, Subscription};
+use crate::delivery::{CloseReason, Outbound, Subscription};
 use crate::ingress::outbox::{Appender, Outboxed, Row, EVENT_COLUMNS, ROUND_ROWS};
 use crate::metrics::Metrics;
-use crate::protocol::{reply, HistoryRequest};
+use crate::protocol::{reply, DisconnectReason, HistoryRequest};
 
 use super::rings::{Kept, Rings};
 
@@ -175,17 +175,21 @@ impl History {
                     .send(Outbound::Frame(reply::confirm_history(&sub.identifier)));
                 self.metrics.command("history", "confirmed");
             }
+            Err(Refusal::Database(e)) => {
+                // Not the client's position's fault: `reject_history` would make it give up
+                // on what it missed. It comes back (to any process) and asks again.
+                tracing::warn!(session = sub.session.queue.id, error = %e, "history replay failed; the client reconnects");
+                sub.session
+                    .queue
+                    .close(CloseReason::Disconnect(DisconnectReason::ServerRestart));
+                self.metrics.command("history", "unavailable");
+            }
             Err(refusal) => {
-                match &refusal {
-                    Refusal::Database(e) => {
-                        tracing::warn!(session = sub.session.queue.id, error = %e, "history replay failed")
-                    }
-                    other => tracing::debug!(
-                        session = sub.session.queue.id,
-                        reason = other.label(),
-                        "history refused"
-                    ),
-                }
+                tracing::debug!(
+                    session = sub.session.queue.id,
+                    reason = refusal.label(),
+                    "history refused"
+                );
                 sub.session
                     .send(Outbound::Frame(reply::reject_history(&sub.identifier)));
                 self.metrics.command("history", "rejected");
@@ -251,7 +255,11 @@ impl History {
         if let Some((position, since)) = outbox {
             // Everything committed before the request arrived goes into a round first: the
             // replay then reaches it, whether or not this process's reader has yet.
-            self.appender.cut().await.map_err(Refusal::Database)?;
+            // (Should the cut fail, what was committed but not yet cut still comes: live,
+            // after the confirm, as it did before the cut existed. Nothing is lost.)
+            if let Err(e) = self.appender.cut().await {
+                tracing::warn!(error = %e, "cutting a round before a replay failed");
+            }
             let streams = crate::routing::streams(principal, token);
             let mut first: Option<Bounds> = None;
             let mut next: Option<i64> = None;

@@ -102,6 +102,13 @@ export class PlainClient extends Client {
     this.disconnected();
     this.consumer.disconnect();
   }
+
+  /** Where the client stands, for a report on one that did not come back. */
+  state() {
+    const connection = this.consumer.connection;
+    return `socket ${connection.getState()}, monitor ${connection.monitor.isRunning() ? "running" : "stopped"}, ` +
+      `subscriptions ${this.consumer.subscriptions.subscriptions.length}, rejected ${this.rejected ?? 0}`;
+  }
 }
 
 /** An @anycable/core cable with the extended protocol and one RoomChannel subscription. */
@@ -127,6 +134,10 @@ export class ExtClient extends Client {
   close() {
     this.disconnected();
     this.cable.disconnect();
+  }
+
+  state() {
+    return `cable ${this.cable.state}, channel ${this.channel.state}, history_not_found ${this.historyNotFound}`;
   }
 }
 

@@ -7,7 +7,9 @@
 //
 // scripts/soak runs it with everything it needs (it owns the PostgreSQL cluster it restarts).
 
-import { writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import { parseArgs } from "node:util";
 import pg from "pg";
 import { createDatabase } from "../harness.mjs";
@@ -23,6 +25,7 @@ const { values: args } = parseArgs({
     seed: { type: "string" },
     clients: { type: "string", default: "510" },
     out: { type: "string" },
+    logs: { type: "string" },
   },
 });
 const seed = Number(args.seed ?? Math.floor(Math.random() * 2 ** 31));
@@ -205,7 +208,18 @@ async function main() {
   const log = await publishers.stop();
   const total = Number((await query(db.url, "SELECT count(*) AS n FROM cable_events"))[0].n);
   let rows = [];
-  await waitFor(() => clients.every((c) => c.confirmed), 60_000, "every client subscribed again");
+  const back = await waitFor(() => clients.every((c) => c.confirmed), 60_000, "every client subscribed again").then(
+    () => ({ name: "every client subscribed again after the faults", ok: true, detail: `${clients.length} clients` }),
+    () => {
+      const stuck = clients.filter((c) => !c.confirmed);
+      return {
+        name: "every client subscribed again after the faults",
+        ok: false,
+        detail: `${stuck.length} did not within 60 s: ` +
+          stuck.slice(0, 5).map((c) => `${c.kind} ${c.principal.token} (${c.state()})`).join("; "),
+      };
+    },
+  );
   const deadline = Date.now() + 60_000;
   for (;;) {
     rows = await query(db.url, TRUTH);
@@ -217,6 +231,7 @@ async function main() {
   const known = truth(rows, log);
   const rssAfter = gateways.map((gateway) => gateway.rssKb());
   const verdicts = [
+    back,
     extExactlyOnce(clients, known),
     noDuplicateInOrder(clients),
     nothingUnentitled(clients, known),
@@ -244,6 +259,12 @@ async function main() {
   say(`clients: ${clients.filter((c) => c.kind === "ext").length} ext, ${clients.filter((c) => c.kind === "plain").length} plain, ${clients.filter((c) => c.kind === "contact").length} contact; ${clients.reduce((n, c) => n + c.received.length, 0)} messages; ${clients.reduce((n, c) => n + c.subscribes, 0)} confirms`);
   for (const v of verdicts) say(`invariant ${v.ok ? "ok  " : "FAIL"} ${v.name}: ${v.detail}`);
   const ok = verdicts.every((v) => v.ok);
+  const logs = args.logs ?? mkdtempSync(path.join(tmpdir(), "cable-soak-"));
+  mkdirSync(logs, { recursive: true });
+  for (const gateway of gateways) {
+    for (const log of gateway.logs) writeFileSync(path.join(logs, `gw${gateway.slot}-${log.pid}.log`), log.text);
+  }
+  say(`gateway logs: ${logs}`);
   say(`soak ${ok ? "passed" : "FAILED"} (seed ${seed})`);
   if (args.out) {
     writeFileSync(
