@@ -377,3 +377,34 @@ async fn a_broadcast_position_another_process_cannot_honour_costs_no_outbox_even
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A replay the database fails is the database's fault, not the position's: the client is
+/// told to reconnect (`server_restart`), not `reject_history` (after which @anycable/core
+/// stops asking, and what it missed is lost for good).
+#[tokio::test]
+async fn a_replay_the_database_fails_is_a_reconnect_not_a_reject() {
+    let db = TestDb::new().await;
+    let running = start(db.config()).await;
+    let identifier = user(ALICE, 1, 1);
+    let (mut client, _) = session(&db, running.addr, &identifier).await;
+    to_alice(&db.pool, 1).await;
+    let seen = client.next_significant().await;
+    // The replay's query reads cable_rounds: without it, it fails.
+    db.exec("ALTER TABLE cable_rounds RENAME TO cable_rounds_away")
+        .await;
+    client.send(history(&identifier, &[position(&seen)])).await;
+    let frames = client.until_closed().await;
+    db.exec("ALTER TABLE cable_rounds_away RENAME TO cable_rounds")
+        .await;
+    assert!(
+        frames.iter().all(|f| f["type"] != "reject_history"),
+        "{frames:?}"
+    );
+    assert!(
+        frames.contains(
+            &json!({"type": "disconnect", "reason": "server_restart", "reconnect": true})
+        ),
+        "{frames:?}"
+    );
+    running.shutdown().await;
+}
