@@ -125,6 +125,12 @@ pub const PUSH_INTERVAL_MIN: Duration = Duration::from_secs(1);
 pub const ENCODE_BUFFER_KEPT: usize = 64 * 1024;
 /// LISTEN statements per round trip when many channels are listened to at once.
 pub const LISTEN_CHUNK: usize = 500;
+/// History replay queries one process runs at once. Each holds a pool connection for its
+/// page; after a process dies, every extended-protocol client it had reconnects and asks for
+/// history at once, and unbounded replays took the whole pool: token lookups then waited
+/// past the clients' subscribe timeout (`@anycable/core` gives up after 10 s), seen in the
+/// 30-minute soak. Requests beyond this wait their turn; their confirm has gone out already.
+pub const HISTORY_QUERIES_IN_FLIGHT: usize = 3;
 /// The most stream positions one history request may name.
 pub const MAX_HISTORY_STREAMS: usize = 16;
 /// How many subscriptions one revalidation pass looks up per query. A pass over every live

@@ -56,6 +56,8 @@ pub struct History {
     pub max_span: i64,
     pub max_event_size: usize,
     pub metrics: Arc<Metrics>,
+    /// Replay queries running at once (`config::tuning::HISTORY_QUERIES_IN_FLIGHT`).
+    pub queries: tokio::sync::Semaphore,
 }
 
 /// Why a request gets `reject_history` (its label in logs).
@@ -265,6 +267,9 @@ impl History {
             let mut next: Option<i64> = None;
             loop {
                 self.metrics.history_queries.inc();
+                // Bounded: a reconnect storm of extended-protocol clients must leave the pool
+                // to token lookups, the outbox reader and presence (see the constant).
+                let _slot = self.queries.acquire().await.expect("never closed");
                 let rows = sqlx::query(sqlx::AssertSqlSafe(REPLAY.as_str()))
                     .bind(position)
                     .bind(first.map(|b| b.hi))

@@ -69,6 +69,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         pool: pool.clone(),
         appender: appender.clone(),
         rings,
+        queries: tokio::sync::Semaphore::new(crate::config::tuning::HISTORY_QUERIES_IN_FLIGHT),
         epoch,
         max_span: config.history_max_span,
         max_event_size: config.max_event_size,
