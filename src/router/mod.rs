@@ -16,9 +16,11 @@
 //! - `index.rs`: the indexes, and the candidates of rules 1 and 2.
 //! - `audience.rs`: the kept user audience of rules 3 and 4.
 //! - `fanout.rs`: writing a message to an audience.
+//! - `history.rs`: the stream history the router consults ([`StreamHistory`]).
 
 mod audience;
 mod fanout;
+mod history;
 mod index;
 #[cfg(test)]
 mod tests;
@@ -35,22 +37,11 @@ use crate::delivery::{tallied, Event, Message, Outbound, Position, Subscription}
 use crate::metrics::Metrics;
 use crate::routing::{entitled, is_typing};
 use fanout::{deliver_all, stream_audience};
+pub use history::StreamHistory;
 use index::{candidates, contact_candidates, put, take, Entry, Ids, Registry};
 
 /// Something a subscription keeps while it lives; dropping it is its release.
 pub type Held = Box<dyn Send + Sync>;
-
-/// The history of stream ingress as the router consults it, under its own lock, so that a
-/// broadcast's position and where an extended-protocol subscription's live delivery starts
-/// are taken in one order (`crate::resume::rings` is the implementation).
-pub trait StreamHistory: Send + Sync {
-    /// The offset of the stream's last broadcast kept (0 when none).
-    fn last(&self, stream: &str) -> i64;
-    /// Keeps a broadcast (`body`: the payload followed by `}`) and gives it its position.
-    fn record(&self, stream: &str, body: Bytes, created_at: f64, contacts: bool) -> Arc<Message>;
-    /// Drops what expired, and the history of streams `streamed` says nobody here streams.
-    fn sweep(&self, streamed: &dyn Fn(&str) -> bool);
-}
 
 /// The live subscriptions of this process.
 pub struct Router {
