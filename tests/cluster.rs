@@ -408,3 +408,29 @@ async fn a_replay_the_database_fails_is_a_reconnect_not_a_reject() {
     );
     running.shutdown().await;
 }
+
+/// A history request on a subscription whose live events already flowed (a late request,
+/// e.g. after a restored session's hold ran out) replays only what live delivery did not
+/// cover: found as a duplicate by the 30-minute soak.
+#[tokio::test]
+async fn a_late_history_request_sends_nothing_twice() {
+    let db = TestDb::new().await;
+    let running = start(db.config()).await;
+    let identifier = user(ALICE, 1, 1);
+    let (mut client, _) = ext(running.addr, None).await;
+    client.subscribe_ok(&identifier).await;
+    to_alice(&db.pool, 1).await;
+    to_alice(&db.pool, 2).await;
+    let first = client.next_significant().await;
+    assert_eq!(first["message"]["data"]["n"], 1);
+    assert_eq!(client.next_significant().await["message"]["data"]["n"], 2);
+    client.send(history(&identifier, &[position(&first)])).await;
+    assert_eq!(
+        replay(&mut client, &identifier).await,
+        (vec![], "confirm_history"),
+        "2 went out live already"
+    );
+    to_alice(&db.pool, 3).await;
+    assert_eq!(client.next_significant().await["message"]["data"]["n"], 3);
+    running.shutdown().await;
+}

@@ -42,6 +42,9 @@ struct PositionState {
     outbox: Mark,
     /// By ingress stream name (a subscription streams at most two).
     streams: Vec<(Arc<str>, Mark)>,
+    /// Live frames have gone out since the subscription started (it was not held, or was
+    /// released): everything after each mark's `live_from` has been sent live.
+    flowed: bool,
 }
 
 impl PositionState {
@@ -75,6 +78,7 @@ impl Positions {
                 awaiting: false,
                 outbox: Mark::default(),
                 streams: Vec::new(),
+                flowed: false,
             }),
         })
     }
@@ -103,6 +107,13 @@ impl Positions {
             state.held.get_or_insert_with(Vec::new);
             state.awaiting = true;
         }
+        state.flowed = !held;
+    }
+
+    /// Whether live frames have gone out since the start ([`Positions::start`]): a replay
+    /// must then stop at the outbox mark's `live_from`, or it sends them again.
+    pub fn flowed(&self) -> bool {
+        self.state.lock().flowed
     }
 
     pub(super) fn deliver(&self, session: &SessionHandle, position: &Position, frame: Outbound) {
@@ -165,6 +176,7 @@ impl Positions {
     pub fn release(&self, session: &SessionHandle) {
         let mut state = self.state.lock();
         state.awaiting = false;
+        state.flowed = true;
         let Some(held) = state.held.take() else {
             return;
         };

@@ -13,7 +13,10 @@
 //! client now has everything up to `newest` (and up to its own position, which may be ahead
 //! of this process's reader), so live frames at or below it, held meanwhile or read late by
 //! this process, are dropped. Then the held frames go out, then live ones. Every event
-//! committed before the request thus comes before `confirm_history`, and none twice.
+//! committed before the request thus comes before `confirm_history`, and none twice. A
+//! request on a subscription whose live frames already flowed (a restored one whose client
+//! asked after the hold ran out, or any later request) stops at its `live_from` instead:
+//! live delivery has sent everything after it.
 //!
 //! Stream ingress history ([`super::rings`]) is this process's own: there a replay covers
 //! `(position, live_from]`, `live_from` being where live delivery to the subscription started.
@@ -208,7 +211,11 @@ impl History {
         request: &HistoryRequest,
     ) -> Result<(), Refusal> {
         let positions = sub.positions.as_ref().expect("checked by serve");
-        let (_, stream_marks) = positions.marks();
+        let (outbox_mark, stream_marks) = positions.marks();
+        // Live frames already went out (a late history request, e.g. after the restore hold
+        // ran out): live delivery has covered everything after `live_from`, so the replay
+        // stops there. Otherwise it reaches the newest offset of the database.
+        let cap = positions.flowed().then_some(outbox_mark.live_from);
 
         // Which positions name what. An outbox position that cannot be honoured refuses the
         // request before anything is sent; a stream ingress position (history of the process
@@ -272,7 +279,7 @@ impl History {
                 let _slot = self.queries.acquire().await.expect("never closed");
                 let rows = sqlx::query(sqlx::AssertSqlSafe(REPLAY.as_str()))
                     .bind(position)
-                    .bind(first.map(|b| b.hi))
+                    .bind(first.map(|b| b.hi).or(cap))
                     .bind(principal.account_id())
                     .bind(since)
                     .bind(OUTBOX_PAGE)
