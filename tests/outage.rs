@@ -141,3 +141,46 @@ async fn postgres_restart_loses_nothing_and_rejects_no_one() {
     );
     check_recovered(&gw).await;
 }
+
+/// A subscribe that meets a short outage (a PostgreSQL restart takes 1–2 s) waits for the
+/// database instead of telling the client to reconnect: @anycable/core's extended-protocol
+/// client closes a channel for good when its connection drops while a subscribe awaits its
+/// confirm, so a `disconnect` there would end the channel (issue 26's soak found it).
+#[tokio::test]
+async fn a_subscribe_during_a_short_outage_is_confirmed_once_the_database_answers() {
+    let db = TestDb::new().await;
+    let gw = start(db.config()).await;
+    let admin = sqlx::PgPool::connect(&admin_url()).await.unwrap();
+    let cut = |allow: bool| format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", db.name);
+    sqlx::query(sqlx::AssertSqlSafe(cut(false)))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&db.name)
+        .execute(&admin)
+        .await
+        .unwrap();
+    let mut newcomer = Client::ready(gw.addr).await;
+    let identifier = user("demo-user-bob", 1, 2);
+    newcomer.send(subscribe(&identifier)).await;
+    // The outage lasts until the gateway has retried the lookup once.
+    let retried = || metric(&gw, "cable_commands_total", "result=\"retried\"");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while retried() < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the subscribe is retried during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query(sqlx::AssertSqlSafe(cut(true)))
+        .execute(&admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        newcomer.next().await,
+        confirm(&identifier),
+        "confirmed once the database answers, with no disconnect before"
+    );
+}

@@ -89,6 +89,14 @@ pub const HISTORY_SWEEP: Duration = Duration::from_secs(10);
 /// How long a query waits for a pool connection before it fails (and a subscribe is told
 /// to reconnect).
 pub const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a subscribe waits for an unavailable database to answer its token lookup (retrying
+/// every [`SUBSCRIBE_RETRY`]) before the client is told to reconnect. Below @anycable/core's
+/// 10 s subscribe timeout: its extended-protocol client closes a channel for good when the
+/// connection drops while its subscribe awaits a confirm, so a `disconnect` answered to a
+/// subscribe during a PostgreSQL restart (1–2 s) would end the channel; waiting does not.
+pub const SUBSCRIBE_DB_PATIENCE: Duration = Duration::from_secs(7);
+/// Between two token lookups of a subscribe while the database is unavailable.
+pub const SUBSCRIBE_RETRY: Duration = Duration::from_millis(250);
 /// How long `/ready`'s `SELECT 1` may take before it answers 503.
 pub const READY_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Token-lookup batches running at once (each holds at most two pool connections, one per

@@ -6,8 +6,11 @@ use tokio::io::AsyncRead;
 use super::Reader;
 
 use super::super::subscriptions::SessionSubscriptions;
-use crate::auth::token_prefix;
+use std::sync::Arc;
+
+use crate::auth::{token_prefix, AuthError};
 use crate::channel::SubscribeError;
+use crate::config::tuning::{SUBSCRIBE_DB_PATIENCE, SUBSCRIBE_RETRY};
 use crate::delivery::{CloseReason, Outbound};
 use crate::protocol::reply;
 use crate::protocol::{BadInput, HistoryRequest, Identifier, IdentifierError};
@@ -35,15 +38,37 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if let Err(IdentifierError::NotAnObject) = Identifier::parse(&raw) {
             return self.bad(BadInput::IdentifierNotObject);
         }
-        let outcome = crate::channel::subscribe(
-            &services.auth,
-            &raw,
-            subs.len(),
-            services.limits.max_subscriptions,
-            self.identity.as_deref(),
-            false,
-        )
-        .await;
+        // A database that does not answer (a restart, a failover) is waited for a while:
+        // see `SUBSCRIBE_DB_PATIENCE`.
+        let deadline = tokio::time::Instant::now() + SUBSCRIBE_DB_PATIENCE;
+        let outcome = loop {
+            let attempt = tokio::time::timeout_at(
+                deadline,
+                crate::channel::subscribe(
+                    &services.auth,
+                    &raw,
+                    subs.len(),
+                    services.limits.max_subscriptions,
+                    self.identity.as_deref(),
+                    false,
+                ),
+            )
+            .await;
+            match attempt {
+                Ok(Err(SubscribeError::Unavailable(_)))
+                    if tokio::time::Instant::now() + SUBSCRIBE_RETRY < deadline =>
+                {
+                    metrics.command("subscribe", "retried");
+                    tokio::time::sleep(SUBSCRIBE_RETRY).await;
+                }
+                Ok(outcome) => break outcome,
+                Err(_) => {
+                    break Err(SubscribeError::Unavailable(AuthError(Arc::new(
+                        sqlx::Error::PoolTimedOut,
+                    ))))
+                }
+            }
+        };
         match outcome {
             Ok((token, identifier, principal)) => {
                 tracing::debug!(

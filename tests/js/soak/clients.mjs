@@ -115,9 +115,10 @@ export class PlainClient extends Client {
 export class ExtClient extends Client {
   constructor(principal, url, random) {
     super("ext", principal);
+    this.transcript = [];
     this.cable = createCable(url, {
       protocol: "actioncable-v1-ext-json",
-      websocketImplementation: WebSocket,
+      websocketImplementation: tracedWebSocket(this.transcript),
       logLevel: "error",
       reconnectStrategy: () => random.int(200, 1500),
     });
@@ -139,6 +140,72 @@ export class ExtClient extends Client {
   state() {
     return `cable ${this.cable.state}, channel ${this.channel.state}, history_not_found ${this.historyNotFound}`;
   }
+
+  /** The transcript as text: one line per frame but pings, runs of messages on one stream folded. */
+  transcriptText() {
+    const lines = [];
+    let run = null;
+    const flush = () => {
+      if (run) lines.push(`${run.at} #${run.socket} < ${run.stream} ${run.from}..${run.to} (${run.n})`);
+      run = null;
+    };
+    for (const entry of this.transcript) {
+      if (entry.stream !== undefined) {
+        if (run && run.socket === entry.socket && run.stream === entry.stream) {
+          run.to = entry.offset;
+          run.n += 1;
+          continue;
+        }
+        flush();
+        run = { at: entry.at, socket: entry.socket, stream: entry.stream, from: entry.offset, to: entry.offset, n: 1 };
+        continue;
+      }
+      flush();
+      lines.push(`${entry.at} #${entry.socket} ${entry.text}`);
+    }
+    flush();
+    return lines.join("\n") + "\n";
+  }
+}
+
+/**
+ * A `ws` WebSocket that writes what goes over it into `transcript` (pings left out, a
+ * message kept as its stream and offset): what an ext client that missed something saw.
+ */
+function tracedWebSocket(transcript) {
+  let sockets = 0;
+  const note = (socket, text) => transcript.push({ at: new Date().toISOString().slice(11, 23), socket, text });
+  return class TracedWebSocket extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols);
+      this.number = ++sockets;
+      note(this.number, "connecting");
+      this.on("open", () => note(this.number, `open :${this._socket?.localPort}`));
+      this.on("close", (code, reason) => note(this.number, `closed ${code} ${reason}`));
+      this.on("message", (data) => {
+        let frame;
+        try {
+          frame = JSON.parse(data.toString());
+        } catch {
+          return note(this.number, `< unparsable ${data.toString().slice(0, 80)}`);
+        }
+        if (frame.type === "ping") return;
+        if (frame.message !== undefined && frame.type === undefined) {
+          const seq = frame.message?.data?.src ? `${frame.message.data.src}#${frame.message.data.seq}` : "?";
+          if (frame.stream_id?.startsWith("cable_events/")) {
+            return transcript.push({ at: new Date().toISOString().slice(11, 23), socket: this.number, stream: "outbox", offset: frame.offset });
+          }
+          return note(this.number, `< ${seq} ${frame.stream_id ?? "-"} ${frame.offset ?? "-"}`);
+        }
+        note(this.number, `< ${JSON.stringify(frame)}`);
+      });
+    }
+
+    send(data, ...rest) {
+      note(this.number, `> ${typeof data === "string" ? data : data.toString()}`);
+      return super.send(data, ...rest);
+    }
+  };
 }
 
 /**

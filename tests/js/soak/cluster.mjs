@@ -125,6 +125,7 @@ export class Balancer {
     this.random = random;
     this.healthy = new Map();
     this.open = new Set();
+    this.routes = [];
     this.timer = null;
   }
 
@@ -156,7 +157,10 @@ export class Balancer {
       client.destroy();
       return;
     }
-    const upstream = net.connect(this.random.pick(up).port, "127.0.0.1");
+    const chosen = this.random.pick(up);
+    // Which gateway each connection went to (by the client's port), for a transcript's reader.
+    this.routes.push(`${new Date().toISOString().slice(11, 23)} :${client.remotePort} gw${chosen.slot}`);
+    const upstream = net.connect(chosen.port, "127.0.0.1");
     const pair = { client, upstream };
     this.open.add(pair);
     upstream.on("error", () => {});

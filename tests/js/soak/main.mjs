@@ -264,6 +264,13 @@ async function main() {
   for (const gateway of gateways) {
     for (const log of gateway.logs) writeFileSync(path.join(logs, `gw${gateway.slot}-${log.pid}.log`), log.text);
   }
+  // The transcript of every ext client that missed something or got something twice.
+  for (const client of clients.filter((c) => c.kind === "ext")) {
+    const alone = extExactlyOnce([client], known);
+    if (alone.ok) continue;
+    writeFileSync(path.join(logs, `ext-${client.principal.token}.log`), `${alone.detail}\n${client.transcriptText()}`);
+  }
+  writeFileSync(path.join(logs, "balancer.log"), balancer.routes.join("\n") + "\n");
   say(`gateway logs: ${logs}`);
   say(`soak ${ok ? "passed" : "FAILED"} (seed ${seed})`);
   if (args.out) {
