@@ -409,6 +409,46 @@ async fn a_replay_the_database_fails_is_a_reconnect_not_a_reject() {
     running.shutdown().await;
 }
 
+/// A replay whose query meets a short database failure is retried, not answered with a
+/// reconnect (which would cost an extended-protocol client its session): the client gets
+/// what it missed and `confirm_history` once the database answers.
+#[tokio::test]
+async fn a_replay_that_meets_a_short_database_failure_is_retried() {
+    let db = TestDb::new().await;
+    let running = start(db.config()).await;
+    let identifier = user(ALICE, 1, 1);
+    let (mut client, _) = session(&db, running.addr, &identifier).await;
+    to_alice(&db.pool, 1).await;
+    let seen = client.next_significant().await;
+    drop(client);
+    to_alice(&db.pool, 2).await;
+    db.exec("ALTER TABLE cable_rounds RENAME TO cable_rounds_away")
+        .await;
+    let queries = || metric(&running, "cable_history_queries_total", "");
+    let before = queries();
+    let (mut again, _) = ext(running.addr, None).await;
+    let mut subscribe = subscribe(&identifier);
+    subscribe["history"] = history(&identifier, &[position(&seen)])["history"].clone();
+    again.send(subscribe).await;
+    assert_eq!(again.next().await, confirm(&identifier));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while queries() < before + 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failed page is tried again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    db.exec("ALTER TABLE cable_rounds_away RENAME TO cable_rounds")
+        .await;
+    assert_eq!(
+        replay(&mut again, &identifier).await,
+        (vec![2], "confirm_history"),
+        "what it missed, then the confirm: no reconnect"
+    );
+    running.shutdown().await;
+}
+
 /// A history request on a subscription whose live events already flowed (a late request,
 /// e.g. after a restored session's hold ran out) replays only what live delivery did not
 /// cover: found as a duplicate by the 30-minute soak.

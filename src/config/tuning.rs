@@ -95,7 +95,8 @@ pub const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// connection drops while its subscribe awaits a confirm, so a `disconnect` answered to a
 /// subscribe during a PostgreSQL restart (1–2 s) would end the channel; waiting does not.
 pub const SUBSCRIBE_DB_PATIENCE: Duration = Duration::from_secs(7);
-/// Between two token lookups of a subscribe while the database is unavailable.
+/// Between two token lookups of a subscribe (or two tries of a history page) while the
+/// database is unavailable; a history replay is as patient as a subscribe.
 pub const SUBSCRIBE_RETRY: Duration = Duration::from_millis(250);
 /// How long `/ready`'s `SELECT 1` may take before it answers 503.
 pub const READY_QUERY_TIMEOUT: Duration = Duration::from_secs(2);

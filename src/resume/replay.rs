@@ -38,7 +38,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::auth::Principal;
-use crate::config::tuning::OUTBOX_PAGE;
+use crate::config::tuning::{OUTBOX_PAGE, SUBSCRIBE_DB_PATIENCE, SUBSCRIBE_RETRY};
 use crate::delivery::{CloseReason, Outbound, Subscription};
 use crate::ingress::outbox::{Appender, Outboxed, Row, EVENT_COLUMNS, ROUND_ROWS};
 use crate::metrics::Metrics;
@@ -272,24 +272,39 @@ impl History {
             let streams = crate::routing::streams(principal, token);
             let mut first: Option<Bounds> = None;
             let mut next: Option<i64> = None;
+            // A database that does not answer is retried for a while before the client is
+            // told to reconnect (a reconnect costs the extended-protocol client its session).
+            let deadline = tokio::time::Instant::now() + SUBSCRIBE_DB_PATIENCE;
             loop {
                 self.metrics.history_queries.inc();
-                // Bounded: a reconnect storm of extended-protocol clients must leave the pool
-                // to token lookups, the outbox reader and presence (see the constant).
-                let _slot = self.queries.acquire().await.expect("never closed");
-                let rows = sqlx::query(sqlx::AssertSqlSafe(REPLAY.as_str()))
-                    .bind(position)
-                    .bind(first.map(|b| b.hi).or(cap))
-                    .bind(principal.account_id())
-                    .bind(since)
-                    .bind(OUTBOX_PAGE)
-                    .bind(self.max_span)
-                    .bind(next)
-                    .bind(&streams)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(Refusal::Database)?;
-                let (bounds, rows) = page_from(rows).map_err(Refusal::Database)?;
+                let page = {
+                    // Bounded: a reconnect storm of extended-protocol clients must leave the
+                    // pool to token lookups, the outbox reader and presence (see the constant).
+                    let _slot = self.queries.acquire().await.expect("never closed");
+                    sqlx::query(sqlx::AssertSqlSafe(REPLAY.as_str()))
+                        .bind(position)
+                        .bind(first.map(|b| b.hi).or(cap))
+                        .bind(principal.account_id())
+                        .bind(since)
+                        .bind(OUTBOX_PAGE)
+                        .bind(self.max_span)
+                        .bind(next)
+                        .bind(&streams)
+                        .fetch_all(&self.pool)
+                        .await
+                        .and_then(page_from)
+                };
+                let (bounds, rows) = match page {
+                    Ok(page) => page,
+                    Err(e) if tokio::time::Instant::now() + SUBSCRIBE_RETRY >= deadline => {
+                        return Err(Refusal::Database(e));
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "a history page failed; retrying");
+                        tokio::time::sleep(SUBSCRIBE_RETRY).await;
+                        continue;
+                    }
+                };
                 let span = *first.get_or_insert(bounds);
                 if next.is_none() {
                     if since.is_none()
