@@ -81,7 +81,7 @@ pub async fn subscribe(
 
 /// An id given as a number or a numeric string. `Ok(None)` for absent, null or blank.
 fn id_param(params: &Map<String, Value>, key: &str) -> Result<Option<i64>, SubscribeError> {
-    crate::protocol::numeric_id(params.get(key)).map_err(|e| bad(e.label()))
+    crate::ids::numeric_id(params.get(key)).map_err(|e| bad(e.label()))
 }
 
 impl RoomParams {

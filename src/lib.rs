@@ -14,9 +14,7 @@
 //! - [`metrics`]: every metric, spelled once.
 //! - [`secret`]: constant-time comparison of keys and tokens.
 //! - [`ws`]: the WebSocket layer's one set of opcodes.
-//! - [`protocol`]: inbound [`protocol::command`]s (double-decoded), [`protocol::identifier`]s
-//!   (raw + parsed), outbound frames and disconnect reasons ([`protocol::reply`]), and
-//!   [`protocol::bad_input`]: what each kind of bad input gets.
+//! - [`ids`]: an id as a number or a numeric string, read one way everywhere.
 //! - [`auth`]: token → [`auth::Principal`]; SQL in [`auth::store`], moka in [`auth::cache`],
 //!   cache misses batched into bulk queries by [`auth::batch`].
 //! - [`delivery`]: the shared vocabulary: an [`delivery::Event`] encoded once, a
@@ -24,7 +22,6 @@
 //!   [`delivery::SessionHandle`] others push frames through.
 //! - [`routing`]: **who receives which event**, as pure functions.
 //! - [`router`]: this process's live subscriptions, indexed so an event costs O(recipients).
-//! - [`channel`]: RoomChannel and the subscribe policy: identifier + token → principal or reject.
 //! - [`presence`]: the shared online set; [`presence::rules`] says **when presence expires**
 //!   and who is in a `presence.update`.
 //! - [`backoff`]: how long the LISTEN connection and the Redis subscriber wait before
@@ -48,9 +45,29 @@
 //! - [`migrate`]: embedded migrations.
 //! - [`inspect`]: the operator's page `/inspect` and its JSON, aggregated from the router,
 //!   the metrics, presence and the recent disconnects ([`inspect::log`]).
-//! - [`session`]: one connection: [`session::frame`] (frames → messages),
+//! - [`protocol`]: ActionCable's wire protocol (with AnyCable's extension): inbound
+//!   [`protocol::command`]s (double-decoded), [`protocol::identifier`]s (raw + parsed),
+//!   outbound frames ([`protocol::reply`]), and [`protocol::bad_input`]: what each kind of bad
+//!   input gets. Nothing listed above it knows it: the core deals in events, subscriptions
+//!   framed by their protocol ([`delivery::Frame`]) and recipients.
+//! - [`channel`]: RoomChannel and the subscribe policy: identifier + token → principal or reject.
+//! - [`session`]: one ActionCable connection ([`session::actioncable`] frames the core's
+//!   messages and answers as ActionCable does): [`session::frame`] (frames → messages),
 //!   [`session::reader`] (commands, strictly in order), [`session::writer`] (frames, pings).
 //! - [`server`]: builds every component, starts and stops every task, serves HTTP.
+//!
+//! # Adding a wire protocol
+//! The core above [`protocol`] knows no wire protocol: it delivers shared message bodies (an
+//! event's `{"event":..,"data":..}`, a broadcast's payload) to subscriptions, and each
+//! subscription carries how its protocol frames them ([`delivery::Frame`]: a prefix and a
+//! suffix around the body, and [`delivery::Replies`] for what the core tells its client: a
+//! revoked subscription, a history replay done or refused) and, if the protocol tells
+//! positions, in which shape ([`delivery::PositionStyle`]). A connection's ping frame is
+//! given to its queue ([`delivery::PingFrame`]). A new protocol is one module beside
+//! [`protocol`] + [`session`] (ActionCable's): its handshake, its command parsing, its bad-input
+//! table, its `Frame`; it registers subscriptions with [`router::Router::register`], serves
+//! history through [`resume::replay::History::serve`] and presence through
+//! [`presence::Presence`]. Nothing in the router changes.
 //!
 //! # Glossary
 //! One meaning per word; where older code still uses a word otherwise, the meaning here wins.
@@ -82,14 +99,15 @@
 //!    *round* ([`ingress::outbox::append`], stamped after its snapshot): the rows that became visible since the previous
 //!    round's MVCC snapshot, which get the next offsets, in commit order, for every process.
 //! 3. `NOTIFY cable_rounds` wakes every process's reader ([`ingress::outbox::read`]), which
-//!    fetches the new rounds' rows and encodes each event once: `{"event":..,"data":..}}`,
+//!    fetches the new rounds' rows and encodes each event once: `{"event":..,"data":..}`,
 //!    with its offset.
 //! 4. The [`router`] looks up the account's indexes named by the event's scope (stream, user,
 //!    inbox, contact sessions), keeps those [`routing::entitled`] to it, and pushes the shared
 //!    bytes onto each recipient's send queue without waiting.
-//! 5. Each delivery is the subscription's precomputed `{"identifier":"..","message":` prefix
-//!    followed by the shared bytes (on an extended-protocol connection, with `stream_id`,
-//!    `epoch` and `offset` spliced before the closing brace). When the connection's queue is
+//! 5. Each delivery is framed by the subscription's wire protocol ([`delivery::Frame`],
+//!    built once per subscription): for ActionCable the precomputed
+//!    `{"identifier":"..","message":` prefix, the shared bytes, then `}` (on an
+//!    extended-protocol connection, with `stream_id`, `epoch` and `offset` before it). When the connection's queue is
 //!    empty and its writer does not hold the socket, the dispatching thread writes it to the
 //!    socket itself, without waking the connection's task (a large audience is split over two
 //!    threads); otherwise it is queued and the session's writer batches whatever is queued into
@@ -125,6 +143,7 @@ pub mod config;
 pub mod connections;
 pub mod db;
 pub mod delivery;
+pub mod ids;
 pub mod ingress;
 pub mod inspect;
 pub mod listen;

@@ -47,7 +47,7 @@ impl Ignored {
 impl Typing {
     /// The action's data (`action` included, ignored here).
     pub fn parse(data: &Map<String, Value>) -> Result<Typing, Ignored> {
-        let conversation = crate::protocol::numeric_id(data.get("conversation_id"))
+        let conversation = crate::ids::numeric_id(data.get("conversation_id"))
             .ok()
             .flatten()
             .ok_or(Ignored::BadParams)?;

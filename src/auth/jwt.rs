@@ -59,7 +59,7 @@ impl std::fmt::Debug for Verifier {
 }
 
 fn id_claim(claims: &Map<String, Value>, key: &str) -> Result<Option<i64>, Refusal> {
-    crate::protocol::numeric_id(claims.get(key)).map_err(|e| Refusal::Unauthorized(e.label()))
+    crate::ids::numeric_id(claims.get(key)).map_err(|e| Refusal::Unauthorized(e.label()))
 }
 
 impl Verifier {

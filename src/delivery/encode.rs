@@ -1,8 +1,6 @@
 //! Frames as they go on the wire: a header, then a subscription's prefix and the shared body,
 //! or a ready-made frame.
 
-use std::num::NonZeroU32;
-
 use bytes::Bytes;
 
 use super::tally::count_sent;
@@ -28,30 +26,15 @@ pub fn push_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {
     }
 }
 
-/// Appends a ping frame, `{"type":"ping","message":<value>}`, without allocating.
-pub fn push_ping(buf: &mut Vec<u8>, value: NonZeroU32) {
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(value.get()).as_bytes();
-    const HEAD: &[u8] = br#"{"type":"ping","message":"#;
-    push_header(buf, OP_TEXT, HEAD.len() + digits.len() + 1);
-    buf.extend_from_slice(HEAD);
-    buf.extend_from_slice(digits);
-    buf.push(b'}');
-}
-
 pub fn push_text(buf: &mut Vec<u8>, payload: &[u8]) {
     push_header(buf, OP_TEXT, payload.len());
     buf.extend_from_slice(payload);
 }
 
-/// An extended-protocol message: the prefix, the body without its closing brace, then the
-/// position (`,"stream_id":..,"epoch":..,"offset":N}`) in `parts`.
-fn push_positioned(buf: &mut Vec<u8>, prefix: &[u8], body: &[u8], parts: &[&[u8]]) {
-    let body = &body[..body.len().saturating_sub(1)];
-    let len = prefix.len() + body.len() + parts.iter().map(|p| p.len()).sum::<usize>();
-    push_header(buf, OP_TEXT, len);
-    buf.extend_from_slice(prefix);
-    buf.extend_from_slice(body);
+/// One frame from its parts (a subscription's prefix, the shared body, the position's parts,
+/// the suffix), its length summed first: nothing allocated.
+fn push_parts(buf: &mut Vec<u8>, parts: &[&[u8]]) {
+    push_header(buf, OP_TEXT, parts.iter().map(|p| p.len()).sum());
     for part in parts {
         buf.extend_from_slice(part);
     }
@@ -69,9 +52,7 @@ pub fn encode(buf: &mut Vec<u8>, frame: Outbound, metrics: &Metrics) {
         }
         Outbound::Reply { sub, body } => {
             if sub.is_active() {
-                push_header(buf, OP_TEXT, sub.prefix.len() + body.len());
-                buf.extend_from_slice(&sub.prefix);
-                buf.extend_from_slice(&body);
+                push_parts(buf, &[&sub.prefix, &body, sub.suffix]);
             }
         }
         Outbound::Message { sub, message } => encode_message(buf, &sub, &message, metrics),
@@ -88,7 +69,8 @@ pub fn encode_head(buf: &mut Vec<u8>, frame: Outbound, metrics: &Metrics) -> Opt
             push_header(buf, OP_TEXT, bytes.len());
             Some(bytes)
         }
-        Outbound::Reply { sub, body } if body.len() >= LARGE_BODY => {
+        // Only a body that ends its frame can be the tail (ActionCable's does not: `}` follows).
+        Outbound::Reply { sub, body } if body.len() >= LARGE_BODY && sub.suffix.is_empty() => {
             if !sub.is_active() {
                 return None;
             }
@@ -113,29 +95,43 @@ pub(super) fn encode_message(
     if !sub.is_active() {
         return;
     }
+    let body = &message.body[..];
     match (&sub.positions, &message.position) {
         (Some(positions), Position::Outbox(offset)) => {
             // Digits on the stack: no allocation per delivery.
             let mut digits = itoa::Buffer::new();
-            push_positioned(
+            push_parts(
                 buf,
-                &sub.prefix,
-                &message.body,
                 &[
-                    &positions.outbox_suffix,
+                    &sub.prefix,
+                    body,
+                    &positions.outbox_head,
                     digits.format(*offset).as_bytes(),
-                    b"}",
+                    sub.suffix,
                 ],
             );
         }
-        (Some(_), Position::Stream { suffix, .. }) => {
-            push_positioned(buf, &sub.prefix, &message.body, &[suffix]);
+        (Some(positions), Position::Stream { ring, offset, .. }) => {
+            let mut digits = itoa::Buffer::new();
+            let [a, b, c, d, e] = positions
+                .style
+                .head(&ring.quoted_stream, &ring.quoted_epoch);
+            push_parts(
+                buf,
+                &[
+                    &sub.prefix,
+                    body,
+                    a,
+                    b,
+                    c,
+                    d,
+                    e,
+                    digits.format(*offset).as_bytes(),
+                    sub.suffix,
+                ],
+            );
         }
-        _ => {
-            push_header(buf, OP_TEXT, sub.prefix.len() + message.body.len());
-            buf.extend_from_slice(&sub.prefix);
-            buf.extend_from_slice(&message.body);
-        }
+        _ => push_parts(buf, &[&sub.prefix, body, sub.suffix]),
     }
     count_sent(
         metrics,

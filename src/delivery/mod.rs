@@ -15,6 +15,7 @@
 //! - `encode.rs`: frames as they go on the wire.
 //! - `tally.rs`: messages written counted per thread, added to the metrics once per fan-out.
 
+mod close;
 mod encode;
 mod positions;
 mod queue;
@@ -26,17 +27,23 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use encode::{encode, encode_head, push_header, push_ping, push_text};
+pub use close::DisconnectReason;
+pub use encode::{encode, encode_head, push_header, push_text};
 pub use positions::{Mark, Positions};
 pub use queue::{CloseReason, Outbound, SendQueue, SessionHandle};
-pub use subscription::Subscription;
+pub use subscription::{Frame, Replies, Subscription};
 pub use tally::tallied;
 
-/// What every recipient of one event or broadcast shares, encoded once.
+/// Appends a connection's ping frame with `value` (its wire protocol's shape), without
+/// allocating: what a delivery written straight to the socket takes along when one is due.
+pub type PingFrame = fn(&mut Vec<u8>, std::num::NonZeroU32);
+
+/// What every recipient of one event or broadcast shares, encoded once: a JSON value that
+/// each wire protocol frames for each subscription (see [`Subscription`]: its prefix, the
+/// body, the message's position where the protocol tells it, its suffix).
 #[derive(Debug)]
 pub struct Message {
-    /// `{"event":..,"data":..}}` or a broadcast's payload followed by `}`: what follows a
-    /// subscription's prefix, the frame's closing brace included.
+    /// `{"event":..,"data":..}`, or a broadcast's payload as sent.
     pub body: Bytes,
     /// When it was published, seconds since the Unix epoch (for the latency histogram).
     pub created_at: f64,
@@ -44,8 +51,9 @@ pub struct Message {
     pub position: Position,
 }
 
-/// A message's place in a stream's history: what an extended-protocol client is told with it
-/// (`stream_id`, `epoch`, `offset`) and may ask to replay after (docs/reference.md §8).
+/// A message's place in a stream's history: what a client of a protocol with positions is
+/// told with it (a stream id, an epoch, an offset) and may ask to replay after
+/// (docs/reference.md §8).
 #[derive(Debug, Clone)]
 pub enum Position {
     /// Not history (presence snapshots, replies).
@@ -54,13 +62,46 @@ pub enum Position {
     /// subscription's own ([`Positions::outbox_stream_id`]).
     Outbox(i64),
     /// A broadcast of stream ingress, kept in this process's memory (`crate::resume::rings`):
-    /// its stream, its offset there, and `,"stream_id":..,"epoch":..,"offset":N}` ready to
-    /// close a frame with.
+    /// its stream, its ring's id ([`RingId`]), and its offset there.
     Stream {
         stream: Arc<str>,
+        ring: Arc<RingId>,
         offset: i64,
-        suffix: Bytes,
     },
+}
+
+/// One stream's history in one process's memory, as its positions name it: its epoch, and
+/// the stream's name and the epoch as JSON strings (quoted once, not per delivery).
+#[derive(Debug)]
+pub struct RingId {
+    pub epoch: Arc<str>,
+    pub quoted_stream: Box<str>,
+    pub quoted_epoch: Box<str>,
+}
+
+impl RingId {
+    pub fn new(stream: &str, epoch: Arc<str>) -> RingId {
+        RingId {
+            quoted_stream: quoted(stream).into(),
+            quoted_epoch: quoted(&epoch).into(),
+            epoch,
+        }
+    }
+}
+
+/// `s` as a JSON string.
+pub fn quoted(s: &str) -> String {
+    serde_json::to_string(s).expect("a string always serializes")
+}
+
+/// How a wire protocol tells a message's position, between the body and its suffix: the key
+/// of each field (with the comma before it), `None` for a field it does not tell. The
+/// values follow their keys: the stream id and epoch as JSON strings, the offset as digits.
+#[derive(Debug)]
+pub struct PositionStyle {
+    pub stream_id: Option<&'static str>,
+    pub epoch: Option<&'static str>,
+    pub offset: &'static str,
 }
 
 /// An outbox event: its shared [`Message`], with what the routing rules read.
@@ -79,4 +120,27 @@ pub struct Event {
     pub actor_contact_inbox_id: Option<i64>,
     pub stream: Option<String>,
     pub message: Arc<Message>,
+}
+
+impl PositionStyle {
+    /// Appends what precedes the offset's digits, given the stream id and the epoch as JSON
+    /// strings.
+    pub fn push_head(&self, buf: &mut Vec<u8>, quoted_stream: &str, quoted_epoch: &str) {
+        for part in self.head(quoted_stream, quoted_epoch) {
+            buf.extend_from_slice(part);
+        }
+    }
+
+    /// What precedes the offset's digits, in parts (nothing allocated).
+    pub fn head<'a>(&self, quoted_stream: &'a str, quoted_epoch: &'a str) -> [&'a [u8]; 5] {
+        let (stream_key, stream) = match self.stream_id {
+            Some(key) => (key.as_bytes(), quoted_stream.as_bytes()),
+            None => (&b""[..], &b""[..]),
+        };
+        let (epoch_key, epoch) = match self.epoch {
+            Some(key) => (key.as_bytes(), quoted_epoch.as_bytes()),
+            None => (&b""[..], &b""[..]),
+        };
+        [stream_key, stream, epoch_key, epoch, self.offset.as_bytes()]
+    }
 }

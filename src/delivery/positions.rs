@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{Outbound, Position, SessionHandle};
+use super::{quoted, Outbound, Position, PositionStyle, SessionHandle};
 
 /// Where one stream of an extended-protocol subscription stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,8 +28,11 @@ pub struct Mark {
 pub struct Positions {
     /// The stream id of this subscription's outbox events (stable per identifier).
     pub outbox_stream_id: Box<str>,
-    /// `,"stream_id":"<id>","epoch":"<epoch>","offset":` (the offset and `}` follow).
-    pub outbox_suffix: Bytes,
+    /// How the subscription's wire protocol tells positions.
+    pub style: &'static PositionStyle,
+    /// What precedes an outbox offset's digits, in `style`: for the extended protocol,
+    /// `,"stream_id":"<id>","epoch":"<epoch>","offset":`.
+    pub outbox_head: Bytes,
     /// The most frames held before the client counts as too slow.
     hold_limit: usize,
     state: Mutex<PositionState>,
@@ -62,16 +65,18 @@ impl PositionState {
 }
 
 impl Positions {
-    pub fn new(outbox_stream_id: String, epoch: &str, hold_limit: usize) -> Box<Positions> {
-        let quoted = |s: &str| serde_json::to_string(s).expect("a string always serializes");
-        let outbox_suffix = format!(
-            r#","stream_id":{},"epoch":{},"offset":"#,
-            quoted(&outbox_stream_id),
-            quoted(epoch)
-        );
+    pub fn new(
+        style: &'static PositionStyle,
+        outbox_stream_id: String,
+        epoch: &str,
+        hold_limit: usize,
+    ) -> Box<Positions> {
+        let mut head = Vec::new();
+        style.push_head(&mut head, &quoted(&outbox_stream_id), &quoted(epoch));
         Box::new(Positions {
             outbox_stream_id: outbox_stream_id.into(),
-            outbox_suffix: outbox_suffix.into(),
+            style,
+            outbox_head: head.into(),
             hold_limit,
             state: Mutex::new(PositionState {
                 held: None,

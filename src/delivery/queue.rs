@@ -12,10 +12,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::write::{write_now, Direct, Pushed, Rest};
+use super::DisconnectReason;
 use super::{Message, Subscription};
 use crate::config::tuning::{HARD_LIMIT_FACTOR, STUCK_AFTER};
 use crate::metrics::Metrics;
-use crate::protocol::DisconnectReason;
 
 /// Something for the writer to put on the socket.
 pub enum Outbound {
@@ -135,12 +135,13 @@ impl SendQueue {
     }
 
     /// Lets frames be written to `socket` straight from the delivering thread (see
-    /// [`SendQueue::push`]).
-    pub fn attach(&self, socket: Arc<tokio::net::TcpStream>) {
+    /// [`SendQueue::push`]), a due ping (as `ping` writes it) along with the next one.
+    pub fn attach(&self, socket: Arc<tokio::net::TcpStream>, ping: super::PingFrame) {
         use std::os::fd::AsRawFd;
         self.queue.lock().direct = Some(Direct {
             fd: socket.as_raw_fd(),
             _open: socket,
+            ping,
         });
     }
 

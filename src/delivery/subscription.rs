@@ -9,11 +9,38 @@ use bytes::Bytes;
 use super::{Message, Outbound, Positions, SessionHandle};
 use crate::auth::{PresenceKey, Principal};
 
+/// How a wire protocol frames one subscription's messages, and what it tells the client when
+/// the core ends the subscription or answers its history request. Built by the protocol's
+/// module; the core (router, replay, presence) only ever uses it through the subscription.
+pub struct Frame {
+    /// What goes before a message's body, e.g. ActionCable's `{"identifier":..,"message":`.
+    pub prefix: Bytes,
+    /// What goes after a message's body (and position), e.g. `}`.
+    pub suffix: &'static [u8],
+    pub replies: &'static dyn Replies,
+}
+
+/// What a wire protocol answers for the core, per subscription identifier.
+pub trait Replies: Send + Sync {
+    /// The server ended the subscription (its token was revoked): ActionCable's
+    /// `reject_subscription`.
+    fn ended(&self, identifier: &str) -> Bytes;
+    /// A history replay is complete (`confirm_history`).
+    fn history_done(&self, identifier: &str) -> Bytes;
+    /// A history request could not be honoured (`reject_history`).
+    fn history_refused(&self, identifier: &str) -> Bytes;
+}
+
 /// One confirmed subscription, as the session's writer sees it.
 pub struct Subscription {
     pub id: u64,
-    /// `{"identifier":"<escaped raw id>","message":` (see [`crate::protocol::reply::message_prefix`]).
+    /// What its wire protocol puts before a message's body, e.g. ActionCable's
+    /// `{"identifier":"<escaped raw id>","message":`.
     pub prefix: Bytes,
+    /// What its wire protocol puts after a message's body (and position), e.g. `}`.
+    pub suffix: &'static [u8],
+    /// What its wire protocol answers for the core.
+    pub replies: &'static dyn Replies,
     pub identifier: Arc<str>,
     pub session: SessionHandle,
     /// Whose presence this subscription keeps alive.
@@ -25,8 +52,10 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// A subscription framed by its wire protocol (`frame`).
     pub fn new(
         identifier: Arc<str>,
+        frame: Frame,
         session: SessionHandle,
         principal: &Principal,
         positions: Option<Box<Positions>>,
@@ -34,7 +63,9 @@ impl Subscription {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(Subscription {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
-            prefix: crate::protocol::reply::message_prefix(&identifier),
+            prefix: frame.prefix,
+            suffix: frame.suffix,
+            replies: frame.replies,
             identifier,
             session,
             presence: PresenceKey::from(principal),

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::encode::{encode_head, encode_message, push_ping};
+use super::encode::{encode_head, encode_message};
+use super::PingFrame;
 use super::{Message, Outbound, Subscription};
 use crate::config::tuning::ENCODE_BUFFER_KEPT;
 use crate::metrics::Metrics;
@@ -21,6 +22,8 @@ use crate::metrics::Metrics;
 pub(super) struct Direct {
     pub(super) fd: std::os::fd::RawFd,
     pub(super) _open: Arc<tokio::net::TcpStream>,
+    /// The connection's ping frame.
+    pub(super) ping: PingFrame,
 }
 
 impl Direct {
@@ -109,7 +112,7 @@ pub(super) fn write_now(
         let mut buf = buf.borrow_mut();
         buf.clear();
         if let Some(value) = ping {
-            push_ping(&mut buf, value);
+            (socket.ping)(&mut buf, value);
         }
         let tail = match frame {
             Pushed::Owned(frame) => encode_head(&mut buf, frame, metrics),

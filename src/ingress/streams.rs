@@ -3,9 +3,10 @@
 //! HTTP broadcast API.
 //!
 //! A broadcast is delivered to the subscriptions streaming its name on this process (a
-//! subscription streams its own `pubsub_token`; user subscriptions also `account_<id>`), as
-//! `{"identifier":<raw id>,"message":<payload>}`: the payload is spliced in as it came, the
-//! bytes shared by every recipient, never re-serialized. Contact subscriptions are held to
+//! subscription streams its own `pubsub_token`; user subscriptions also `account_<id>`), each
+//! framed by its wire protocol (ActionCable: `{"identifier":<raw id>,"message":<payload>}`):
+//! the payload is spliced in as it came, the bytes shared by every recipient, never
+//! re-serialized. Contact subscriptions are held to
 //! rule 7 of [`crate::routing`] (no private typing, nothing `private`), read once per broadcast.
 //!
 //! A payload that is not JSON, or larger than `CABLE_MAX_BROADCAST_SIZE`, is skipped and
@@ -17,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::config::tuning::SKIP_WARN_EVERY;
@@ -76,14 +77,12 @@ impl Streams {
         let Some(contacts) = crate::routing::contacts_may_receive(payload) else {
             return Err(self.skip(ingress, stream, Skip::NotJson));
         };
-        let mut body = BytesMut::with_capacity(payload.len() + 1);
-        body.put_slice(payload);
-        body.put_u8(b'}');
+        let body = Bytes::copy_from_slice(payload);
         let created_at = crate::clock::unix_now();
         let mut scratch = Vec::new();
         Ok(self
             .router
-            .broadcast(stream, body.freeze(), created_at, contacts, &mut scratch))
+            .broadcast(stream, body, created_at, contacts, &mut scratch))
     }
 
     /// Counts (and logs, at most once a minute) a broadcast skipped before delivery.

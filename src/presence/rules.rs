@@ -96,7 +96,7 @@ pub fn online_set(users: &[AccountUser], online_contacts: &[i64]) -> OnlineSet {
 }
 
 impl OnlineSet {
-    /// The body of a `presence.update` message (after a subscription's prefix); `contacts`
+    /// The body of a `presence.update` message (framed by each subscription's protocol); `contacts`
     /// only for user subscriptions.
     pub fn body(&self, account_id: i64, for_user: bool) -> Bytes {
         let map = |m: &BTreeMap<i64, &'static str>| -> Map<String, Value> {
@@ -106,9 +106,9 @@ impl OnlineSet {
         if for_user {
             data["contacts"] = Value::Object(map(&self.contacts));
         }
-        let mut body = json!({ "event": "presence.update", "data": data }).to_string();
-        body.push('}');
-        body.into()
+        json!({ "event": "presence.update", "data": data })
+            .to_string()
+            .into()
     }
 }
 
@@ -150,10 +150,7 @@ mod tests {
         let set = online_set(&[], &[5]);
         let user_body = set.body(1, true);
         let contact_body = set.body(1, false);
-        let parse = |b: &Bytes| -> Value {
-            // The body ends with the frame's closing brace.
-            serde_json::from_slice(&b[..b.len() - 1]).unwrap()
-        };
+        let parse = |b: &Bytes| -> Value { serde_json::from_slice(b).unwrap() };
         assert_eq!(parse(&user_body)["data"]["contacts"]["5"], "online");
         assert!(parse(&contact_body)["data"].get("contacts").is_none());
         assert_eq!(parse(&contact_body)["data"]["account_id"], 1);

@@ -4,6 +4,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::BadInput;
+use crate::resume::{HistoryRequest, StreamPosition};
 
 use crate::config::tuning::MAX_HISTORY_STREAMS;
 
@@ -55,57 +56,40 @@ impl Command {
     }
 }
 
-/// What a client asks to have replayed (docs/reference.md §8): everything after each listed stream's
-/// position, and for streams not listed, everything published at or after `since`.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct HistoryRequest {
-    /// Unix seconds.
-    pub since: Option<f64>,
-    pub streams: Vec<StreamPosition>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamPosition {
-    pub stream_id: String,
-    pub epoch: String,
-    pub offset: i64,
-}
-
-impl HistoryRequest {
-    fn parse(value: Value) -> Result<HistoryRequest, CommandError> {
-        let Value::Object(mut history) = value else {
-            return Err(CommandError::BadHistory);
-        };
-        let since = match history.remove("since") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => Some(n.as_f64().ok_or(CommandError::BadHistory)?),
-            Some(_) => return Err(CommandError::BadHistory),
-        };
-        let streams = match history.remove("streams") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Object(streams)) if streams.len() <= MAX_HISTORY_STREAMS => streams
-                .into_iter()
-                .map(|(stream_id, position)| {
-                    let epoch = match position.get("epoch") {
-                        Some(Value::String(epoch)) => epoch.clone(),
-                        _ => return Err(CommandError::BadHistory),
-                    };
-                    let offset = position
-                        .get("offset")
-                        .and_then(Value::as_i64)
-                        .filter(|offset| *offset >= 0)
-                        .ok_or(CommandError::BadHistory)?;
-                    Ok(StreamPosition {
-                        stream_id,
-                        epoch,
-                        offset,
-                    })
+/// A `history` object as the extended protocol sends it.
+fn parse_history(value: Value) -> Result<HistoryRequest, CommandError> {
+    let Value::Object(mut history) = value else {
+        return Err(CommandError::BadHistory);
+    };
+    let since = match history.remove("since") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.as_f64().ok_or(CommandError::BadHistory)?),
+        Some(_) => return Err(CommandError::BadHistory),
+    };
+    let streams = match history.remove("streams") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(streams)) if streams.len() <= MAX_HISTORY_STREAMS => streams
+            .into_iter()
+            .map(|(stream_id, position)| {
+                let epoch = match position.get("epoch") {
+                    Some(Value::String(epoch)) => epoch.clone(),
+                    _ => return Err(CommandError::BadHistory),
+                };
+                let offset = position
+                    .get("offset")
+                    .and_then(Value::as_i64)
+                    .filter(|offset| *offset >= 0)
+                    .ok_or(CommandError::BadHistory)?;
+                Ok(StreamPosition {
+                    stream_id,
+                    epoch,
+                    offset,
                 })
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(CommandError::BadHistory),
-        };
-        Ok(HistoryRequest { since, streams })
-    }
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(CommandError::BadHistory),
+    };
+    Ok(HistoryRequest { since, streams })
 }
 
 /// Why an inbound text frame is not a command. The connection stays open for all of these.
@@ -174,12 +158,12 @@ impl Command {
         Ok(match command.as_str() {
             "subscribe" => Command::Subscribe {
                 identifier,
-                history: envelope.history.map(HistoryRequest::parse).transpose()?,
+                history: envelope.history.map(parse_history).transpose()?,
             },
             "unsubscribe" => Command::Unsubscribe { identifier },
             "history" => Command::History {
                 identifier,
-                history: HistoryRequest::parse(envelope.history.ok_or(CommandError::BadHistory)?)?,
+                history: parse_history(envelope.history.ok_or(CommandError::BadHistory)?)?,
             },
             _ => Command::Message {
                 identifier,

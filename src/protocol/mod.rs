@@ -3,12 +3,11 @@
 
 pub mod bad_input;
 pub mod command;
-pub mod id;
 pub mod identifier;
 pub mod reply;
 
+pub use crate::delivery::DisconnectReason;
+pub use crate::resume::{HistoryRequest, StreamPosition};
 pub use bad_input::{BadInput, Verdict};
-pub use command::{Command, CommandError, HistoryRequest, StreamPosition};
-pub use id::{numeric_id, IdError};
+pub use command::{Command, CommandError};
 pub use identifier::{Identifier, IdentifierError};
-pub use reply::DisconnectReason;

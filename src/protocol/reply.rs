@@ -4,39 +4,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use crate::delivery::DisconnectReason;
+
 pub const WELCOME: &str = r#"{"type":"welcome"}"#;
-
-/// Why the server ends a connection, as sent in the `disconnect` frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
-#[strum(serialize_all = "snake_case")]
-pub enum DisconnectReason {
-    /// Authentication failed for the connection as a whole.
-    Unauthorized,
-    /// The server is going away or a dependency is briefly unavailable; come back.
-    ServerRestart,
-    /// An operator or a revoked token ended it.
-    Remote,
-    /// The client did not read fast enough.
-    TooSlow,
-    /// Protocol abuse (oversized frames, floods).
-    InvalidRequest,
-    /// The connection's signed token expired: fetch a new one, then connect again.
-    TokenExpired,
-}
-
-impl DisconnectReason {
-    pub fn as_str(self) -> &'static str {
-        self.into()
-    }
-
-    /// Whether the client is told to come back.
-    pub fn reconnect(self) -> bool {
-        matches!(
-            self,
-            DisconnectReason::ServerRestart | DisconnectReason::TooSlow | DisconnectReason::Remote
-        )
-    }
-}
 
 /// `{"type":"disconnect","reason":..,"reconnect":..}`: always both keys, because the official
 /// client never reconnects when `reconnect` is missing.
@@ -90,10 +60,18 @@ pub fn reject(raw_identifier: &str) -> Bytes {
 }
 
 /// `{"identifier":"<escaped raw id>","message":` — computed once per subscription; a message
-/// frame is this prefix, then the shared message bytes, then `}`.
+/// frame is this prefix, then the shared message bytes (and, for the extended protocol, the
+/// position), then [`MESSAGE_SUFFIX`].
 pub fn message_prefix(raw_identifier: &str) -> Bytes {
     format!(r#"{{"identifier":{},"message":"#, quoted(raw_identifier)).into()
 }
+
+/// What closes a message frame.
+pub const MESSAGE_SUFFIX: &[u8] = b"}";
+
+/// The fields of a message's position in the extended protocol, in the order they follow
+/// the message: `,"stream_id":"..","epoch":"..","offset":N`.
+pub const POSITION_KEYS: [&str; 3] = [r#","stream_id":"#, r#","epoch":"#, r#","offset":"#];
 
 #[cfg(test)]
 mod tests {
@@ -106,7 +84,8 @@ mod tests {
         assert_eq!(frame["identifier"].as_str().unwrap(), raw);
         assert_eq!(frame["type"], "confirm_subscription");
         let mut composed = message_prefix(raw).to_vec();
-        composed.extend_from_slice(b"{\"event\":\"x\"}}");
+        composed.extend_from_slice(b"{\"event\":\"x\"}");
+        composed.extend_from_slice(MESSAGE_SUFFIX);
         let frame: serde_json::Value = serde_json::from_slice(&composed).unwrap();
         assert_eq!(frame["identifier"].as_str().unwrap(), raw);
         assert_eq!(frame["message"]["event"], "x");

@@ -37,12 +37,13 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use super::HistoryRequest;
 use crate::auth::Principal;
 use crate::config::tuning::{OUTBOX_PAGE, SUBSCRIBE_DB_PATIENCE, SUBSCRIBE_RETRY};
+use crate::delivery::DisconnectReason;
 use crate::delivery::{CloseReason, Outbound, Subscription};
 use crate::ingress::outbox::{Appender, Outboxed, Row, EVENT_COLUMNS, ROUND_ROWS};
 use crate::metrics::Metrics;
-use crate::protocol::{reply, DisconnectReason, HistoryRequest};
 
 use super::rings::{Kept, Rings};
 
@@ -177,7 +178,7 @@ impl History {
         match self.replay(sub, principal, token, request).await {
             Ok(()) => {
                 sub.session
-                    .send(Outbound::Frame(reply::confirm_history(&sub.identifier)));
+                    .send(Outbound::Frame(sub.replies.history_done(&sub.identifier)));
                 self.metrics.command("history", "confirmed");
             }
             Err(Refusal::Database(e)) => {
@@ -195,8 +196,9 @@ impl History {
                     reason = refusal.label(),
                     "history refused"
                 );
-                sub.session
-                    .send(Outbound::Frame(reply::reject_history(&sub.identifier)));
+                sub.session.send(Outbound::Frame(
+                    sub.replies.history_refused(&sub.identifier),
+                ));
                 self.metrics.command("history", "rejected");
             }
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::delivery::{Message, Position};
+use crate::delivery::{Message, Position, RingId};
 use crate::router::StreamHistory;
 
 /// One broadcast kept for replay.
@@ -29,7 +29,7 @@ pub struct Kept {
 }
 
 struct Ring {
-    epoch: Arc<str>,
+    id: Arc<RingId>,
     next: i64,
     kept: VecDeque<Kept>,
 }
@@ -80,8 +80,7 @@ impl Rings {
         }
     }
 
-    /// Keeps a broadcast on `stream` and gives it its position. `body` is the payload
-    /// followed by `}` (see [`Message::body`]).
+    /// Keeps a broadcast on `stream` (`body`: its payload) and gives it its position.
     pub fn record(
         &self,
         stream: &str,
@@ -97,7 +96,7 @@ impl Rings {
                 let n = self.made.fetch_add(1, Ordering::Relaxed);
                 let epoch: Arc<str> = format!("{}-{n}", self.process).into();
                 rings.entry(stream.into()).or_insert(Ring {
-                    epoch,
+                    id: Arc::new(RingId::new(stream, epoch)),
                     next: 1,
                     kept: VecDeque::new(),
                 })
@@ -105,19 +104,13 @@ impl Rings {
         };
         let offset = ring.next;
         ring.next += 1;
-        let quoted = |s: &str| serde_json::to_string(s).expect("a string always serializes");
-        let suffix = format!(
-            r#","stream_id":{},"epoch":{},"offset":{offset}}}"#,
-            quoted(stream),
-            quoted(&ring.epoch)
-        );
         let message = Arc::new(Message {
             body,
             created_at,
             position: Position::Stream {
                 stream: stream.into(),
+                ring: ring.id.clone(),
                 offset,
-                suffix: suffix.into(),
             },
         });
         if self.limit > 0 {
@@ -151,7 +144,7 @@ impl Rings {
         let now = Instant::now();
         let mut rings = self.rings.lock();
         let ring = rings.get_mut(stream).ok_or(Unknown::Epoch)?;
-        if &*ring.epoch != epoch {
+        if &*ring.id.epoch != epoch {
             return Err(Unknown::Epoch);
         }
         ring.evict(self.limit, self.ttl, now);
@@ -219,7 +212,7 @@ mod tests {
     use super::*;
 
     fn body(n: i64) -> Bytes {
-        Bytes::from(format!("{{\"n\":{n}}}}}"))
+        Bytes::from(format!("{{\"n\":{n}}}"))
     }
 
     fn offsets(kept: &[Kept]) -> Vec<i64> {
@@ -238,15 +231,11 @@ mod tests {
             rings.record("s", body(n), 0.0, true);
         }
         let epoch = match &rings.record("s", body(6), 0.0, true).position {
-            Position::Stream { suffix, .. } => {
-                let frame: serde_json::Value = serde_json::from_str(&format!(
-                    "{{\"x\":1{}",
-                    std::str::from_utf8(suffix).unwrap()
-                ))
-                .unwrap();
-                assert_eq!(frame["offset"], 6);
-                assert_eq!(frame["stream_id"], "s");
-                frame["epoch"].as_str().unwrap().to_string()
+            Position::Stream { ring, offset, .. } => {
+                assert_eq!(*offset, 6);
+                assert_eq!(&*ring.quoted_stream, "\"s\"");
+                assert_eq!(*ring.quoted_epoch, crate::delivery::quoted(&ring.epoch));
+                ring.epoch.to_string()
             }
             _ => panic!("a stream position"),
         };
@@ -278,7 +267,7 @@ mod tests {
         rings.sweep(|_| false);
         let second = rings.record("s", body(1), 0.0, true);
         let epoch = |m: &Message| match &m.position {
-            Position::Stream { suffix, .. } => suffix.clone(),
+            Position::Stream { ring, .. } => ring.epoch.clone(),
             _ => panic!(),
         };
         assert_ne!(epoch(&first), epoch(&second));

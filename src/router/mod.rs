@@ -136,14 +136,14 @@ impl Router {
         true
     }
 
-    /// Ends a subscription whose token stopped being valid: `reject_subscription` for its
-    /// identifier, and nothing after it.
+    /// Ends a subscription whose token stopped being valid: what its protocol says then
+    /// (ActionCable's `reject_subscription`), and nothing after it.
     pub fn revoke(&self, id: u64) -> bool {
-        let identifier = match self.registry.read().entries.get(&id) {
-            Some(entry) => entry.sub.identifier.clone(),
+        let farewell = match self.registry.read().entries.get(&id) {
+            Some(entry) => entry.sub.replies.ended(&entry.sub.identifier),
             None => return false,
         };
-        self.unregister(id, Some(crate::protocol::reply::reject(&identifier)))
+        self.unregister(id, Some(farewell))
     }
 
     /// Replaces what is known of a user's role and inbox memberships.

@@ -9,11 +9,13 @@
 //! unregistered, the writer says goodbye (queued frames, `disconnect`, close frame), and one
 //! log line records the reason and duration.
 //!
-//! Files: [`frame`] reads frames and assembles messages, [`rate`] is the command-rate bucket,
+//! Files: [`actioncable`] frames the core's messages and answers as ActionCable does,
+//! [`frame`] reads frames and assembles messages, [`rate`] is the command-rate bucket,
 //! [`reader`] dispatches commands, [`subscriptions`] is the connection's own registry,
 //! [`writer`] writes what is queued, [`socket`] shares the TCP socket, [`pings`] pings every
 //! connection.
 
+pub mod actioncable;
 pub mod frame;
 pub mod pings;
 pub mod rate;
@@ -219,7 +221,7 @@ async fn run<R, W>(
     let session = SessionHandle::new(services.limits.send_queue, metrics.clone());
     let queue = session.queue.clone();
     if let Some(socket) = direct {
-        queue.attach(socket);
+        queue.attach(socket, actioncable::push_ping);
     }
     services.pings.add(&session);
     // Shutdown closes every pinged session; one that started meanwhile sees the flag here.

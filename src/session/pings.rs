@@ -21,8 +21,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::actioncable::push_ping;
 use crate::config::tuning::{PING_DEFER, PING_INTERVAL, PING_SLOTS};
-use crate::delivery::{push_ping, CloseReason, Outbound, SessionHandle};
+use crate::delivery::{CloseReason, Outbound, SessionHandle};
 
 struct Slot {
     sessions: HashMap<u64, SessionHandle>,

@@ -249,7 +249,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let handle = SessionHandle::new(64, metrics.clone());
         let queue = handle.queue.clone();
-        queue.attach(server.clone());
+        queue.attach(server.clone(), crate::session::actioncable::push_ping);
         let writer = tokio::spawn(async move {
             super::run(Shared(server), None, &queue, &metrics).await;
         });
@@ -269,8 +269,15 @@ mod tests {
             inbox_id: 1,
             account_id: 1,
         });
+        // A protocol whose body ends the frame (no suffix): large bodies go out from their
+        // shared bytes.
+        let raw = "{\"channel\":\"RoomChannel\"}";
         let sub = Subscription::new(
-            Arc::from("{\"channel\":\"RoomChannel\"}"),
+            Arc::from(raw),
+            crate::delivery::Frame {
+                suffix: b"",
+                ..crate::session::actioncable::frame(raw)
+            },
             handle.clone(),
             &principal,
             None,

@@ -85,13 +85,11 @@ impl Row {
             }
             let contacts =
                 crate::routing::contacts_may_receive(payload.as_bytes()).ok_or("not_json")?;
-            let mut body = payload.into_bytes();
-            body.push(b'}');
             return Ok(Outboxed::Broadcast(Broadcast {
                 stream,
                 contacts,
                 message: Arc::new(Message {
-                    body: Bytes::from(body),
+                    body: Bytes::from(payload),
                     created_at,
                     position: Position::Outbox(offset),
                 }),
@@ -114,7 +112,7 @@ impl Row {
         body.push_str(&serde_json::to_string(&event).expect("a string always serializes"));
         body.push_str(",\"data\":");
         body.push_str(&data);
-        body.push_str("}}");
+        body.push('}');
         let mut contact_inbox_ids = self.contact_inbox_ids.unwrap_or_default();
         contact_inbox_ids.sort_unstable();
         contact_inbox_ids.dedup();
@@ -160,7 +158,7 @@ mod tests {
         };
         assert_eq!(
             &event.message.body[..],
-            br#"{"event":"message.created","data":{"id":1,"account_id":1}}}"#
+            br#"{"event":"message.created","data":{"id":1,"account_id":1}}"#
         );
         assert!(matches!(event.message.position, Position::Outbox(42)));
     }
@@ -193,7 +191,7 @@ mod tests {
             panic!("a broadcast");
         };
         assert_eq!((b.stream.as_str(), b.contacts), ("s", true));
-        assert_eq!(&b.message.body[..], br#"{"x":1}}"#);
+        assert_eq!(&b.message.body[..], br#"{"x":1}"#);
         let private = r#"{"event":"message.created","data":{"private":true}}"#;
         let Ok(Outboxed::Broadcast(b)) = broadcast(private, Some("s")).decode(5, 100) else {
             panic!("a broadcast");

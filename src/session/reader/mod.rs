@@ -265,13 +265,15 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         };
         let positions = self.sid.as_ref().map(|_| {
             Positions::new(
+                &super::actioncable::EXT_POSITIONS,
                 crate::resume::outbox_stream_id(&raw),
                 &services.history.epoch,
                 services.limits.send_queue * HARD_LIMIT_FACTOR,
             )
         });
         let confirm = confirm.then(|| reply::confirm(&raw));
-        let sub = Subscription::new(raw, self.session.clone(), &principal, positions);
+        let frame = super::actioncable::frame(&raw);
+        let sub = Subscription::new(raw, frame, self.session.clone(), &principal, positions);
         services
             .router
             .register(sub.clone(), principal, token.into(), confirm, held, hold);

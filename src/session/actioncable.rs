@@ -1,0 +1,92 @@
+//! ActionCable's side of the protocol-neutral core: how a subscription's messages are framed
+//! (its identifier before the body, `}` after, and in the extended protocol the position
+//! between them) and what the core's answers look like on this wire.
+
+use std::num::NonZeroU32;
+
+use crate::delivery::{push_header, Frame, PositionStyle, Replies};
+
+const OP_TEXT: u8 = crate::ws::OpCode::Text as u8;
+use crate::protocol::reply;
+
+/// ActionCable's answers for the core ([`Replies`]).
+pub struct ActionCable;
+
+impl Replies for ActionCable {
+    fn ended(&self, identifier: &str) -> bytes::Bytes {
+        reply::reject(identifier)
+    }
+
+    fn history_done(&self, identifier: &str) -> bytes::Bytes {
+        reply::confirm_history(identifier)
+    }
+
+    fn history_refused(&self, identifier: &str) -> bytes::Bytes {
+        reply::reject_history(identifier)
+    }
+}
+
+/// The frame of subscription `raw_identifier`'s messages:
+/// `{"identifier":"<raw>","message":<body>}`.
+pub fn frame(raw_identifier: &str) -> Frame {
+    Frame {
+        prefix: reply::message_prefix(raw_identifier),
+        suffix: reply::MESSAGE_SUFFIX,
+        replies: &ActionCable,
+    }
+}
+
+/// Appends a ping frame, `{"type":"ping","message":<value>}`, without allocating.
+pub fn push_ping(buf: &mut Vec<u8>, value: NonZeroU32) {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(value.get()).as_bytes();
+    const HEAD: &[u8] = br#"{"type":"ping","message":"#;
+    push_header(buf, OP_TEXT, HEAD.len() + digits.len() + 1);
+    buf.extend_from_slice(HEAD);
+    buf.extend_from_slice(digits);
+    buf.push(b'}');
+}
+
+/// How the extended protocol tells a message's position:
+/// `,"stream_id":"..","epoch":"..","offset":N` before the closing `}`.
+pub static EXT_POSITIONS: PositionStyle = PositionStyle {
+    stream_id: Some(reply::POSITION_KEYS[0]),
+    epoch: Some(reply::POSITION_KEYS[1]),
+    offset: reply::POSITION_KEYS[2],
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_name_the_identifier_exactly() {
+        let raw = r#"{"channel":"RoomChannel","pubsub_token":"a\"b"}"#;
+        for (frame, kind) in [
+            (ActionCable.ended(raw), "reject_subscription"),
+            (ActionCable.history_done(raw), "confirm_history"),
+            (ActionCable.history_refused(raw), "reject_history"),
+        ] {
+            let frame: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+            assert_eq!(frame["identifier"], raw);
+            assert_eq!(frame["type"], kind);
+        }
+    }
+
+    #[test]
+    fn a_positioned_message_is_one_json_object() {
+        let raw = r#"{"channel":"RoomChannel"}"#;
+        let frame = frame(raw);
+        let mut bytes = frame.prefix.to_vec();
+        bytes.extend_from_slice(br#"{"event":"x","data":{}}"#);
+        EXT_POSITIONS.push_head(&mut bytes, r#""cable_events/1""#, r#""e""#);
+        bytes.extend_from_slice(b"42");
+        bytes.extend_from_slice(frame.suffix);
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"identifier": raw, "message": {"event": "x", "data": {}},
+                               "stream_id": "cable_events/1", "epoch": "e", "offset": 42})
+        );
+    }
+}
