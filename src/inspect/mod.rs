@@ -90,30 +90,6 @@ pub struct Inspector {
     snapshot: tokio::sync::Mutex<Option<(Instant, Arc<Value>)>>,
 }
 
-/// A counter's value or a histogram's cumulative buckets `(le, count)` from the Prometheus
-/// text of this process (the one source of truth `/metrics` also shows).
-fn scalar(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
-    let prefix = format!("{name}_bucket{{le=\"");
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(&prefix)?;
-            let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, count.trim().parse().ok()?))
-        })
-        .collect()
-}
-
 /// The `q` quantile of what was observed between two readings of a histogram, as the upper
 /// bound of its bucket, in milliseconds.
 fn quantile_ms(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
@@ -156,13 +132,14 @@ impl Inspector {
     }
 
     fn read(&self) -> Reading {
-        let text = self.sources.metrics.encode();
+        // Read from the metrics themselves, the one source of truth `/metrics` also shows.
+        let metrics = &self.sources.metrics;
         Reading {
             at: unix_now(),
-            events_read: scalar(&text, "cable_events_read_total"),
-            messages_sent: scalar(&text, "cable_messages_sent_total"),
-            delivery: buckets(&text, "cable_delivery_latency_seconds"),
-            outbox_lag: buckets(&text, "cable_outbox_lag_seconds"),
+            events_read: metrics.events_read.get() as f64,
+            messages_sent: metrics.messages_sent.get() as f64,
+            delivery: metrics.delivery_latency.cumulative(),
+            outbox_lag: metrics.outbox_lag.cumulative(),
         }
     }
 
@@ -348,25 +325,9 @@ struct Online {
 mod tests {
     use super::*;
 
-    const TEXT: &str = "\
-# HELP cable_events_read Outbox events read
-cable_events_read_total 12
-cable_delivery_latency_seconds_sum 0.5
-cable_delivery_latency_seconds_count 10
-cable_delivery_latency_seconds_bucket{le=\"0.001\"} 5
-cable_delivery_latency_seconds_bucket{le=\"0.002\"} 9
-cable_delivery_latency_seconds_bucket{le=\"+Inf\"} 10
-";
-
     #[test]
-    fn reads_counters_and_buckets() {
-        assert_eq!(scalar(TEXT, "cable_events_read_total"), 12.0);
-        assert_eq!(scalar(TEXT, "cable_missing_total"), 0.0);
-        let after = buckets(TEXT, "cable_delivery_latency_seconds");
-        assert_eq!(
-            after,
-            vec![(0.001, 5.0), (0.002, 9.0), (f64::INFINITY, 10.0)]
-        );
+    fn quantiles_of_what_happened_between_two_readings() {
+        let after = vec![(0.001, 5.0), (0.002, 9.0), (f64::INFINITY, 10.0)];
         assert_eq!(quantile_ms(&[], &after, 0.5), Some(1.0));
         assert_eq!(quantile_ms(&[], &after, 0.9), Some(2.0));
         // The slowest tenth is beyond the last bound: the last finite bound is shown.

@@ -1,5 +1,6 @@
-//! Delivery latency: a histogram with fixed bounds that renders as Prometheus text, and the
-//! per-thread [`Tally`] a fan-out counts into before adding to it once.
+//! Latencies (delivery, outbox lag): a histogram with fixed bounds that renders as Prometheus
+//! text and that the inspector reads directly, and the per-thread [`Tally`] a fan-out counts
+//! into before adding to it once.
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::histogram::exponential_buckets;
@@ -52,17 +53,42 @@ fn latency_bounds() -> &'static [f64; LATENCY_BUCKETS] {
     })
 }
 
-/// `cable_delivery_latency_seconds`: a histogram that takes whole [`Tally`]s.
+/// A latency histogram (`cable_delivery_latency_seconds`, `cable_outbox_lag_seconds`) that
+/// also takes whole [`Tally`]s.
 #[derive(Debug, Default, Clone)]
-pub struct DeliveryLatency {
+pub struct Latency {
     pub(super) inner: std::sync::Arc<parking_lot::Mutex<Tally>>,
 }
 
-impl TypedMetric for DeliveryLatency {
+impl Latency {
+    /// One observation, `seconds` long.
+    pub fn observe(&self, seconds: f64) {
+        self.inner.lock().add(seconds);
+    }
+
+    /// The cumulative buckets `(upper bound, count)`, the last bound infinite: what the
+    /// exposition shows, read without rendering it.
+    pub fn cumulative(&self) -> Vec<(f64, f64)> {
+        let tally = self.inner.lock().clone();
+        let mut total = 0;
+        latency_bounds()
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(tally.buckets)
+            .map(|(le, n)| {
+                total += n;
+                (le, total as f64)
+            })
+            .collect()
+    }
+}
+
+impl TypedMetric for Latency {
     const TYPE: MetricType = MetricType::Histogram;
 }
 
-impl EncodeMetric for DeliveryLatency {
+impl EncodeMetric for Latency {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let tally = self.inner.lock().clone();
         let buckets: Vec<(f64, u64)> = latency_bounds()
@@ -112,5 +138,10 @@ mod tests {
             .find_map(|l| l.strip_prefix("cable_delivery_latency_seconds_sum "))
             .unwrap();
         assert!((sum.parse::<f64>().unwrap() - 100.0036).abs() < 1e-9);
+        // What the inspector reads is what the exposition shows.
+        let cumulative = metrics.delivery_latency.cumulative();
+        assert_eq!(cumulative[0], (0.0005, 2.0));
+        assert_eq!(cumulative[3], (0.004, 3.0));
+        assert_eq!(cumulative.last(), Some(&(f64::INFINITY, 4.0)));
     }
 }

@@ -9,10 +9,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-pub use latency::{DeliveryLatency, Tally};
+pub use latency::{Latency, Tally};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandLabels {
@@ -53,12 +52,12 @@ pub struct Metrics {
     pub events_skipped: Family<ReasonLabels, Counter>,
     pub messages_sent: Counter,
     /// Written through [`Metrics::add_sent`], with `messages_sent`.
-    pub delivery_latency: DeliveryLatency,
+    pub delivery_latency: Latency,
     pub too_slow: Counter,
     /// Exposed as `cable_listener_reconnects_total` (the name is kept for dashboards).
     pub listen_reconnects: Counter,
     pub listen_channels: Gauge,
-    pub outbox_lag: Histogram,
+    pub outbox_lag: Latency,
     pub revocations: Counter,
     pub revalidation_passes: Counter,
     /// 1 while revalidation follows the identity tables' change notifications, 0 while it
@@ -113,11 +112,11 @@ impl Metrics {
             events_read: Counter::default(),
             events_skipped: Family::default(),
             messages_sent: Counter::default(),
-            delivery_latency: DeliveryLatency::default(),
+            delivery_latency: Latency::default(),
             too_slow: Counter::default(),
             listen_reconnects: Counter::default(),
             listen_channels: Gauge::default(),
-            outbox_lag: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            outbox_lag: Latency::default(),
             revocations: Counter::default(),
             revalidation_passes: Counter::default(),
             revalidation_on_change: Gauge::default(),
