@@ -68,21 +68,18 @@ impl Streams {
         payload: &[u8],
     ) -> Result<usize, Skip> {
         self.metrics.broadcast(ingress);
-        if !self.router.streams(stream) {
-            return Ok(0);
-        }
-        if payload.len() > self.max_size {
-            return Err(self.skip(ingress, stream, Skip::TooLarge));
-        }
-        let Some(contacts) = crate::routing::contacts_may_receive(payload) else {
-            return Err(self.skip(ingress, stream, Skip::NotJson));
-        };
-        let body = Bytes::copy_from_slice(payload);
         let created_at = crate::clock::unix_now();
         let mut scratch = Vec::new();
-        Ok(self
-            .router
-            .broadcast(stream, body, created_at, contacts, &mut scratch))
+        let check = || {
+            if payload.len() > self.max_size {
+                return Err(Skip::TooLarge);
+            }
+            let contacts = crate::routing::contacts_may_receive(payload).ok_or(Skip::NotJson)?;
+            Ok((Bytes::copy_from_slice(payload), contacts))
+        };
+        self.router
+            .broadcast_checked(stream, check, created_at, &mut scratch)
+            .map_err(|skip| self.skip(ingress, stream, skip))
     }
 
     /// Counts (and logs, at most once a minute) a broadcast skipped before delivery.

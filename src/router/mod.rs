@@ -258,12 +258,6 @@ impl Router {
         delivered
     }
 
-    /// Whether any subscription streams `stream` here (its token, or `account_<id>` of an
-    /// account with user subscriptions).
-    pub fn streams(&self, stream: &str) -> bool {
-        self.registry.read().streams(stream)
-    }
-
     /// Drops expired stream history, and the history of streams nobody here streams any longer.
     pub fn sweep_history(&self) {
         // The same lock order as a broadcast: the registry, then the history.
@@ -274,7 +268,7 @@ impl Router {
     /// Queues a broadcast on every subscription streaming `stream` (its own token, or
     /// `account_<id>` for the user subscriptions of that account), contact subscriptions only
     /// if `contacts` ([`crate::routing`] rule 7), and keeps it in the stream's history. `body`
-    /// is the payload followed by `}`. Returns how many received it.
+    /// is the payload. Returns how many received it.
     pub fn broadcast(
         &self,
         stream: &str,
@@ -283,12 +277,33 @@ impl Router {
         contacts: bool,
         scratch: &mut Vec<u64>,
     ) -> usize {
+        self.broadcast_checked(
+            stream,
+            || Ok::<_, ()>((body, contacts)),
+            created_at,
+            scratch,
+        )
+        .unwrap_or(0)
+    }
+
+    /// Like [`Router::broadcast`], with the payload checked and encoded by `check` (body, and
+    /// whether contacts may see it) only if someone here streams `stream`: one lookup of the
+    /// audience, and nothing parsed for a stream nobody streams. `Ok(0)` when nobody does;
+    /// `check`'s error otherwise.
+    pub fn broadcast_checked<E>(
+        &self,
+        stream: &str,
+        check: impl FnOnce() -> Result<(Bytes, bool), E>,
+        created_at: f64,
+        scratch: &mut Vec<u64>,
+    ) -> Result<usize, E> {
         let registry = self.registry.read();
         if !stream_audience(&registry, stream, scratch) {
-            return 0;
+            return Ok(0);
         }
+        let (body, contacts) = check()?;
         let message = self.history.record(stream, body, created_at, contacts);
-        self.deliver_to_stream(&registry, scratch, &message, contacts)
+        Ok(self.deliver_to_stream(&registry, scratch, &message, contacts))
     }
 
     /// Queues a broadcast read from the outbox, like [`Router::broadcast`] but at its outbox
