@@ -101,8 +101,26 @@ SELECT c.account_id::bigint, $3,
    AND CASE WHEN $5::bigint IS NULL THEN $8::boolean OR c.inbox_id = ANY($9::bigint[])
             ELSE c.contact_inbox_id = $5::bigint END";
 
+/// What a connection needs to write typing events: the outbox's database, and nothing else
+/// of it.
+#[derive(Clone)]
+pub struct Publisher {
+    pool: PgPool,
+}
+
+impl Publisher {
+    pub fn new(pool: PgPool) -> Publisher {
+        Publisher { pool }
+    }
+
+    /// Writes the typing event of `principal` to the outbox, if it may see the conversation.
+    pub async fn publish(&self, principal: &Principal, typing: Typing) -> Result<(), Ignored> {
+        publish(&self.pool, principal, typing).await
+    }
+}
+
 /// Writes the typing event of `principal` to the outbox, if it may see the conversation.
-pub async fn publish(pool: &PgPool, principal: &Principal, typing: Typing) -> Result<(), Ignored> {
+async fn publish(pool: &PgPool, principal: &Principal, typing: Typing) -> Result<(), Ignored> {
     let (id, contact_inbox, actor_user, administrator, inboxes): (_, _, _, _, &[i64]) =
         match principal {
             Principal::User {

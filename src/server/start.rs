@@ -251,7 +251,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             rails_postgres,
             sessions,
             history,
-            pool: pool.clone(),
+            typing: crate::typing::Publisher::new(pool.clone()),
             disconnects,
             pings: pings.clone(),
         }),

@@ -84,8 +84,8 @@ pub struct Services {
     /// Extended protocol: restorable sessions, and history replay.
     pub sessions: Arc<Sessions>,
     pub history: Arc<History>,
-    /// The database, for what a command writes (the `typing` action).
-    pub pool: sqlx::PgPool,
+    /// Writes what the `typing` action sends to the outbox.
+    pub typing: crate::typing::Publisher,
     /// Where an ended connection is recorded for the inspector.
     pub disconnects: Arc<DisconnectLog>,
     /// The one timer that pings every connection.

@@ -309,9 +309,7 @@ async fn typing(
         (Err(ignored), _) => Err(ignored),
         // Revoked meanwhile.
         (_, None) => Err(crate::typing::Ignored::NotVisible),
-        (Ok(typing), Some((principal, _))) => {
-            crate::typing::publish(&services.pool, &principal, typing).await
-        }
+        (Ok(typing), Some((principal, _))) => services.typing.publish(&principal, typing).await,
     };
     let result = match outcome {
         Ok(()) => "ok",
