@@ -58,14 +58,14 @@ fn invalid(why: &'static str) -> SubscribeError {
 pub async fn subscribe(
     auth: &AuthCache,
     raw: &str,
-    held: usize,
+    subscribed: usize,
     max_subscriptions: usize,
     connection: Option<&ConnectionIdentity>,
     fresh: bool,
 ) -> Result<(String, Identifier, Principal), SubscribeError> {
     let identifier = Identifier::parse(raw).map_err(|_| bad("no_channel"))?;
     let params = RoomParams::parse(&identifier, connection)?;
-    if held >= max_subscriptions {
+    if subscribed >= max_subscriptions {
         return Err(SubscribeError::Reject(
             BadInput::TooManySubscriptions,
             "too_many_subscriptions",

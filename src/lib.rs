@@ -87,7 +87,7 @@
 //!   process. **position**: (stream id, epoch, offset) as a client holds it.
 //! - **held**: live frames a subscription holds back while a replay is sent
 //!   ([`delivery::Positions`]). A subscription's LISTEN lease is its **lease**
-//!   ([`router::Held`] is what it keeps while it lives).
+//!   ([`router::Keep`] is what the router keeps for it while it lives).
 //! - **snapshot**: an MVCC snapshot of PostgreSQL. A `presence.update` body is an **online
 //!   set**; the inspector's cached JSON, its **page data**.
 //!

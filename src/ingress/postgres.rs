@@ -79,7 +79,7 @@ pub struct PgAdapter {
 /// list, not a map: a map's table would be most of what a subscription costs here.
 type Carried = Vec<(Arc<str>, usize)>;
 
-/// Held for a subscription's life: dropping it releases its streams' channels.
+/// Kept for a subscription's life: dropping it releases its streams' channels.
 pub struct Lease {
     adapter: Arc<PgAdapter>,
     streams: Vec<Arc<str>>,

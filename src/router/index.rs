@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::Held;
+use super::Keep;
 use crate::auth::Principal;
 use crate::delivery::{Event, Subscription};
 use crate::routing::account_stream;
@@ -20,7 +20,7 @@ pub(super) struct Entry {
     pub(super) token: Arc<str>,
     /// Held for the subscription's life and dropped when it ends (the LISTEN lease of its
     /// streams, see [`crate::ingress::postgres`]).
-    pub(super) _held: Option<Held>,
+    pub(super) _keep: Option<Keep>,
 }
 
 /// The subscriptions under one index key. Most keys (a token, a user, a contact session) have

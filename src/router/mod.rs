@@ -41,7 +41,7 @@ pub use history::StreamHistory;
 use index::{candidates, contact_candidates, put, take, Entry, Ids, Registry};
 
 /// Something a subscription keeps while it lives; dropping it is its release.
-pub type Held = Box<dyn Send + Sync>;
+pub type Keep = Box<dyn Send + Sync>;
 
 /// The live subscriptions of this process.
 pub struct Router {
@@ -78,7 +78,7 @@ impl Router {
         principal: Principal,
         token: Arc<str>,
         confirm: Option<Bytes>,
-        held: Option<Held>,
+        keep: Option<Keep>,
         hold: bool,
     ) {
         let mut registry = self.registry.write();
@@ -107,7 +107,7 @@ impl Router {
                 sub,
                 principal,
                 token,
-                _held: held,
+                _keep: keep,
             },
         );
         self.metrics.subscriptions_live.inc();

@@ -19,7 +19,7 @@ use crate::config::tuning::{HARD_LIMIT_FACTOR, HISTORY_RATE};
 use crate::delivery::{CloseReason, Outbound, Positions, SessionHandle, Subscription};
 use crate::protocol::reply;
 use crate::protocol::{BadInput, Command, HistoryRequest, Verdict};
-use crate::router::Held;
+use crate::router::Keep;
 
 pub struct Reader<R> {
     messages: Messages<R>,
@@ -256,7 +256,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         subs: &mut SessionSubscriptions,
     ) -> Arc<Subscription> {
         let services = self.services.clone();
-        let held: Option<Held> = match &services.rails_postgres {
+        let lease: Option<Keep> = match &services.rails_postgres {
             Some(adapter) => {
                 let streams = crate::routing::streams(&principal, &token);
                 Some(Box::new(adapter.acquire(streams).await))
@@ -276,7 +276,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let sub = Subscription::new(raw, frame, self.session.clone(), &principal, positions);
         services
             .router
-            .register(sub.clone(), principal, token.into(), confirm, held, hold);
+            .register(sub.clone(), principal, token.into(), confirm, lease, hold);
         subs.insert(sub.clone());
         services.presence.answer(sub.clone());
         sub
