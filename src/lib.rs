@@ -49,7 +49,7 @@
 //!   [`protocol::command`]s (double-decoded), [`protocol::identifier`]s (raw + parsed),
 //!   outbound frames ([`protocol::reply`]), and [`protocol::bad_input`]: what each kind of bad
 //!   input gets. Nothing listed above it knows it: the core deals in events, subscriptions
-//!   framed by their protocol ([`delivery::Frame`]) and recipients.
+//!   framed by their protocol ([`delivery::Framing`]) and recipients.
 //! - [`channel`]: RoomChannel and the subscribe policy: identifier + token → principal or reject.
 //! - [`session`]: one ActionCable connection ([`session::actioncable`] frames the core's
 //!   messages and answers as ActionCable does): [`session::frame`] (frames → messages),
@@ -59,13 +59,13 @@
 //! # Adding a wire protocol
 //! The core above [`protocol`] knows no wire protocol: it delivers shared message bodies (an
 //! event's `{"event":..,"data":..}`, a broadcast's payload) to subscriptions, and each
-//! subscription carries how its protocol frames them ([`delivery::Frame`]: a prefix and a
+//! subscription carries its protocol's framing of them ([`delivery::Framing`]: a prefix and a
 //! suffix around the body, and [`delivery::Replies`] for what the core tells its client: a
 //! revoked subscription, a history replay done or refused) and, if the protocol tells
 //! positions, in which shape ([`delivery::PositionStyle`]). A connection's ping frame is
 //! given to its queue ([`delivery::PingFrame`]). A new protocol is one module beside
 //! [`protocol`] + [`session`] (ActionCable's): its handshake, its command parsing, its bad-input
-//! table, its `Frame`; it registers subscriptions with [`router::Router::register`], serves
+//! table, its `Framing`; it registers subscriptions with [`router::Router::register`], serves
 //! history through [`resume::replay::History::serve`] and presence through
 //! [`presence::Presence`]. Nothing in the router changes.
 //!
@@ -88,6 +88,9 @@
 //! - **held**: live frames a subscription holds back while a replay is sent
 //!   ([`delivery::Positions`]). A subscription's LISTEN lease is its **lease**
 //!   ([`router::Keep`] is what the router keeps for it while it lives).
+//! - **body**: an event's or broadcast's JSON as every recipient shares it, encoded once. A
+//!   subscription's **framing** ([`delivery::Framing`]) is what its wire protocol puts around
+//!   a body; a **frame** is a WebSocket frame.
 //! - **snapshot**: an MVCC snapshot of PostgreSQL. A `presence.update` body is an **online
 //!   set**; the inspector's cached JSON, its **page data**.
 //!
@@ -104,7 +107,7 @@
 //! 4. The [`router`] looks up the account's indexes named by the event's scope (stream, user,
 //!    inbox, contact sessions), keeps those [`routing::entitled`] to it, and pushes the shared
 //!    bytes onto each recipient's send queue without waiting.
-//! 5. Each delivery is framed by the subscription's wire protocol ([`delivery::Frame`],
+//! 5. Each delivery is framed by the subscription's wire protocol ([`delivery::Framing`],
 //!    built once per subscription): for ActionCable the precomputed
 //!    `{"identifier":"..","message":` prefix, the shared bytes, then `}` (on an
 //!    extended-protocol connection, with `stream_id`, `epoch` and `offset` before it). When the connection's queue is

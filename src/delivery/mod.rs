@@ -31,7 +31,7 @@ pub use close::DisconnectReason;
 pub use encode::{encode, encode_head, push_header, push_text};
 pub use positions::{Mark, Positions};
 pub use queue::{CloseReason, Outbound, SendQueue, SessionHandle};
-pub use subscription::{Frame, Replies, Subscription};
+pub use subscription::{Framing, Replies, Subscription};
 pub use tally::tallied;
 
 /// Appends a connection's ping frame with `value` (its wire protocol's shape), without

@@ -12,7 +12,7 @@ use crate::auth::{PresenceKey, Principal};
 /// How a wire protocol frames one subscription's messages, and what it tells the client when
 /// the core ends the subscription or answers its history request. Built by the protocol's
 /// module; the core (router, replay, presence) only ever uses it through the subscription.
-pub struct Frame {
+pub struct Framing {
     /// What goes before a message's body, e.g. ActionCable's `{"identifier":..,"message":`.
     pub prefix: Bytes,
     /// What goes after a message's body (and position), e.g. `}`.
@@ -52,10 +52,10 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// A subscription framed by its wire protocol (`frame`).
+    /// A subscription framed by its wire protocol (`framing`).
     pub fn new(
         identifier: Arc<str>,
-        frame: Frame,
+        framing: Framing,
         session: SessionHandle,
         principal: &Principal,
         positions: Option<Box<Positions>>,
@@ -63,9 +63,9 @@ impl Subscription {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(Subscription {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
-            prefix: frame.prefix,
-            suffix: frame.suffix,
-            replies: frame.replies,
+            prefix: framing.prefix,
+            suffix: framing.suffix,
+            replies: framing.replies,
             identifier,
             session,
             presence: PresenceKey::from(principal),

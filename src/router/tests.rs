@@ -108,7 +108,7 @@ proptest! {
         let mut subs = Vec::new();
         for principal in &population {
             let session = SessionHandle::new(1 << 16, metrics.clone());
-            let sub = Subscription::new("{}".into(), frame(), session, principal, None);
+            let sub = Subscription::new("{}".into(), framing(), session, principal, None);
             let token: Arc<str> = token_of(principal).into();
             router.register(sub.clone(), principal.clone(), token, Some(Bytes::new()), None, false);
             sub.session.queue.take_now(); // the confirm
@@ -163,7 +163,7 @@ fn a_kept_audience_skips_the_typing_actor_and_follows_changes() {
     let register = |user_id: i64| {
         let principal = agent(1, user_id, true);
         let session = SessionHandle::new(64, metrics.clone());
-        let sub = Subscription::new("{}".into(), frame(), session, &principal, None);
+        let sub = Subscription::new("{}".into(), framing(), session, &principal, None);
         let token: Arc<str> = format!("u{user_id}").into();
         router.register(
             sub.clone(),
@@ -257,7 +257,7 @@ fn broadcasts_reach_the_streams_subscribers_and_contacts_only_if_allowed() {
         .iter()
         .map(|(token, principal)| {
             let session = SessionHandle::new(64, metrics.clone());
-            let sub = Subscription::new("{}".into(), frame(), session, principal, None);
+            let sub = Subscription::new("{}".into(), framing(), session, principal, None);
             router.register(
                 sub.clone(),
                 principal.clone(),
@@ -294,8 +294,8 @@ fn broadcasts_reach_the_streams_subscribers_and_contacts_only_if_allowed() {
     assert_eq!(got("u1", true), Vec::<&str>::new());
 }
 
-/// A wire protocol's frame for the router's tests (what it says is never read here).
-fn frame() -> crate::delivery::Frame {
+/// A wire protocol's framing for the router's tests (what it says is never read here).
+fn framing() -> crate::delivery::Framing {
     struct Silent;
     impl crate::delivery::Replies for Silent {
         fn ended(&self, _: &str) -> Bytes {
@@ -308,7 +308,7 @@ fn frame() -> crate::delivery::Frame {
             Bytes::new()
         }
     }
-    crate::delivery::Frame {
+    crate::delivery::Framing {
         prefix: Bytes::new(),
         suffix: b"}",
         replies: &Silent,

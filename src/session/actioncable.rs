@@ -4,7 +4,7 @@
 
 use std::num::NonZeroU32;
 
-use crate::delivery::{push_header, Frame, PositionStyle, Replies};
+use crate::delivery::{push_header, Framing, PositionStyle, Replies};
 
 const OP_TEXT: u8 = crate::ws::OpCode::Text as u8;
 use crate::protocol::reply;
@@ -28,8 +28,8 @@ impl Replies for ActionCable {
 
 /// The frame of subscription `raw_identifier`'s messages:
 /// `{"identifier":"<raw>","message":<body>}`.
-pub fn frame(raw_identifier: &str) -> Frame {
-    Frame {
+pub fn framing(raw_identifier: &str) -> Framing {
+    Framing {
         prefix: reply::message_prefix(raw_identifier),
         suffix: reply::MESSAGE_SUFFIX,
         replies: &ActionCable,
@@ -76,7 +76,7 @@ mod tests {
     #[test]
     fn a_positioned_message_is_one_json_object() {
         let raw = r#"{"channel":"RoomChannel"}"#;
-        let frame = frame(raw);
+        let frame = framing(raw);
         let mut bytes = frame.prefix.to_vec();
         bytes.extend_from_slice(br#"{"event":"x","data":{}}"#);
         EXT_POSITIONS.push_head(&mut bytes, r#""cable_events/1""#, r#""e""#);

@@ -274,9 +274,9 @@ mod tests {
         let raw = "{\"channel\":\"RoomChannel\"}";
         let sub = Subscription::new(
             Arc::from(raw),
-            crate::delivery::Frame {
+            crate::delivery::Framing {
                 suffix: b"",
-                ..crate::session::actioncable::frame(raw)
+                ..crate::session::actioncable::framing(raw)
             },
             handle.clone(),
             &principal,

@@ -272,8 +272,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             )
         });
         let confirm = confirm.then(|| reply::confirm(&raw));
-        let frame = super::actioncable::frame(&raw);
-        let sub = Subscription::new(raw, frame, self.session.clone(), &principal, positions);
+        let framing = super::actioncable::framing(&raw);
+        let sub = Subscription::new(raw, framing, self.session.clone(), &principal, positions);
         services
             .router
             .register(sub.clone(), principal, token.into(), confirm, lease, hold);
