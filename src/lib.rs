@@ -45,26 +45,26 @@
 //! - [`migrate`]: embedded migrations.
 //! - [`inspect`]: the operator's page `/inspect` and its JSON, aggregated from the router,
 //!   the metrics, presence and the recent disconnects ([`inspect::log`]).
-//! - [`protocol`]: ActionCable's wire protocol (with AnyCable's extension): inbound
-//!   [`protocol::command`]s (double-decoded), [`protocol::identifier`]s (raw + parsed),
-//!   outbound frames ([`protocol::reply`]), and [`protocol::bad_input`]: what each kind of bad
-//!   input gets. Nothing listed above it knows it: the core deals in events, subscriptions
-//!   framed by their protocol ([`delivery::Framing`]) and recipients.
-//! - [`channel`]: RoomChannel and the subscribe policy: identifier + token → principal or reject.
-//! - [`session`]: one ActionCable connection ([`session::actioncable`] frames the core's
-//!   messages and answers as ActionCable does): [`session::frame`] (frames → messages),
-//!   [`session::reader`] (commands, strictly in order), [`session::writer`] (frames, pings).
+//! - [`actioncable`]: ActionCable's wire protocol with AnyCable's extension, one module on
+//!   the core (nothing listed above it knows it: the core deals in bodies, subscriptions
+//!   with their protocol's framing, [`delivery::Framing`], and recipients):
+//!   [`actioncable::protocol`] (commands, identifiers, replies, and
+//!   [`actioncable::protocol::bad_input`]: what each kind of bad input gets),
+//!   [`actioncable::channel`] (RoomChannel: identifier + token → principal or reject) and
+//!   [`actioncable::session`] (one connection: frames → messages, commands in order, the
+//!   writer, pings, and [`actioncable::session::actioncable`]: the core's bodies and answers
+//!   as this wire frames them).
 //! - [`server`]: builds every component, starts and stops every task, serves HTTP.
 //!
 //! # Adding a wire protocol
-//! The core above [`protocol`] knows no wire protocol: it delivers shared message bodies (an
+//! The core listed above [`actioncable`] knows no wire protocol: it delivers shared message bodies (an
 //! event's `{"event":..,"data":..}`, a broadcast's payload) to subscriptions, and each
 //! subscription carries its protocol's framing of them ([`delivery::Framing`]: a prefix and a
 //! suffix around the body, and [`delivery::Replies`] for what the core tells its client: a
 //! revoked subscription, a history replay done or refused) and, if the protocol tells
 //! positions, in which shape ([`delivery::PositionStyle`]). A connection's ping frame is
 //! given to its queue ([`delivery::PingFrame`]). A new protocol is one module beside
-//! [`protocol`] + [`session`] (ActionCable's): its handshake, its command parsing, its bad-input
+//! [`actioncable`]: its handshake, its command parsing, its bad-input
 //! table, its `Framing`; it registers subscriptions with [`router::Router::register`], serves
 //! history through [`resume::replay::History::serve`] and presence through
 //! [`presence::Presence`]. Nothing in the router changes.
@@ -72,7 +72,7 @@
 //! # Glossary
 //! One meaning per word; where older code still uses a word otherwise, the meaning here wins.
 //! - **connection**: one WebSocket and the task pair (reader, writer) that owns it
-//!   ([`session`] is the module of a connection's tasks).
+//!   ([`actioncable::session`] is the module of a connection's tasks).
 //! - **session** (extended protocol): what a client restores by `sid` after a reconnect, a
 //!   row of `cable_sessions` ([`resume::sessions`]). A Chatwoot contact's session is a
 //!   **contact session** (`contact_inboxes`).
@@ -123,7 +123,7 @@
 //! one shared message, and the [`router`] queues it on the subscriptions streaming that name.
 //!
 //! # Life of a subscribe
-//! The reader decodes the command, and [`channel::subscribe`] parses the identifier (kept byte
+//! The reader decodes the command, and [`actioncable::channel::subscribe`] parses the identifier (kept byte
 //! for byte), checks the connection's subscription limit and the token (cache, then
 //! PostgreSQL). With Rails' PostgreSQL adapter on, it then waits until the subscription's
 //! streams are LISTENed to ([`ingress::postgres::PgAdapter::acquire`]; the lease is released
@@ -135,12 +135,12 @@
 //! On an extended-protocol connection a subscribe may carry `history`: the subscription goes
 //! live holding its live frames, [`resume::replay`] sends what it missed, then
 //! `confirm_history`, then the held frames. A reconnect with `?sid=` restores the old session's
-//! subscriptions before the `welcome` ([`session::reader::Reader::restore`]), each token
+//! subscriptions before the `welcome` ([`actioncable::session::reader::Reader::restore`]), each token
 //! checked again without the cache.
 
+pub mod actioncable;
 pub mod auth;
 pub mod backoff;
-pub mod channel;
 pub mod clock;
 pub mod config;
 pub mod connections;
@@ -154,13 +154,11 @@ pub mod metrics;
 pub mod migrate;
 pub mod origin;
 pub mod presence;
-pub mod protocol;
 pub mod resume;
 pub mod revalidate;
 pub mod router;
 pub mod routing;
 pub mod secret;
 pub mod server;
-pub mod session;
 pub mod typing;
 pub mod ws;

@@ -1,5 +1,5 @@
 //! The WebSocket layer's one set of opcodes (RFC 6455 §5.2): what the frame reader
-//! ([`crate::session::frame`]) tells apart and what the encoders ([`crate::delivery`], the
+//! ([`crate::actioncable::session::frame`]) tells apart and what the encoders ([`crate::delivery`], the
 //! session's writer) write.
 
 /// A frame's opcode.

@@ -4,12 +4,12 @@
 //!
 //! - valid input round-trips: what is parsed is exactly what was encoded;
 //! - damaged input gets exactly the bad-input kind, and so the verdict, of the table in
-//!   `src/protocol/bad_input.rs`;
+//!   `src/actioncable/protocol/bad_input.rs`;
 //! - arbitrary input never panics, and identifiers are echoed byte for byte.
 
-use cable_gateway::channel::RoomParams;
-use cable_gateway::protocol::{reply, BadInput, Command, Identifier, Verdict};
-use cable_gateway::session::frame::{Inbound, Messages, ReadEnd};
+use cable_gateway::actioncable::channel::RoomParams;
+use cable_gateway::actioncable::protocol::{reply, BadInput, Command, Identifier, Verdict};
+use cable_gateway::actioncable::session::frame::{Inbound, Messages, ReadEnd};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 

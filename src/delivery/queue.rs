@@ -87,7 +87,7 @@ pub(super) struct QueueState {
     /// The socket, when frames may be written to it straight from the delivering thread.
     direct: Option<Direct>,
     /// A ping due (its value), sent in the same write as the next frame written straight to
-    /// the socket, or on its own a moment later ([`crate::session::pings`]).
+    /// the socket, or on its own a moment later ([`crate::actioncable::session::pings`]).
     ping: Option<NonZeroU32>,
 }
 

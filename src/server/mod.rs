@@ -22,6 +22,7 @@ use sqlx::PgPool;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::actioncable::session::Services;
 use crate::auth::jwt::Verifier;
 use crate::config::tuning::{DRAIN_TIMEOUT, SHUTDOWN_PRESENCE_TIMEOUT};
 use crate::connections::Slots;
@@ -32,7 +33,6 @@ use crate::metrics::Metrics;
 use crate::migrate::MigrateError;
 use crate::presence::Presence;
 use crate::router::Router;
-use crate::session::Services;
 
 pub use start::start;
 pub use upgrade::{SUBPROTOCOL, SUBPROTOCOL_EXT};
@@ -88,7 +88,7 @@ pub struct Running {
     ingress_ready: Vec<(&'static str, watch::Receiver<bool>)>,
     shutdown: watch::Sender<bool>,
     /// Every open session (each is pinged): shutdown closes them through it.
-    pings: Arc<crate::session::pings::Pings>,
+    pings: Arc<crate::actioncable::session::pings::Pings>,
     stop: oneshot::Sender<()>,
     accept: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
@@ -131,7 +131,7 @@ impl Running {
         self.shutdown.send_replace(true);
         self.pings
             .close_all(crate::delivery::CloseReason::Disconnect(
-                crate::protocol::DisconnectReason::ServerRestart,
+                crate::actioncable::protocol::DisconnectReason::ServerRestart,
             ));
         if tokio::time::timeout(DRAIN_TIMEOUT, self.slots.drained())
             .await

@@ -8,6 +8,7 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use super::http::accept_loop;
 use super::{Http, Running, StartError};
+use crate::actioncable::session::{Limits, Services};
 use crate::auth::batch::Batcher;
 use crate::auth::jwt::Verifier;
 use crate::auth::AuthCache;
@@ -31,7 +32,6 @@ use crate::resume::rings::Rings;
 use crate::resume::sessions::{self, Sessions};
 use crate::revalidate::{self, Revalidation};
 use crate::router::Router;
-use crate::session::{Limits, Services};
 
 /// Connects, checks the schema, binds, builds every component and starts every task.
 pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
@@ -222,7 +222,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         tasks.push(tokio::spawn(redis.run()));
     }
     let disconnects = Arc::new(DisconnectLog::default());
-    let pings = Arc::new(crate::session::pings::Pings::default());
+    let pings = Arc::new(crate::actioncable::session::pings::Pings::default());
     tasks.push(tokio::spawn(pings.clone().run()));
     let inspector = nonempty(&config.admin_token).map(|token| {
         let inspector = Inspector::new(inspect::Sources {

@@ -116,7 +116,7 @@ pub(super) fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Respon
     };
     let ext = offers(&request, SUBPROTOCOL_EXT);
     let actioncable = ext || offers(&request, SUBPROTOCOL);
-    let handshake = Box::new(crate::session::Handshake {
+    let handshake = Box::new(crate::actioncable::session::Handshake {
         ext,
         restore_sid: if ext { restore_sid(&request) } else { None },
         token: http
@@ -131,7 +131,7 @@ pub(super) fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Respon
             return text(StatusCode::BAD_REQUEST, "bad websocket upgrade\n");
         }
     };
-    tokio::spawn(crate::session::serve(
+    tokio::spawn(crate::actioncable::session::serve(
         http.services.clone(),
         upgraded,
         handshake,

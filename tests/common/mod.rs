@@ -563,7 +563,7 @@ pub async fn bulk_user_subscriptions(
             Arc::from(format!(
                 "{{\"channel\":\"RoomChannel\",\"user\":{user_id}}}"
             )),
-            cable_gateway::session::actioncable::framing("{}"),
+            cable_gateway::actioncable::session::actioncable::framing("{}"),
             SessionHandle::new(16, metrics.clone()),
             &principal,
             None,

@@ -31,6 +31,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use crate::actioncable::protocol::{reply, DisconnectReason};
 use crate::auth::jwt::{ConnectionIdentity, ConnectionToken, Refusal};
 use crate::auth::{token_prefix, AuthCache, Principal};
 use crate::config::ServeConfig;
@@ -39,7 +40,6 @@ use crate::ingress::postgres::PgAdapter;
 use crate::inspect::log::{Disconnect, DisconnectLog};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
-use crate::protocol::{reply, DisconnectReason};
 use crate::resume::replay::History;
 use crate::resume::sessions::Sessions;
 use crate::router::Router;

@@ -13,11 +13,11 @@ use crate::config::tuning::{
 };
 use bytes::Bytes;
 
+use crate::actioncable::protocol::reply::{self, DisconnectReason};
 use crate::delivery::{
     encode_head, push_header, push_text, tallied, CloseReason, Outbound, SendQueue,
 };
 use crate::metrics::Metrics;
-use crate::protocol::reply::{self, DisconnectReason};
 
 const OP_CLOSE: u8 = crate::ws::OpCode::Close as u8;
 
@@ -213,10 +213,10 @@ mod tests {
     use bytes::Bytes;
     use tokio::io::AsyncReadExt;
 
+    use crate::actioncable::session::socket::Shared;
     use crate::auth::{ContactRecord, Principal};
     use crate::delivery::{Outbound, SessionHandle, Subscription};
     use crate::metrics::Metrics;
-    use crate::session::socket::Shared;
 
     /// Reads one unmasked server frame's payload (text frames only here).
     async fn read_frame(client: &mut tokio::net::TcpStream) -> Vec<u8> {
@@ -249,7 +249,10 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let handle = SessionHandle::new(64, metrics.clone());
         let queue = handle.queue.clone();
-        queue.attach(server.clone(), crate::session::actioncable::push_ping);
+        queue.attach(
+            server.clone(),
+            crate::actioncable::session::actioncable::push_ping,
+        );
         let writer = tokio::spawn(async move {
             super::run(Shared(server), None, &queue, &metrics).await;
         });
@@ -276,7 +279,7 @@ mod tests {
             Arc::from(raw),
             crate::delivery::Framing {
                 suffix: b"",
-                ..crate::session::actioncable::framing(raw)
+                ..crate::actioncable::session::actioncable::framing(raw)
             },
             handle.clone(),
             &principal,

@@ -8,12 +8,12 @@ use super::Reader;
 use super::super::subscriptions::SessionSubscriptions;
 use std::sync::Arc;
 
+use crate::actioncable::channel::SubscribeError;
+use crate::actioncable::protocol::reply;
+use crate::actioncable::protocol::{BadInput, HistoryRequest, Identifier, IdentifierError};
 use crate::auth::{token_prefix, AuthError};
-use crate::channel::SubscribeError;
 use crate::config::tuning::{SUBSCRIBE_DB_PATIENCE, SUBSCRIBE_RETRY};
 use crate::delivery::{CloseReason, Outbound};
-use crate::protocol::reply;
-use crate::protocol::{BadInput, HistoryRequest, Identifier, IdentifierError};
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     pub(super) async fn subscribe(
@@ -44,7 +44,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let outcome = loop {
             let attempt = tokio::time::timeout_at(
                 deadline,
-                crate::channel::subscribe(
+                crate::actioncable::channel::subscribe(
                     &services.auth,
                     &raw,
                     subs.len(),
@@ -123,7 +123,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 tracing::warn!(session = self.session.queue.id, error = %e, "database unavailable during subscribe; asking the client to reconnect");
                 metrics.command("subscribe", "unavailable");
                 Some(CloseReason::Disconnect(
-                    crate::protocol::DisconnectReason::ServerRestart,
+                    crate::actioncable::protocol::DisconnectReason::ServerRestart,
                 ))
             }
         }

@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use crate::delivery::{push_header, Framing, PositionStyle, Replies};
 
 const OP_TEXT: u8 = crate::ws::OpCode::Text as u8;
-use crate::protocol::reply;
+use crate::actioncable::protocol::reply;
 
 /// ActionCable's answers for the core ([`Replies`]).
 pub struct ActionCable;

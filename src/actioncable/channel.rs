@@ -15,9 +15,9 @@
 
 use serde_json::{Map, Value};
 
+use crate::actioncable::protocol::{BadInput, Identifier};
 use crate::auth::jwt::{ConnectionIdentity, Identity};
 use crate::auth::{AuthCache, AuthError, Principal};
-use crate::protocol::{BadInput, Identifier};
 
 pub const ROOM_CHANNEL: &str = "RoomChannel";
 

@@ -14,8 +14,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
+use crate::actioncable::protocol::BadInput;
 use crate::config::tuning::READ_AHEAD;
-use crate::protocol::BadInput;
 pub use crate::ws::OpCode;
 
 #[derive(Debug)]

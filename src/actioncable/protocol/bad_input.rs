@@ -125,7 +125,7 @@ mod tests {
     /// The README's abuse table has a row per kind, with this table's verdict and label.
     #[test]
     fn the_readme_says_the_same() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         for kind in BadInput::ALL {
             let label = format!("`{}`", kind.label());
             let row = readme
@@ -152,7 +152,7 @@ mod tests {
     /// as they always did.
     #[test]
     fn derived_words_are_the_documented_ones() {
-        use crate::protocol::DisconnectReason::*;
+        use crate::actioncable::protocol::DisconnectReason::*;
         assert_eq!(BadInput::InvalidUtf8.label(), "invalid_utf8");
         assert_eq!(BadInput::FrameViolation.label(), "protocol_violation");
         assert_eq!(

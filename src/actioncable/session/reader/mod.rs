@@ -1,6 +1,6 @@
 //! The reader: owns the socket's read half and processes commands strictly in order, one
 //! at a time (a subscribe's token lookup finishes before the next command is looked at).
-//! What bad input gets comes from [`crate::protocol::bad_input`], applied in [`Reader::bad`].
+//! What bad input gets comes from [`crate::actioncable::protocol::bad_input`], applied in [`Reader::bad`].
 
 mod restore;
 mod subscribe;
@@ -13,12 +13,12 @@ use super::frame::{Inbound, Messages, ReadEnd};
 use super::rate::RateLimit;
 use super::subscriptions::SessionSubscriptions;
 use super::Services;
+use crate::actioncable::protocol::reply;
+use crate::actioncable::protocol::{BadInput, Command, HistoryRequest, Verdict};
 use crate::auth::jwt::ConnectionIdentity;
 use crate::auth::Principal;
 use crate::config::tuning::{HARD_LIMIT_FACTOR, HISTORY_RATE};
 use crate::delivery::{CloseReason, Outbound, Positions, SessionHandle, Subscription};
-use crate::protocol::reply;
-use crate::protocol::{BadInput, Command, HistoryRequest, Verdict};
 use crate::router::Keep;
 
 pub struct Reader<R> {

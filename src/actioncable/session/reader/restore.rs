@@ -8,11 +8,11 @@ use tokio::io::AsyncRead;
 use super::Reader;
 
 use super::super::subscriptions::SessionSubscriptions;
-use crate::channel::SubscribeError;
+use crate::actioncable::channel::SubscribeError;
+use crate::actioncable::protocol::reply;
 use crate::config::tuning::RESTORE_HOLD;
 use crate::delivery::{Outbound, Subscription};
 use crate::metrics::ReasonLabels;
-use crate::protocol::reply;
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     /// Restores the subscriptions of session `sid` (extended protocol), checking each token
@@ -53,7 +53,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             if subs.get(&raw).is_some() {
                 continue;
             }
-            let outcome = crate::channel::subscribe(
+            let outcome = crate::actioncable::channel::subscribe(
                 &services.auth,
                 &raw,
                 subs.len(),
