@@ -449,6 +449,47 @@ async fn a_replay_that_meets_a_short_database_failure_is_retried() {
     running.shutdown().await;
 }
 
+/// A replay the database fails for good sends nothing it held back meanwhile: live frames
+/// released after a gap would move the client's position past the events it never got, and
+/// its next request would skip them for good (found by the 30-minute soak).
+#[tokio::test]
+async fn a_replay_the_database_fails_sends_nothing_it_held() {
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.rails_channel_prefix = Some("held".into());
+    let running = start(config).await;
+    let identifier = user(ALICE, 1, 1);
+    let (mut client, _) = session(&db, running.addr, &identifier).await;
+    to_alice(&db.pool, 1).await;
+    let seen = client.next_significant().await;
+    drop(client);
+    db.exec("ALTER TABLE cable_rounds RENAME TO cable_rounds_away")
+        .await;
+    let (mut again, _) = ext(running.addr, None).await;
+    let mut subscribe = subscribe(&identifier);
+    subscribe["history"] = history(&identifier, &[position(&seen)])["history"].clone();
+    again.send(subscribe).await;
+    // Confirmed once the stream's LISTEN is in place: a broadcast from now on is live, and
+    // held while the replay fails.
+    assert_eq!(again.next().await, confirm(&identifier));
+    db.exec(r#"NOTIFY "held:demo-user-alice", '{"live":true}'"#)
+        .await;
+    let frames = again.until_closed().await;
+    db.exec("ALTER TABLE cable_rounds_away RENAME TO cable_rounds")
+        .await;
+    assert!(
+        frames.iter().all(|f| f["message"]["live"].is_null()),
+        "nothing held goes out after a failed replay: {frames:?}"
+    );
+    assert!(
+        frames.contains(
+            &json!({"type": "disconnect", "reason": "server_restart", "reconnect": true})
+        ),
+        "{frames:?}"
+    );
+    running.shutdown().await;
+}
+
 /// A history request on a subscription whose live events already flowed (a late request,
 /// e.g. after a restored session's hold ran out) replays only what live delivery did not
 /// cover: found as a duplicate by the 30-minute soak.

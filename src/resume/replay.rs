@@ -185,10 +185,16 @@ impl History {
                 // Not the client's position's fault: `reject_history` would make it give up
                 // on what it missed. It comes back (to any process) and asks again.
                 tracing::warn!(session = sub.session.queue.id, error = %e, "history replay failed; the client reconnects");
+                // Nothing more for this subscription on this connection, the held live frames
+                // least of all: they follow a gap (what the replay did not send), and the
+                // client would ask again after the last of them, skipping the gap for good
+                // (found by the 30-minute soak).
+                sub.deactivate();
                 sub.session
                     .queue
                     .close(CloseReason::Disconnect(DisconnectReason::ServerRestart));
                 self.metrics.command("history", "unavailable");
+                return;
             }
             Err(refusal) => {
                 tracing::debug!(

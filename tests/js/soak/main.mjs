@@ -14,7 +14,7 @@ import { parseArgs } from "node:util";
 import pg from "pg";
 import { createDatabase } from "../harness.mjs";
 import { Balancer, Gateway, Redis, freePort, restartPostgres } from "./cluster.mjs";
-import { connectFleet, waitFor } from "./clients.mjs";
+import { connectFleet, pendingAtReset, waitFor } from "./clients.mjs";
 import { extExactlyOnce, noDuplicateInOrder, nothingUnentitled, plainMissedNothing, truth } from "./check.mjs";
 import { startPublishers } from "./publishers.mjs";
 import { makeWorld, rng, worldSql } from "./world.mjs";
@@ -257,6 +257,7 @@ async function main() {
   for (const p of log) counts[p.src] = (counts[p.src] ?? 0) + (p.ok ? 1 : 0);
   say(`published: ${Object.entries(counts).map(([src, n]) => `${src} ${n}`).join(", ")}; outbox rows ${rows.length}`);
   say(`clients: ${clients.filter((c) => c.kind === "ext").length} ext, ${clients.filter((c) => c.kind === "plain").length} plain, ${clients.filter((c) => c.kind === "contact").length} contact; ${clients.reduce((n, c) => n + c.received.length, 0)} messages; ${clients.reduce((n, c) => n + c.subscribes, 0)} confirms`);
+  say(`@anycable/core's reset bug (mended in the soak's clients): ${pendingAtReset()} subscribes were pending when a connection dropped; each would have closed its channel for good`);
   for (const v of verdicts) say(`invariant ${v.ok ? "ok  " : "FAIL"} ${v.name}: ${v.detail}`);
   const ok = verdicts.every((v) => v.ok);
   const logs = args.logs ?? mkdtempSync(path.join(tmpdir(), "cable-soak-"));
