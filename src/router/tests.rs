@@ -314,3 +314,48 @@ fn framing() -> crate::delivery::Framing {
         replies: &Silent,
     }
 }
+
+proptest! {
+    /// A stream broadcast reaches exactly the subscriptions that stream its name by
+    /// [`crate::routing::streams`], contacts only when it may be shown to them (rule 7), each
+    /// once: the same rule the outbox's replay applies to broadcast rows.
+    #[test]
+    fn a_stream_broadcast_reaches_exactly_who_streams_it(
+        population in prop::collection::vec(principal(), 0..12),
+        streams in prop::collection::vec(
+            prop_oneof![
+                (1..3i64).prop_map(|a| format!("account_{a}")),
+                (1..5i64).prop_map(|u| format!("u{u}")),
+                (10..14i64).prop_map(|c| format!("c{c}")),
+                Just("elsewhere".to_string()),
+            ],
+            1..6,
+        ),
+        contacts in any::<bool>(),
+    ) {
+        let metrics = Arc::new(Metrics::new());
+        let router = test_router(&metrics);
+        let mut subs = Vec::new();
+        for principal in &population {
+            let session = SessionHandle::new(1 << 16, metrics.clone());
+            let sub = Subscription::new("{}".into(), framing(), session, principal, None);
+            let token: Arc<str> = token_of(principal).into();
+            router.register(sub.clone(), principal.clone(), token, Some(Bytes::new()), None, false);
+            sub.session.queue.take_now(); // the confirm
+            subs.push((sub, principal.clone()));
+        }
+        let mut scratch = Vec::new();
+        for stream in &streams {
+            let delivered = router.broadcast(stream, Bytes::from_static(b"{}"), 0.0, contacts, &mut scratch);
+            let mut expected = 0;
+            for (sub, principal) in &subs {
+                let got = sub.session.queue.take_now().len();
+                let want = crate::routing::streams(principal, &token_of(principal)).contains(stream)
+                    && (contacts || principal.is_user());
+                expected += usize::from(want);
+                prop_assert_eq!(got, usize::from(want), "{:?} on {}", principal, stream);
+            }
+            prop_assert_eq!(delivered, expected);
+        }
+    }
+}
