@@ -48,6 +48,31 @@ async fn check_outage_answers(gw: &Running) {
     );
 }
 
+/// Cuts the test database off: no connection in, every connection out. Returns the admin
+/// connection that puts it back ([`reconnect`]).
+async fn cut_off(db: &TestDb) -> sqlx::PgPool {
+    let admin = sqlx::PgPool::connect(&admin_url()).await.unwrap();
+    let cut = format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", db.name);
+    sqlx::query(sqlx::AssertSqlSafe(cut))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&db.name)
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin
+}
+
+async fn reconnect(db: &TestDb, admin: &sqlx::PgPool) {
+    let allow = format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", db.name);
+    sqlx::query(sqlx::AssertSqlSafe(allow))
+        .execute(admin)
+        .await
+        .unwrap();
+}
+
 /// After an outage: the LISTEN connection comes back within its backoff, `/ready` says 200
 /// again, and a new subscribe is confirmed.
 async fn check_recovered(gw: &Running) {
@@ -71,24 +96,11 @@ async fn a_database_outage_loses_nothing_and_rejects_no_one() {
     client.subscribe_ok(&user("demo-user-alice", 1, 1)).await;
     db.publish(1, "message.created", json!({"seq": 0}), json!({}))
         .await;
-    let admin = sqlx::PgPool::connect(&admin_url()).await.unwrap();
-    let cut = |allow: bool| format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", db.name);
     // The outage: no connection in, every connection out.
-    sqlx::query(sqlx::AssertSqlSafe(cut(false)))
-        .execute(&admin)
-        .await
-        .unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-        .bind(&db.name)
-        .execute(&admin)
-        .await
-        .unwrap();
+    let admin = cut_off(&db).await;
     check_outage_answers(&gw).await;
     // Back up: events committed after the outage arrive, and so did the one before it.
-    sqlx::query(sqlx::AssertSqlSafe(cut(true)))
-        .execute(&admin)
-        .await
-        .unwrap();
+    reconnect(&db, &admin).await;
     let fresh = sqlx::PgPool::connect(&db.url).await.unwrap();
     for seq in 1..=3 {
         publish(&fresh, 1, "message.created", json!({"seq": seq}), json!({})).await;
@@ -150,17 +162,7 @@ async fn postgres_restart_loses_nothing_and_rejects_no_one() {
 async fn a_subscribe_during_a_short_outage_is_confirmed_once_the_database_answers() {
     let db = TestDb::new().await;
     let gw = start(db.config()).await;
-    let admin = sqlx::PgPool::connect(&admin_url()).await.unwrap();
-    let cut = |allow: bool| format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", db.name);
-    sqlx::query(sqlx::AssertSqlSafe(cut(false)))
-        .execute(&admin)
-        .await
-        .unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-        .bind(&db.name)
-        .execute(&admin)
-        .await
-        .unwrap();
+    let admin = cut_off(&db).await;
     let mut newcomer = Client::ready(gw.addr).await;
     let identifier = user("demo-user-bob", 1, 2);
     newcomer.send(subscribe(&identifier)).await;
@@ -174,10 +176,7 @@ async fn a_subscribe_during_a_short_outage_is_confirmed_once_the_database_answer
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    sqlx::query(sqlx::AssertSqlSafe(cut(true)))
-        .execute(&admin)
-        .await
-        .unwrap();
+    reconnect(&db, &admin).await;
     assert_eq!(
         newcomer.next().await,
         confirm(&identifier),

@@ -47,6 +47,32 @@ fn token_of(principal: &Principal) -> String {
     }
 }
 
+/// Registers one subscription per principal (its confirm taken off its queue).
+fn register_all(
+    router: &Router,
+    metrics: &Arc<Metrics>,
+    population: &[Principal],
+) -> Vec<(Arc<Subscription>, Principal)> {
+    population
+        .iter()
+        .map(|principal| {
+            let session = SessionHandle::new(1 << 16, metrics.clone());
+            let sub = Subscription::new("{}".into(), framing(), session, principal, None);
+            let token: Arc<str> = token_of(principal).into();
+            router.register(
+                sub.clone(),
+                principal.clone(),
+                token,
+                Some(Bytes::new()),
+                None,
+                false,
+            );
+            sub.session.queue.take_now(); // the confirm
+            (sub, principal.clone())
+        })
+        .collect()
+}
+
 fn event() -> impl Strategy<Value = Event> {
     let kinds = prop_oneof![
         Just("message.created"),
@@ -105,15 +131,7 @@ proptest! {
     ) {
         let metrics = Arc::new(Metrics::new());
         let router = test_router(&metrics);
-        let mut subs = Vec::new();
-        for principal in &population {
-            let session = SessionHandle::new(1 << 16, metrics.clone());
-            let sub = Subscription::new("{}".into(), framing(), session, principal, None);
-            let token: Arc<str> = token_of(principal).into();
-            router.register(sub.clone(), principal.clone(), token, Some(Bytes::new()), None, false);
-            sub.session.queue.take_now(); // the confirm
-            subs.push((sub, principal.clone()));
-        }
+        let subs = register_all(&router, &metrics, &population);
         let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
         let mut scratch = Vec::new();
         // Every event once before the changes (audiences are kept), then again after.
@@ -335,15 +353,7 @@ proptest! {
     ) {
         let metrics = Arc::new(Metrics::new());
         let router = test_router(&metrics);
-        let mut subs = Vec::new();
-        for principal in &population {
-            let session = SessionHandle::new(1 << 16, metrics.clone());
-            let sub = Subscription::new("{}".into(), framing(), session, principal, None);
-            let token: Arc<str> = token_of(principal).into();
-            router.register(sub.clone(), principal.clone(), token, Some(Bytes::new()), None, false);
-            sub.session.queue.take_now(); // the confirm
-            subs.push((sub, principal.clone()));
-        }
+        let subs = register_all(&router, &metrics, &population);
         let mut scratch = Vec::new();
         for stream in &streams {
             let delivered = router.broadcast(stream, Bytes::from_static(b"{}"), 0.0, contacts, &mut scratch);
