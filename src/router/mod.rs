@@ -16,9 +16,11 @@
 //! - `index.rs`: the indexes, and the candidates of rules 1 and 2.
 //! - `audience.rs`: the kept user audience of rules 3 and 4.
 //! - `fanout.rs`: writing a message to an audience.
+//! - `broadcast.rs`: stream broadcasts, by name, with rule 7 for contacts.
 //! - `history.rs`: the stream history the router consults ([`StreamHistory`]).
 
 mod audience;
+mod broadcast;
 mod fanout;
 mod history;
 mod index;
@@ -33,10 +35,10 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::auth::{Membership, PresenceKey, Principal};
-use crate::delivery::{tallied, Event, Message, Outbound, Position, Subscription};
+use crate::delivery::{Event, Outbound, Position, Subscription};
 use crate::metrics::Metrics;
 use crate::routing::{entitled, is_typing};
-use fanout::{deliver_all, stream_audience};
+use fanout::deliver_all;
 pub use history::StreamHistory;
 use index::{candidates, contact_candidates, put, take, Entry, Ids, Registry};
 
@@ -263,90 +265,6 @@ impl Router {
         // The same lock order as a broadcast: the registry, then the history.
         let registry = self.registry.read();
         self.history.sweep(&|stream| registry.streams(stream));
-    }
-
-    /// Queues a broadcast on every subscription streaming `stream` (its own token, or
-    /// `account_<id>` for the user subscriptions of that account), contact subscriptions only
-    /// if `contacts` ([`crate::routing`] rule 7), and keeps it in the stream's history. `body`
-    /// is the payload. Returns how many received it.
-    pub fn broadcast(
-        &self,
-        stream: &str,
-        body: Bytes,
-        created_at: f64,
-        contacts: bool,
-        scratch: &mut Vec<u64>,
-    ) -> usize {
-        self.broadcast_checked(
-            stream,
-            || Ok::<_, ()>((body, contacts)),
-            created_at,
-            scratch,
-        )
-        .unwrap_or(0)
-    }
-
-    /// Like [`Router::broadcast`], with the payload checked and encoded by `check` (body, and
-    /// whether contacts may see it) only if someone here streams `stream`: one lookup of the
-    /// audience, and nothing parsed for a stream nobody streams. `Ok(0)` when nobody does;
-    /// `check`'s error otherwise.
-    pub fn broadcast_checked<E>(
-        &self,
-        stream: &str,
-        check: impl FnOnce() -> Result<(Bytes, bool), E>,
-        created_at: f64,
-        scratch: &mut Vec<u64>,
-    ) -> Result<usize, E> {
-        let registry = self.registry.read();
-        if !stream_audience(&registry, stream, scratch) {
-            return Ok(0);
-        }
-        let (body, contacts) = check()?;
-        let message = self.history.record(stream, body, created_at, contacts);
-        Ok(self.deliver_to_stream(&registry, scratch, &message, contacts))
-    }
-
-    /// Queues a broadcast read from the outbox, like [`Router::broadcast`] but at its outbox
-    /// offset (no stream history of this process's: the outbox is its history). Like
-    /// [`Router::dispatch`], it records the offset as dispatched under the registry's lock.
-    pub fn broadcast_outbox(
-        &self,
-        stream: &str,
-        message: &Arc<Message>,
-        contacts: bool,
-        scratch: &mut Vec<u64>,
-    ) -> usize {
-        let registry = self.registry.read();
-        if let Position::Outbox(offset) = message.position {
-            self.outbox_offset.store(offset, Ordering::Release);
-        }
-        if !stream_audience(&registry, stream, scratch) {
-            return 0;
-        }
-        self.deliver_to_stream(&registry, scratch, message, contacts)
-    }
-
-    /// Delivers `message` to the subscriptions `ids` found by [`stream_audience`].
-    fn deliver_to_stream(
-        &self,
-        registry: &Registry,
-        ids: &[u64],
-        message: &Arc<Message>,
-        contacts: bool,
-    ) -> usize {
-        let mut delivered = 0;
-        tallied(&self.metrics, || {
-            for id in ids {
-                let Some(entry) = registry.entries.get(id) else {
-                    continue;
-                };
-                if contacts || entry.principal.is_user() {
-                    entry.sub.deliver(message);
-                    delivered += 1;
-                }
-            }
-        });
-        delivered
     }
 
     /// Calls `f` with every user subscription of `account_id` (presence pushes).
