@@ -75,6 +75,13 @@ pub const PRUNE_PERIOD_MAX: Duration = Duration::from_secs(60);
 /// How long a restored subscription holds its live events back for the client's history
 /// request (`@anycable/core` sends it right after the welcome); then they flow anyway.
 pub const RESTORE_HOLD: Duration = Duration::from_secs(5);
+/// How much longer the hold lasts, at most, while the client has sent bytes the connection's
+/// reader has not read yet (checked every [`RESTORE_HOLD_RECHECK`]): its history request is
+/// then most likely among them, and live events released before it would follow a gap (a
+/// process stopped or starved past the hold wakes with both the timer and the request
+/// ready; the 30-minute soak lost events that way).
+pub const RESTORE_HOLD_UNREAD: Duration = Duration::from_secs(10);
+pub const RESTORE_HOLD_RECHECK: Duration = Duration::from_millis(100);
 /// History requests a connection may make per second, beyond a burst of
 /// `CABLE_MAX_SUBSCRIPTIONS` (one per subscription, as a restore sends them). More get
 /// `reject_history` without touching the database.

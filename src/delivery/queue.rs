@@ -145,6 +145,16 @@ impl SendQueue {
         });
     }
 
+    /// Whether the client has sent bytes the connection's reader has not read yet (false
+    /// without a socket attached).
+    pub fn input_pending(&self) -> bool {
+        self.queue
+            .lock()
+            .direct
+            .as_ref()
+            .is_some_and(|d| d.unread() > 0)
+    }
+
     /// Makes a ping due: it goes out with the next frame written straight to the socket, if
     /// one comes before [`SendQueue::take_ping`].
     pub fn defer_ping(&self, value: NonZeroU32) {

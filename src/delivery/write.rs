@@ -27,6 +27,18 @@ pub(super) struct Direct {
 }
 
 impl Direct {
+    /// How many bytes the client sent that nobody has read from the socket yet.
+    pub(super) fn unread(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int; the descriptor stays open while `_open` holds it.
+        let ok = unsafe { libc::ioctl(self.fd, libc::FIONREAD, &mut n) };
+        if ok == 0 {
+            usize::try_from(n).unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
     /// Writes what the socket takes now, without waiting: how many bytes (0 when it is full
     /// or broken; the writer finds out which).
     fn send(&self, buf: &[u8]) -> usize {

@@ -321,6 +321,21 @@ mod tests {
         writer.await.unwrap();
     }
 
+    /// What a restored subscription's hold asks before it lets live frames flow: whether the
+    /// client sent bytes nobody has read (its history request, most likely).
+    #[tokio::test]
+    async fn unread_input_is_seen() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, handle, _writer) = attached().await;
+        assert!(!handle.queue.input_pending());
+        client.write_all(b"history").await.unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !handle.queue.input_pending() {
+            assert!(tokio::time::Instant::now() < deadline, "the bytes arrive");
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// A ping that is due goes out with the next frame written straight to the socket, before
     /// it, in the protocol's form; one that no frame took is still there to be sent alone.
     #[tokio::test]

@@ -80,7 +80,8 @@ function paced(rate, log, src, once) {
         detail = await once(seq);
         ok = true;
       } catch (error) {
-        detail = { error: String(error.message ?? error).slice(0, 200) };
+        // What was being published stays known (`intended`): it may have gone out anyway.
+        detail = { ...error.intended, error: String(error.message ?? error).slice(0, 200) };
       }
       log.push({ src, seq, t0, t1: Date.now(), ok, ...detail });
       await sleep(Math.max(0, 1000 / rate - (Date.now() - t0)));
@@ -165,7 +166,7 @@ function rails(adapter, env, world, random, rate, log) {
     if (answer !== "sent") {
       proc.kill("SIGKILL");
       child = null;
-      throw new Error(answer);
+      throw Object.assign(new Error(answer), { intended: { stream, payload } });
     }
     return { stream, payload };
   });

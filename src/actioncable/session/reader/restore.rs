@@ -10,7 +10,7 @@ use super::Reader;
 use super::super::subscriptions::SessionSubscriptions;
 use crate::actioncable::channel::SubscribeError;
 use crate::actioncable::protocol::reply;
-use crate::config::tuning::RESTORE_HOLD;
+use crate::config::tuning::{RESTORE_HOLD, RESTORE_HOLD_RECHECK, RESTORE_HOLD_UNREAD};
 use crate::delivery::{Outbound, Subscription};
 use crate::metrics::ReasonLabels;
 
@@ -101,6 +101,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let session = self.session.clone();
         tokio::spawn(async move {
             tokio::time::sleep(RESTORE_HOLD).await;
+            let unread_until = tokio::time::Instant::now() + RESTORE_HOLD_UNREAD;
+            while session.queue.input_pending() && tokio::time::Instant::now() < unread_until {
+                tokio::time::sleep(RESTORE_HOLD_RECHECK).await;
+            }
             for sub in waiting {
                 if let Some(positions) = &sub.positions {
                     positions.release_if_awaiting(&session);
