@@ -265,11 +265,13 @@ async function main() {
   for (const gateway of gateways) {
     for (const log of gateway.logs) writeFileSync(path.join(logs, `gw${gateway.slot}-${log.pid}.log`), log.text);
   }
-  // The transcript of every ext client that missed something or got something twice.
+  // The transcript of every ext client that missed something, got something twice or out of
+  // order (of any stream).
   for (const client of clients.filter((c) => c.kind === "ext")) {
-    const alone = extExactlyOnce([client], known);
-    if (alone.ok) continue;
-    writeFileSync(path.join(logs, `ext-${client.principal.token}.log`), `${alone.detail}\n${client.transcriptText()}`);
+    const failed = [extExactlyOnce([client], known), noDuplicateInOrder([client])].filter((v) => !v.ok);
+    if (failed.length === 0) continue;
+    const why = failed.map((v) => v.detail).join("\n");
+    writeFileSync(path.join(logs, `ext-${client.principal.token}.log`), `${why}\n${client.transcriptText()}`);
   }
   writeFileSync(path.join(logs, "balancer.log"), balancer.routes.join("\n") + "\n");
   say(`gateway logs: ${logs}`);
