@@ -279,7 +279,7 @@ impl Metrics {
         );
         r.register(
             "cable_history_queries",
-            "Database queries made by history replays",
+            "Database queries made by history replays (round cuts and pages)",
             m.history_queries.clone(),
         );
         r.register(

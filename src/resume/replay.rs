@@ -270,19 +270,27 @@ impl History {
             (None, None) => None,
         };
         if let Some((position, since)) = outbox {
+            // A database that does not answer is retried for a while before the client is
+            // told to reconnect (a reconnect costs the extended-protocol client its session).
+            let deadline = tokio::time::Instant::now() + SUBSCRIBE_DB_PATIENCE;
             // Everything committed before the request arrived goes into a round first: the
-            // replay then reaches it, whether or not this process's reader has yet.
-            // (Should the cut fail, what was committed but not yet cut still comes: live,
-            // after the confirm, as it did before the cut existed. Nothing is lost.)
-            if let Err(e) = self.appender.cut().await {
-                tracing::warn!(error = %e, "cutting a round before a replay failed");
+            // replay then reaches it, whether or not this process's reader has yet. A cut
+            // that fails is retried like a page. (Should it fail for good, what was committed
+            // but not yet cut still comes: live, after the confirm. Nothing is lost.)
+            while let Err(e) = {
+                self.metrics.history_queries.inc();
+                self.appender.cut().await
+            } {
+                if tokio::time::Instant::now() + SUBSCRIBE_RETRY >= deadline {
+                    tracing::warn!(error = %e, "cutting a round before a replay failed");
+                    break;
+                }
+                tracing::debug!(error = %e, "cutting a round before a replay failed; retrying");
+                tokio::time::sleep(SUBSCRIBE_RETRY).await;
             }
             let streams = crate::routing::streams(principal, token);
             let mut first: Option<Bounds> = None;
             let mut next: Option<i64> = None;
-            // A database that does not answer is retried for a while before the client is
-            // told to reconnect (a reconnect costs the extended-protocol client its session).
-            let deadline = tokio::time::Instant::now() + SUBSCRIBE_DB_PATIENCE;
             loop {
                 self.metrics.history_queries.inc();
                 let page = {
