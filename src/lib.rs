@@ -40,39 +40,48 @@
 //! - [`revalidate`]: live subscriptions follow role/inbox changes; revoked tokens are rejected.
 //! - [`typing`]: the RoomChannel action `typing`, written to the outbox with its visibility
 //!   check in one statement.
-//! - [`connections`]: the connection limit.
 //! - [`origin`]: the Origin allow-list.
 //! - [`migrate`]: embedded migrations.
 //! - [`inspect`]: the operator's page `/inspect` and its JSON, aggregated from the router,
 //!   the metrics, presence and the recent disconnects ([`inspect::log`]).
+//! - [`connection`]: one WebSocket connection's plumbing, the same for every wire protocol:
+//!   the upgraded socket shared by reference, frames in ([`connection::frame`]), the writer
+//!   and the protocol's goodbye ([`connection::writer`]), the one ping timer
+//!   ([`connection::pings`]), the command-rate bucket, the connection limit
+//!   ([`connection::slots`]) and what every connection's opening and end record
+//!   ([`connection::Plumbing`]).
 //! - [`actioncable`]: ActionCable's wire protocol with AnyCable's extension, one module on
 //!   the core (nothing listed above it knows it: the core deals in bodies, subscriptions
 //!   with their protocol's framing, [`delivery::Framing`], and recipients):
 //!   [`actioncable::protocol`] (commands, identifiers, replies, and
 //!   [`actioncable::protocol::bad_input`]: what each kind of bad input gets),
 //!   [`actioncable::channel`] (RoomChannel: identifier + token → principal or reject) and
-//!   [`actioncable::session`] (one connection: frames → messages, commands in order, the
-//!   writer, pings, and [`actioncable::session::actioncable`]: the core's bodies and answers
-//!   as this wire frames them).
+//!   [`actioncable::session`] (one connection: commands in order, and
+//!   [`actioncable::session::actioncable`]: the core's bodies, answers and goodbye as this
+//!   wire frames them).
 //! - [`server`]: builds every component, starts and stops every task, serves HTTP.
 //!
 //! # Adding a wire protocol
-//! The core listed above [`actioncable`] knows no wire protocol: it delivers shared message bodies (an
-//! event's `{"event":..,"data":..}`, a broadcast's payload) to subscriptions, and each
-//! subscription carries its protocol's framing of them ([`delivery::Framing`]: a prefix and a
-//! suffix around the body, and [`delivery::Replies`] for what the core tells its client: a
-//! revoked subscription, a history replay done or refused) and, if the protocol tells
-//! positions, in which shape ([`delivery::PositionStyle`]). A connection's ping frame is
-//! given to its queue ([`delivery::PingFrame`]). A new protocol is one module beside
-//! [`actioncable`]: its handshake, its command parsing, its bad-input
-//! table, its `Framing`; it registers subscriptions with [`router::Router::register`], serves
-//! history through [`resume::replay::History::serve`] and presence through
-//! [`presence::Presence`]. Nothing in the router changes.
+//! The core listed above [`actioncable`] knows no wire protocol: it delivers shared message
+//! bodies (an event's `{"event":..,"data":..}`, a broadcast's payload) to subscriptions, and
+//! each subscription carries its protocol's framing of them ([`delivery::Framing`]: a prefix
+//! and a suffix around the body, and [`delivery::Replies`] for what the core tells its
+//! client: a revoked subscription, a history replay done or refused) and, if the protocol
+//! tells positions, in which shape ([`delivery::PositionStyle`]). A new protocol is one
+//! module beside [`actioncable`]: its handshake, its command parsing, its bad-input table
+//! (mapping [`connection::frame::WireFault`] too), its `Framing`, its ping frame
+//! ([`delivery::PingFrame`]) and goodbye ([`connection::writer::Farewell`]). Its connection
+//! task is opened and closed by [`connection::Plumbing`], reads with
+//! [`connection::frame::Messages`] and writes with [`connection::writer::run`]; it registers
+//! subscriptions with [`router::Router::register`], serves history through
+//! [`resume::replay::History::serve`] and presence through [`presence::Presence`]. Nothing in
+//! the router or the plumbing changes.
 //!
 //! # Glossary
 //! One meaning per word; where older code still uses a word otherwise, the meaning here wins.
 //! - **connection**: one WebSocket and the task pair (reader, writer) that owns it
-//!   ([`actioncable::session`] is the module of a connection's tasks).
+//!   ([`connection`] is its plumbing; [`actioncable::session`] an ActionCable connection's
+//!   task).
 //! - **session** (extended protocol): what a client restores by `sid` after a reconnect, a
 //!   row of `cable_sessions` ([`resume::sessions`]). A Chatwoot contact's session is a
 //!   **contact session** (`contact_inboxes`).
@@ -143,7 +152,7 @@ pub mod auth;
 pub mod backoff;
 pub mod clock;
 pub mod config;
-pub mod connections;
+pub mod connection;
 pub mod db;
 pub mod delivery;
 pub mod ids;

@@ -9,7 +9,7 @@
 
 use cable_gateway::actioncable::channel::RoomParams;
 use cable_gateway::actioncable::protocol::{reply, BadInput, Command, Identifier, Verdict};
-use cable_gateway::actioncable::session::frame::{Inbound, Messages, ReadEnd};
+use cable_gateway::connection::frame::{Inbound, Messages, ReadEnd, WireFault};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -202,7 +202,7 @@ fn fragmented(text: &[u8], cuts: &[usize], mask: [u8; 4]) -> Vec<u8> {
 }
 
 /// Everything a reader assembles from `bytes`, up to the end or a connection-ending error.
-fn read_all(bytes: &[u8], limit: usize) -> (Vec<Inbound>, Option<BadInput>) {
+fn read_all(bytes: &[u8], limit: usize) -> (Vec<Inbound>, Option<WireFault>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -284,21 +284,22 @@ proptest! {
         let limit = text.len() + 16;
         let good = fragmented(text.as_bytes(), &cuts, mask);
         let (bad, kind) = match damage {
-            0 => (frame(0x82, b"\x00\x01", mask), BadInput::Binary),
-            1 => (frame(0x80, b"tail", mask), BadInput::StrayContinuation),
-            2 => (fragmented(&vec![b'x'; limit + 1], &cuts, mask), BadInput::TooLarge),
+            0 => (frame(0x82, b"\x00\x01", mask), WireFault::Binary),
+            1 => (frame(0x80, b"tail", mask), WireFault::StrayContinuation),
+            2 => (fragmented(&vec![b'x'; limit + 1], &cuts, mask), WireFault::TooLarge),
             3 => {
                 let mut unmasked = frame(0x81, b"{}", mask);
                 unmasked[1] &= 0x7f;
                 unmasked.drain(2..6);
-                (unmasked, BadInput::FrameViolation)
+                (unmasked, WireFault::FrameViolation)
             }
-            _ => (frame(0x09, b"split ping", mask), BadInput::FrameViolation),
+            _ => (frame(0x09, b"split ping", mask), WireFault::FrameViolation),
         };
         let mut wire = bad;
         wire.extend(good);
         let (seen, ended) = read_all(&wire, limit);
-        match kind.verdict() {
+        // ActionCable's table decides what each fault gets.
+        match BadInput::from(kind).verdict() {
             Verdict::Ignore => {
                 prop_assert_eq!(ended, None);
                 prop_assert_eq!(seen, vec![Inbound::Bad(kind), Inbound::Text(text.into_bytes())]);

@@ -14,9 +14,23 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
-use crate::actioncable::protocol::BadInput;
 use crate::config::tuning::READ_AHEAD;
 pub use crate::ws::OpCode;
+
+/// Bad input at the WebSocket layer, the same whatever the wire protocol on top; each
+/// protocol's bad-input table says what its client gets for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireFault {
+    /// A binary message.
+    Binary,
+    /// A continuation frame with no message to continue.
+    StrayContinuation,
+    /// A message (fragmented or not) over the frame size limit.
+    TooLarge,
+    /// A frame that breaks RFC 6455 (unmasked, reserved bits, unknown opcode, a fragmented
+    /// or oversized control frame).
+    FrameViolation,
+}
 
 #[derive(Debug)]
 pub struct Frame {
@@ -165,7 +179,7 @@ pub enum Inbound {
     /// Nothing to act on yet (a fragment, a pong).
     Nothing,
     /// Bad input that does not end the connection by itself (see the bad-input table).
-    Bad(BadInput),
+    Bad(WireFault),
 }
 
 /// Why reading ends.
@@ -173,7 +187,7 @@ pub enum Inbound {
 pub enum ReadEnd {
     /// Bad input that ends the connection (too large, a frame that breaks the RFC).
     #[error("bad input: {0:?}")]
-    Bad(BadInput),
+    Bad(WireFault),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -207,8 +221,8 @@ impl<R: AsyncRead + Unpin> Messages<R> {
     pub async fn next(&mut self) -> Result<Inbound, ReadEnd> {
         let frame = match self.frames.next().await {
             Ok(frame) => frame,
-            Err(FrameError::TooLarge) => return Err(ReadEnd::Bad(BadInput::TooLarge)),
-            Err(FrameError::Protocol(_)) => return Err(ReadEnd::Bad(BadInput::FrameViolation)),
+            Err(FrameError::TooLarge) => return Err(ReadEnd::Bad(WireFault::TooLarge)),
+            Err(FrameError::Protocol(_)) => return Err(ReadEnd::Bad(WireFault::FrameViolation)),
             Err(FrameError::Io(e)) => return Err(ReadEnd::Io(e)),
         };
         Ok(match (frame.opcode, frame.fin) {
@@ -222,7 +236,7 @@ impl<R: AsyncRead + Unpin> Messages<R> {
             }
             (OpCode::Binary, true) => {
                 self.partial = Partial::None;
-                Inbound::Bad(BadInput::Binary)
+                Inbound::Bad(WireFault::Binary)
             }
             (OpCode::Binary, false) => {
                 self.partial = Partial::Binary(frame.payload.len());
@@ -234,21 +248,21 @@ impl<R: AsyncRead + Unpin> Messages<R> {
 
     fn continuation(&mut self, payload: &[u8], fin: bool) -> Result<Inbound, ReadEnd> {
         match &mut self.partial {
-            Partial::None => Ok(Inbound::Bad(BadInput::StrayContinuation)),
+            Partial::None => Ok(Inbound::Bad(WireFault::StrayContinuation)),
             Partial::Binary(len) => {
                 *len += payload.len();
                 if *len > self.limit {
-                    return Err(ReadEnd::Bad(BadInput::TooLarge));
+                    return Err(ReadEnd::Bad(WireFault::TooLarge));
                 }
                 if !fin {
                     return Ok(Inbound::Nothing);
                 }
                 self.partial = Partial::None;
-                Ok(Inbound::Bad(BadInput::Binary))
+                Ok(Inbound::Bad(WireFault::Binary))
             }
             Partial::Text(buf) => {
                 if buf.len() + payload.len() > self.limit {
-                    return Err(ReadEnd::Bad(BadInput::TooLarge));
+                    return Err(ReadEnd::Bad(WireFault::TooLarge));
                 }
                 buf.extend_from_slice(payload);
                 if !fin {

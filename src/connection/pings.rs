@@ -1,5 +1,6 @@
-//! Pings for every connection of the process from one timer: `{"type":"ping","message":<unix
-//! seconds>}` every [`PING_INTERVAL`] per connection, spread over [`PING_SLOTS`] ticks so that they
+//! Pings for every connection of the process from one timer: a ping frame of the
+//! connection's wire protocol carrying unix seconds (ActionCable's
+//! `{"type":"ping","message":<unix seconds>}`) every [`PING_INTERVAL`] per connection, spread over [`PING_SLOTS`] ticks so that they
 //! do not all go out in the same instant.
 //!
 //! A tick makes a ping due on every connection of its slot ([`SendQueue::defer_ping`]). A
@@ -21,12 +22,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::actioncable::push_ping;
 use crate::config::tuning::{PING_DEFER, PING_INTERVAL, PING_SLOTS};
-use crate::delivery::{CloseReason, Outbound, SessionHandle};
+use crate::delivery::{CloseReason, Outbound, PingFrame, SessionHandle};
 
 struct Slot {
-    sessions: HashMap<u64, SessionHandle>,
+    /// Each session with its wire protocol's ping frame.
+    sessions: HashMap<u64, (SessionHandle, PingFrame)>,
     /// The last value sent from this slot: values only grow, even if the clock steps back.
     last: u64,
 }
@@ -55,10 +56,13 @@ impl Pings {
         &self.slots[(id % PING_SLOTS as u64) as usize]
     }
 
-    /// Pings `session` from now on, until [`Pings::remove`].
-    pub fn add(&self, session: &SessionHandle) {
+    /// Pings `session` with `ping`'s frames from now on, until [`Pings::remove`].
+    pub fn add(&self, session: &SessionHandle, ping: PingFrame) {
         let id = session.queue.id;
-        self.slot(id).lock().sessions.insert(id, session.clone());
+        self.slot(id)
+            .lock()
+            .sessions
+            .insert(id, (session.clone(), ping));
     }
 
     pub fn remove(&self, session: &SessionHandle) {
@@ -70,7 +74,7 @@ impl Pings {
     /// here.
     pub fn close_all(&self, reason: CloseReason) {
         for slot in &self.slots {
-            for session in slot.lock().sessions.values() {
+            for (session, _) in slot.lock().sessions.values() {
                 session.queue.close(reason.clone());
             }
         }
@@ -84,26 +88,30 @@ impl Pings {
         // Unix seconds fit 32 bits until 2106.
         let value =
             NonZeroU32::new(slot.last.min(u64::from(u32::MAX)) as u32).unwrap_or(NonZeroU32::MIN);
-        for session in slot.sessions.values() {
+        for (session, _) in slot.sessions.values() {
             session.queue.defer_ping(value);
         }
     }
 
-    /// Sends the pings of one slot that no frame took along.
-    fn flush(&self, slot: usize, batch: &mut Vec<SessionHandle>) {
+    /// Sends the pings of one slot that no frame took along: each frame encoded once per
+    /// value and wire protocol.
+    fn flush(&self, slot: usize, batch: &mut Vec<(SessionHandle, PingFrame)>) {
         batch.extend(self.slots[slot].lock().sessions.values().cloned());
-        let mut frame: Option<(NonZeroU32, Bytes)> = None;
-        for session in batch.drain(..) {
+        let mut frames: Vec<(NonZeroU32, PingFrame, Bytes)> = Vec::new();
+        for (session, ping) in batch.drain(..) {
             let Some(value) = session.queue.take_ping() else {
                 continue;
             };
-            let bytes = match &frame {
-                Some((encoded, bytes)) if *encoded == value => bytes.clone(),
-                _ => {
+            let encoded = frames
+                .iter()
+                .find(|(v, p, _)| *v == value && std::ptr::fn_addr_eq(*p, ping));
+            let bytes = match encoded {
+                Some((.., bytes)) => bytes.clone(),
+                None => {
                     let mut buf = Vec::new();
-                    push_ping(&mut buf, value);
+                    ping(&mut buf, value);
                     let bytes = Bytes::from(buf);
-                    frame = Some((value, bytes.clone()));
+                    frames.push((value, ping, bytes.clone()));
                     bytes
                 }
             };

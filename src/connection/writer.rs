@@ -13,13 +13,26 @@ use crate::config::tuning::{
 };
 use bytes::Bytes;
 
-use crate::actioncable::protocol::reply::{self, DisconnectReason};
 use crate::delivery::{
-    encode_head, push_header, push_text, tallied, CloseReason, Outbound, SendQueue,
+    encode_head, push_header, push_text, tallied, CloseReason, DisconnectReason, Outbound,
+    SendQueue,
 };
 use crate::metrics::Metrics;
 
 const OP_CLOSE: u8 = crate::ws::OpCode::Close as u8;
+
+/// How a wire protocol says goodbye when the server ends a connection.
+pub trait Farewell: Sync {
+    fn goodbye(&self, reason: DisconnectReason) -> Goodbye;
+}
+
+/// A goodbye: a text frame (ActionCable's `disconnect`), then a close frame; either may be
+/// left out.
+pub struct Goodbye {
+    pub text: Option<bytes::Bytes>,
+    /// The close frame's status code and reason.
+    pub close: Option<(u16, &'static str)>,
+}
 
 struct Writer<'a, W> {
     sink: W,
@@ -52,6 +65,17 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
     fn push_close(&mut self, payload: &[u8]) {
         push_header(&mut self.buf, OP_CLOSE, payload.len());
         self.buf.extend_from_slice(payload);
+    }
+
+    fn push_goodbye(&mut self, goodbye: Goodbye) {
+        if let Some(text) = goodbye.text {
+            push_text(&mut self.buf, &text);
+        }
+        if let Some((code, reason)) = goodbye.close {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(reason.as_bytes());
+            self.push_close(&payload);
+        }
     }
 
     /// Writes `buf`, then the tail. Cancel-safe: a flush dropped half-way (the session was
@@ -95,6 +119,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
     welcome: Option<bytes::Bytes>,
     queue: &SendQueue,
     metrics: &Metrics,
+    farewell: &dyn Farewell,
 ) {
     let mut w = Writer {
         sink,
@@ -156,21 +181,22 @@ pub async fn run<W: AsyncWrite + Unpin>(
         }
     };
 
-    Box::pin(farewell(w, reason, pending)).await;
+    Box::pin(say_goodbye(w, reason, pending, farewell)).await;
 }
 
-/// Says goodbye as `reason` asks: what is still queued (for a `disconnect`), the `disconnect`
-/// itself, the close frame; each step bounded in time.
-async fn farewell<W: AsyncWrite + Unpin>(
+/// Says goodbye as `reason` asks: what is still queued (for a `disconnect`), then the
+/// protocol's goodbye; each step bounded in time.
+async fn say_goodbye<W: AsyncWrite + Unpin>(
     mut w: Writer<'_, W>,
     reason: CloseReason,
     pending: VecDeque<Outbound>,
+    farewell: &dyn Farewell,
 ) {
     let queue = w.queue;
     match reason {
         CloseReason::Disconnect(DisconnectReason::TooSlow) => {
             w.discard();
-            push_text(&mut w.buf, &reply::disconnect(DisconnectReason::TooSlow));
+            w.push_goodbye(farewell.goodbye(DisconnectReason::TooSlow));
             let _ = timeout(TOO_SLOW_FAREWELL_TIMEOUT, w.flush()).await;
         }
         CloseReason::Disconnect(disconnect) => {
@@ -181,8 +207,7 @@ async fn farewell<W: AsyncWrite + Unpin>(
                         w.flush().await?;
                     }
                 }
-                push_text(&mut w.buf, &reply::disconnect(disconnect));
-                w.push_close(&1000u16.to_be_bytes());
+                w.push_goodbye(farewell.goodbye(disconnect));
                 w.flush().await
             };
             let _ = timeout(FAREWELL_TIMEOUT, goodbye).await;
@@ -213,10 +238,39 @@ mod tests {
     use bytes::Bytes;
     use tokio::io::AsyncReadExt;
 
-    use crate::actioncable::session::socket::Shared;
     use crate::auth::{ContactRecord, Principal};
+    use crate::connection::socket::Shared;
     use crate::delivery::{Outbound, SessionHandle, Subscription};
     use crate::metrics::Metrics;
+
+    /// A protocol whose pings look like ActionCable's, and that answers and says nothing.
+    fn ping(buf: &mut Vec<u8>, value: std::num::NonZeroU32) {
+        let text = format!(r#"{{"type":"ping","message":{value}}}"#);
+        crate::delivery::push_text(buf, text.as_bytes());
+    }
+
+    struct Silent;
+
+    impl crate::delivery::Replies for Silent {
+        fn ended(&self, _: &str) -> Bytes {
+            Bytes::new()
+        }
+        fn history_done(&self, _: &str) -> Bytes {
+            Bytes::new()
+        }
+        fn history_refused(&self, _: &str) -> Bytes {
+            Bytes::new()
+        }
+    }
+
+    impl super::Farewell for Silent {
+        fn goodbye(&self, _: crate::delivery::DisconnectReason) -> super::Goodbye {
+            super::Goodbye {
+                text: None,
+                close: None,
+            }
+        }
+    }
 
     /// Reads one unmasked server frame's payload (text frames only here).
     async fn read_frame(client: &mut tokio::net::TcpStream) -> Vec<u8> {
@@ -249,12 +303,9 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let handle = SessionHandle::new(64, metrics.clone());
         let queue = handle.queue.clone();
-        queue.attach(
-            server.clone(),
-            crate::actioncable::session::actioncable::push_ping,
-        );
+        queue.attach(server.clone(), ping);
         let writer = tokio::spawn(async move {
-            super::run(Shared(server), None, &queue, &metrics).await;
+            super::run(Shared(server), None, &queue, &metrics, &Silent).await;
         });
         (client, handle, writer)
     }
@@ -278,8 +329,9 @@ mod tests {
         let sub = Subscription::new(
             Arc::from(raw),
             crate::delivery::Framing {
+                prefix: Bytes::from_static(b"{\"message\":"),
                 suffix: b"",
-                ..crate::actioncable::session::actioncable::framing(raw)
+                replies: &Silent,
             },
             handle.clone(),
             &principal,

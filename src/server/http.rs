@@ -98,7 +98,7 @@ pub(super) async fn route(
         "/health" => text(StatusCode::OK, "ok\n"),
         "/ready" => Box::pin(ready(&http)).await,
         "/metrics" => {
-            let body = http.services.metrics.encode();
+            let body = http.services.plumbing.metrics.encode();
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(
                 CONTENT_TYPE,
@@ -134,7 +134,9 @@ pub(super) async fn broadcast(http: &Http, request: Request<Incoming>) -> Respon
         Err(_) => return text(StatusCode::BAD_REQUEST, "could not read the body\n"),
     };
     let answer = match api::parse(&body, http.max_broadcast_size) {
-        Ok(broadcasts) => api::publish(&http.pool, &http.services.metrics, &broadcasts).await,
+        Ok(broadcasts) => {
+            api::publish(&http.pool, &http.services.plumbing.metrics, &broadcasts).await
+        }
         Err(refused) => refused,
     };
     with_status(answer.status, answer.body + "\n")

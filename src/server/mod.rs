@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use crate::actioncable::session::Services;
 use crate::auth::jwt::Verifier;
 use crate::config::tuning::{DRAIN_TIMEOUT, SHUTDOWN_PRESENCE_TIMEOUT};
-use crate::connections::Slots;
+use crate::connection::slots::Slots;
 use crate::db::{cause, ConfigError};
 use crate::ingress::redis::RedisConfigError;
 use crate::inspect::Inspector;
@@ -88,7 +88,7 @@ pub struct Running {
     ingress_ready: Vec<(&'static str, watch::Receiver<bool>)>,
     shutdown: watch::Sender<bool>,
     /// Every open session (each is pinged): shutdown closes them through it.
-    pings: Arc<crate::actioncable::session::pings::Pings>,
+    pings: Arc<crate::connection::pings::Pings>,
     stop: oneshot::Sender<()>,
     accept: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,

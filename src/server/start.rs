@@ -8,13 +8,14 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use super::http::accept_loop;
 use super::{Http, Running, StartError};
-use crate::actioncable::session::{Limits, Services};
+use crate::actioncable::session::Services;
 use crate::auth::batch::Batcher;
 use crate::auth::jwt::Verifier;
 use crate::auth::AuthCache;
 use crate::config::tuning::{HISTORY_SWEEP, LISTEN_BACKLOG, POOL_ACQUIRE_TIMEOUT};
 use crate::config::ServeConfig;
-use crate::connections::Slots;
+use crate::connection::slots::Slots;
+use crate::connection::{Limits, Plumbing};
 use crate::db::Database;
 use crate::ingress::outbox;
 use crate::ingress::postgres::PgAdapter;
@@ -222,7 +223,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         tasks.push(tokio::spawn(redis.run()));
     }
     let disconnects = Arc::new(DisconnectLog::default());
-    let pings = Arc::new(crate::actioncable::session::pings::Pings::default());
+    let pings = Arc::new(crate::connection::pings::Pings::default());
     tasks.push(tokio::spawn(pings.clone().run()));
     let inspector = nonempty(&config.admin_token).map(|token| {
         let inspector = Inspector::new(inspect::Sources {
@@ -242,18 +243,20 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     });
     let http = Arc::new(Http {
         services: Arc::new(Services {
+            plumbing: Plumbing {
+                metrics: metrics.clone(),
+                limits: Limits::from(&config),
+                pings: pings.clone(),
+                shutdown: shutting_down,
+                disconnects,
+            },
             router: router.clone(),
             auth,
             presence: presence.clone(),
-            metrics: metrics.clone(),
-            limits: Limits::from(&config),
-            shutdown: shutting_down,
             rails_postgres,
             sessions,
             history,
             typing: crate::typing::Publisher::new(pool.clone()),
-            disconnects,
-            pings: pings.clone(),
         }),
         slots: slots.clone(),
         allowed_origins: config.allowed_origins.clone(),
@@ -270,7 +273,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     let accept = tokio::spawn(accept_loop(http, listener, stopped));
     tracing::info!(
         %addr,
-        fd_limit = crate::connections::fd_limit(),
+        fd_limit = crate::connection::slots::fd_limit(),
         max_connections = slots.max(),
         "listening"
     );

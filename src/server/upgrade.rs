@@ -89,7 +89,7 @@ pub(super) fn connection_token(
 }
 
 pub(super) fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let metrics = &http.services.metrics;
+    let metrics = &http.services.plumbing.metrics;
     if request.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&request) {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -99,7 +99,7 @@ pub(super) fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Respon
         metrics.refused("origin");
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
-    if *http.services.shutdown.borrow() {
+    if *http.services.plumbing.shutdown.borrow() {
         metrics.refused("shutting_down");
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }

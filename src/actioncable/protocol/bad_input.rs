@@ -7,6 +7,7 @@
 //! `cable_commands_total{command="subscribe",result="rejected"}` and logged at debug.
 
 use super::DisconnectReason;
+use crate::connection::frame::WireFault;
 
 /// A kind of bad input; its `reason` label is its name in snake case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr)]
@@ -60,6 +61,17 @@ pub enum Verdict {
     Disconnect(DisconnectReason),
     /// The socket is closed at once: the peer does not speak WebSocket, so no frame is sent.
     Drop,
+}
+
+impl From<WireFault> for BadInput {
+    fn from(fault: WireFault) -> BadInput {
+        match fault {
+            WireFault::Binary => BadInput::Binary,
+            WireFault::StrayContinuation => BadInput::StrayContinuation,
+            WireFault::TooLarge => BadInput::TooLarge,
+            WireFault::FrameViolation => BadInput::FrameViolation,
+        }
+    }
 }
 
 impl BadInput {

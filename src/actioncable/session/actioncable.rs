@@ -1,10 +1,12 @@
 //! ActionCable's side of the protocol-neutral core: how a subscription's messages are framed
 //! (its identifier before the body, `}` after, and in the extended protocol the position
-//! between them) and what the core's answers look like on this wire.
+//! between them), what the core's answers look like on this wire, and how the server says
+//! goodbye (a `disconnect` frame, then the close frame).
 
 use std::num::NonZeroU32;
 
-use crate::delivery::{push_header, Framing, PositionStyle, Replies};
+use crate::connection::writer::{Farewell, Goodbye};
+use crate::delivery::{push_header, DisconnectReason, Framing, PositionStyle, Replies};
 
 const OP_TEXT: u8 = crate::ws::OpCode::Text as u8;
 use crate::actioncable::protocol::reply;
@@ -23,6 +25,17 @@ impl Replies for ActionCable {
 
     fn history_refused(&self, identifier: &str) -> bytes::Bytes {
         reply::reject_history(identifier)
+    }
+}
+
+impl Farewell for ActionCable {
+    /// `disconnect` with the reason, then a close frame with 1000; a client too slow to
+    /// read gets only the `disconnect` (nothing more would reach it in time).
+    fn goodbye(&self, reason: DisconnectReason) -> Goodbye {
+        Goodbye {
+            text: Some(reply::disconnect(reason)),
+            close: (reason != DisconnectReason::TooSlow).then_some((1000, "")),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
-//! One WebSocket connection: a reader (commands, in order) and a writer (the welcome, queued
-//! frames, the farewell), joined by the connection's bounded [`crate::delivery::SendQueue`].
-//! The TCP socket is shared ([`socket`]): deliveries and pings ([`pings`], one timer for the
-//! process) are written to it directly while nothing is queued.
+//! One ActionCable connection: a reader (commands, in order) and a writer (the welcome,
+//! queued frames, the farewell), joined by the connection's bounded
+//! [`crate::delivery::SendQueue`], on the protocol-neutral plumbing of [`crate::connection`]
+//! (the shared socket, frames, the writer, pings).
 //!
 //! Lifecycle: the writer writes `welcome` first; the reader then processes commands until the
 //! client leaves or something closes the session ([`crate::delivery::SendQueue::close`]: too
@@ -9,36 +9,24 @@
 //! unregistered, the writer says goodbye (queued frames, `disconnect`, close frame), and one
 //! log line records the reason and duration.
 //!
-//! Files: [`actioncable`] frames the core's messages and answers as ActionCable does,
-//! [`frame`] reads frames and assembles messages, [`rate`] is the command-rate bucket,
-//! [`reader`] dispatches commands, [`subscriptions`] is the connection's own registry,
-//! [`writer`] writes what is queued, [`socket`] shares the TCP socket, [`pings`] pings every
-//! connection.
+//! Files: [`actioncable`] frames the core's messages and answers (and the goodbye) as
+//! ActionCable does, [`reader`] dispatches commands, [`subscriptions`] is the connection's own
+//! registry.
 
 pub mod actioncable;
-pub mod frame;
-pub mod pings;
-pub mod rate;
 pub mod reader;
-pub mod socket;
 pub mod subscriptions;
-pub mod writer;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::actioncable::protocol::{reply, DisconnectReason};
 use crate::auth::jwt::{ConnectionIdentity, ConnectionToken, Refusal};
-use crate::auth::{token_prefix, AuthCache, Principal};
-use crate::config::ServeConfig;
-use crate::delivery::{CloseReason, SessionHandle};
+use crate::auth::AuthCache;
+use crate::connection::socket::Shared;
+use crate::connection::{writer, Ended, Plumbing};
+use crate::delivery::CloseReason;
 use crate::ingress::postgres::PgAdapter;
-use crate::inspect::log::{Disconnect, DisconnectLog};
-use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::resume::replay::History;
 use crate::resume::sessions::Sessions;
@@ -46,50 +34,22 @@ use crate::router::Router;
 use reader::Reader;
 use subscriptions::SessionSubscriptions;
 
-/// The per-connection limits (settings, see [`ServeConfig`]).
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_frame_size: usize,
-    pub max_subscriptions: usize,
-    pub max_command_rate: u32,
-    pub max_rejects: u32,
-    pub send_queue: usize,
-}
-
-impl From<&ServeConfig> for Limits {
-    fn from(config: &ServeConfig) -> Limits {
-        Limits {
-            max_frame_size: config.max_frame_size,
-            max_subscriptions: config.max_subscriptions,
-            max_command_rate: config.max_command_rate,
-            max_rejects: config.max_rejects,
-            send_queue: config.send_queue,
-        }
-    }
-}
-
-/// Exactly what a session needs of the process.
+/// Exactly what an ActionCable connection needs of the process.
 pub struct Services {
+    /// What every connection needs, whatever its protocol: metrics, limits, pings, the
+    /// shutdown flag, the log of ended connections.
+    pub plumbing: Plumbing,
     pub router: Arc<Router>,
     pub auth: AuthCache,
     pub presence: Arc<Presence>,
-    pub metrics: Arc<Metrics>,
-    pub limits: Limits,
     /// Rails' PostgreSQL adapter ingress, when on: a subscription's streams are LISTENed to
     /// before its confirm.
     pub rails_postgres: Option<Arc<PgAdapter>>,
-    /// Becomes `true` when the process shuts down (open sessions are then closed with
-    /// `server_restart` through [`Services::pings`], which holds every one).
-    pub shutdown: watch::Receiver<bool>,
     /// Extended protocol: restorable sessions, and history replay.
     pub sessions: Arc<Sessions>,
     pub history: Arc<History>,
     /// Writes what the `typing` action sends to the outbox.
     pub typing: crate::typing::Publisher,
-    /// Where an ended connection is recorded for the inspector.
-    pub disconnects: Arc<DisconnectLog>,
-    /// The one timer that pings every connection.
-    pub pings: Arc<pings::Pings>,
 }
 
 /// What the upgrade request asked for.
@@ -168,32 +128,22 @@ pub async fn serve(
     services: Arc<Services>,
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     handshake: Box<Handshake>,
-    slot: crate::connections::Slot,
+    slot: crate::connection::slots::Slot,
 ) {
     let _slot = slot;
-    let upgraded = match upgrade.await {
-        Ok(ws) => ws.into_inner().into_inner(),
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade did not complete");
-            return;
-        }
+    let Some(accepted) = crate::connection::accept(upgrade).await else {
+        return;
     };
-    match Upgraded::downcast::<TokioIo<tokio::net::TcpStream>>(upgraded) {
-        Ok(parts) => {
-            let socket = Arc::new(parts.io.into_inner());
-            // Bytes the client sent right behind its upgrade request come first. Copied: the
-            // slice would keep hyper's whole read buffer alive for the connection's life.
-            let early = parts.read_buf.to_vec();
-            drop(parts.read_buf);
-            let read = socket::Shared(socket.clone());
-            let write = socket::Shared(socket.clone());
-            run(services, (read, early), write, Some(socket), handshake).await;
-        }
-        Err(upgraded) => {
-            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            run(services, (read, Vec::new()), write, None, handshake).await;
-        }
-    }
+    let read = Shared(accepted.socket.clone());
+    let write = Shared(accepted.socket.clone());
+    run(
+        services,
+        (read, accepted.early),
+        write,
+        Some(accepted.socket),
+        handshake,
+    )
+    .await;
 }
 
 /// `read`: the socket's read side, and bytes already read from it.
@@ -207,28 +157,16 @@ async fn run<R, W>(
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
-    let started = Instant::now();
     // Taken apart at once: the box is freed here, not when the session ends.
     let Handshake {
         ext,
         restore_sid,
         token,
     } = *handshake;
-    let metrics = services.metrics.clone();
-    metrics.connections.inc();
-    metrics.connections_open.inc();
-
-    let session = SessionHandle::new(services.limits.send_queue, metrics.clone());
+    let plumbing = &services.plumbing;
+    let opened = plumbing.open(direct, actioncable::push_ping);
+    let session = opened.session.clone();
     let queue = session.queue.clone();
-    if let Some(socket) = direct {
-        queue.attach(socket, actioncable::push_ping);
-    }
-    services.pings.add(&session);
-    // Shutdown closes every pinged session; one that started meanwhile sees the flag here.
-    if *services.shutdown.borrow() {
-        queue.close(CloseReason::Disconnect(DisconnectReason::ServerRestart));
-    }
-    let pinged = session.clone();
 
     // A signed connection token is checked before anything else: refused, the client gets
     // its `disconnect` and no welcome.
@@ -270,7 +208,13 @@ async fn run<R, W>(
     // neither is ever cancelled while the connection lives. The writer ends when the session
     // is closed (by anyone) or the socket fails; the reader when the client leaves or
     // misbehaves.
-    let writer = writer::run(write, welcome, &queue, &metrics);
+    let writer = writer::run(
+        write,
+        welcome,
+        &queue,
+        &plumbing.metrics,
+        &actioncable::ActionCable,
+    );
     tokio::pin!(writer);
     let expires = expiry(reader.identity().map(|identity| identity.exp));
     let reader_ended = tokio::select! {
@@ -289,41 +233,16 @@ async fn run<R, W>(
         writer.await;
     }
 
-    services.pings.remove(&pinged);
-    queue.detach();
-    let reason = queue
-        .close_reason()
-        .cloned()
-        .unwrap_or(CloseReason::ConnectionLost);
+    let reason = plumbing.close(
+        opened,
+        Ended {
+            holder,
+            subscriptions,
+        },
+    );
     if let Some(sid) = &sid {
         if reason != CloseReason::Replaced {
             services.sessions.closed(sid);
         }
     }
-    metrics.connections_open.dec();
-    metrics
-        .connections_closed
-        .get_or_create(&crate::metrics::ReasonLabels {
-            reason: reason.label(),
-        })
-        .inc();
-    services.disconnects.record(Disconnect {
-        at: crate::clock::unix_now(),
-        reason: reason.label(),
-        duration_ms: started.elapsed().as_millis() as u64,
-        subscriptions,
-        who: holder.as_ref().map(|(principal, _)| match principal {
-            Principal::User { user_id, .. } => format!("user {user_id}"),
-            Principal::Contact(contact) => format!("contact {}", contact.contact_id),
-        }),
-        account_id: holder.as_ref().map(|(principal, _)| principal.account_id()),
-        token: holder.as_ref().map(|(_, token)| token_prefix(token)),
-    });
-    tracing::info!(
-        session = queue.id,
-        reason = reason.label(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        subscriptions,
-        "connection closed"
-    );
 }

@@ -9,8 +9,6 @@ use std::sync::Arc;
 
 use tokio::io::AsyncRead;
 
-use super::frame::{Inbound, Messages, ReadEnd};
-use super::rate::RateLimit;
 use super::subscriptions::SessionSubscriptions;
 use super::Services;
 use crate::actioncable::protocol::reply;
@@ -18,6 +16,8 @@ use crate::actioncable::protocol::{BadInput, Command, HistoryRequest, Verdict};
 use crate::auth::jwt::ConnectionIdentity;
 use crate::auth::Principal;
 use crate::config::tuning::{HARD_LIMIT_FACTOR, HISTORY_RATE};
+use crate::connection::frame::{Inbound, Messages, ReadEnd};
+use crate::connection::rate::RateLimit;
 use crate::delivery::{CloseReason, Outbound, Positions, SessionHandle, Subscription};
 use crate::router::Keep;
 
@@ -47,11 +47,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         identity: Option<ConnectionIdentity>,
     ) -> Self {
         Reader {
-            messages: Messages::new(read, services.limits.max_frame_size, early),
-            rate: RateLimit::new(services.limits.max_command_rate),
+            messages: Messages::new(read, services.plumbing.limits.max_frame_size, early),
+            rate: RateLimit::new(services.plumbing.limits.max_command_rate),
             history_rate: RateLimit::with_burst(
                 HISTORY_RATE,
-                services.limits.max_subscriptions as f64,
+                services.plumbing.limits.max_subscriptions as f64,
             ),
             services,
             session,
@@ -69,7 +69,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// Counts bad input and says whether it ends the connection. Rejects are answered (and
     /// counted) by the subscribe that found them.
     fn bad(&self, kind: BadInput) -> Option<CloseReason> {
-        let metrics = &self.services.metrics;
+        let metrics = &self.services.plumbing.metrics;
         match kind.verdict() {
             Verdict::Ignore => {
                 metrics.invalid_frame(kind.label());
@@ -103,10 +103,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 }
                 Ok(Inbound::Close(payload)) => return CloseReason::ClientClosed(payload.into()),
                 Ok(Inbound::Nothing) => continue,
-                Ok(Inbound::Bad(kind)) | Err(ReadEnd::Bad(kind)) => match self.bad(kind) {
-                    Some(reason) => return reason,
-                    None => continue,
-                },
+                Ok(Inbound::Bad(fault)) | Err(ReadEnd::Bad(fault)) => {
+                    match self.bad(fault.into()) {
+                        Some(reason) => return reason,
+                        None => continue,
+                    }
+                }
                 Err(ReadEnd::Io(e)) => {
                     tracing::debug!(session = self.session.queue.id, error = %e, "read ended");
                     return CloseReason::ConnectionLost;
@@ -136,7 +138,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         text: &str,
         subs: &mut SessionSubscriptions,
     ) -> Option<CloseReason> {
-        let metrics = &self.services.metrics;
+        let metrics = &self.services.plumbing.metrics;
         let command = match Command::parse(text) {
             Ok(command) => command,
             Err(e) => {
@@ -224,7 +226,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         history: &HistoryRequest,
     ) {
         if !self.history_rate.allow() {
-            self.services.metrics.command("history", "rate_limited");
+            self.services
+                .plumbing
+                .metrics
+                .command("history", "rate_limited");
             self.session
                 .send(Outbound::Frame(reply::reject_history(&sub.identifier)));
             if let Some(positions) = &sub.positions {
@@ -268,7 +273,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 &super::actioncable::EXT_POSITIONS,
                 crate::resume::outbox_stream_id(&raw),
                 &services.history.epoch,
-                services.limits.send_queue * HARD_LIMIT_FACTOR,
+                services.plumbing.limits.send_queue * HARD_LIMIT_FACTOR,
             )
         });
         let confirm = confirm.then(|| reply::confirm(&raw));
@@ -322,5 +327,5 @@ async fn typing(
             ignored.label()
         }
     };
-    services.metrics.command("typing", result);
+    services.plumbing.metrics.command("typing", result);
 }

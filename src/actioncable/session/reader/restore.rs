@@ -25,7 +25,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         subs: &mut SessionSubscriptions,
     ) -> Option<Vec<Arc<str>>> {
         let services = self.services.clone();
-        let metrics = &services.metrics;
+        let metrics = &services.plumbing.metrics;
         let started = std::time::Instant::now();
         let identifiers = match services.sessions.take(sid).await {
             Ok(Some(identifiers)) => identifiers,
@@ -48,7 +48,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let mut restored = Vec::new();
         for raw in identifiers
             .into_iter()
-            .take(services.limits.max_subscriptions)
+            .take(services.plumbing.limits.max_subscriptions)
         {
             if subs.get(&raw).is_some() {
                 continue;
@@ -57,7 +57,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 &services.auth,
                 &raw,
                 subs.len(),
-                services.limits.max_subscriptions,
+                services.plumbing.limits.max_subscriptions,
                 self.identity.as_deref(),
                 true,
             )

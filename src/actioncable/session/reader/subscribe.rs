@@ -23,7 +23,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         subs: &mut SessionSubscriptions,
     ) -> Option<CloseReason> {
         let services = self.services.clone();
-        let metrics = &services.metrics;
+        let metrics = &services.plumbing.metrics;
         match subs.get(&raw).map(|sub| sub.is_active()) {
             Some(true) => {
                 // The official client re-sends subscribe until confirmed; a second confirm
@@ -48,7 +48,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                     &services.auth,
                     &raw,
                     subs.len(),
-                    services.limits.max_subscriptions,
+                    services.plumbing.limits.max_subscriptions,
                     self.identity.as_deref(),
                     false,
                 ),
@@ -114,7 +114,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 metrics.command("subscribe", "rejected");
                 metrics.subscribe_rejected(why);
                 self.rejects += 1;
-                if self.rejects > services.limits.max_rejects {
+                if self.rejects > services.plumbing.limits.max_rejects {
                     return self.bad(BadInput::TooManyRejects);
                 }
                 None
