@@ -4,13 +4,16 @@
 //!   frames, and [`protocol::bad_input`]: what each kind of bad input gets.
 //! - [`channel`]: RoomChannel and the subscribe policy: identifier + token → principal or
 //!   reject.
-//! - [`session`]: one connection: [`session::frame`] (WebSocket frames → messages),
-//!   [`session::reader`] (commands, strictly in order), [`session::writer`] (frames, pings),
-//!   and [`session::actioncable`]: how the core's bodies and answers are framed on this wire.
+//! - [`handshake`]: what the upgrade request asks for (sub-protocol, session to restore,
+//!   connection token).
+//! - [`session`]: one connection on [`crate::connection`]'s plumbing: [`session::reader`]
+//!   (commands, strictly in order) and [`session::actioncable`]: how the core's bodies,
+//!   answers and goodbye are framed on this wire.
 //!
-//! The upgrade request's sub-protocol, sid and connection token are read by
-//! `crate::server::upgrade`, which hands the handshake to [`session::serve`].
+//! `crate::server::upgrade` checks what every upgrade must pass (origin, connection limit,
+//! shutdown), reads the [`handshake::Handshake`] and hands it to [`session::serve`].
 
 pub mod channel;
+pub mod handshake;
 pub mod protocol;
 pub mod session;

@@ -11,6 +11,7 @@
 pub mod frame;
 pub mod pings;
 pub mod rate;
+pub mod request;
 pub mod slots;
 pub mod socket;
 pub mod writer;

@@ -34,8 +34,8 @@ use crate::migrate::MigrateError;
 use crate::presence::Presence;
 use crate::router::Router;
 
+pub use crate::actioncable::handshake::{SUBPROTOCOL, SUBPROTOCOL_EXT};
 pub use start::start;
-pub use upgrade::{SUBPROTOCOL, SUBPROTOCOL_EXT};
 
 /// Why `serve` refuses to start. Each message is one line naming the fix.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
-//! The WebSocket upgrade of `/cable`: which sub-protocol, which connection token, which
-//! session to restore, then the session's task.
+//! The WebSocket upgrade of `/cable`: what every upgrade must pass (a GET upgrade, an allowed
+//! origin, a free connection slot, no shutdown under way), then ActionCable's handshake
+//! ([`crate::actioncable::handshake`]) and the connection's task.
 
 use std::sync::Arc;
 
@@ -11,82 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::text;
 use super::Http;
-use crate::auth::jwt::{self, Refusal, Verifier};
-
-/// The sub-protocol of ActionCable.
-pub const SUBPROTOCOL: &str = "actioncable-v1-json";
-/// AnyCable's extended protocol (docs/reference.md §8), preferred when offered.
-pub const SUBPROTOCOL_EXT: &str = "actioncable-v1-ext-json";
-/// The header a client may name the session to restore in (instead of `?sid=`).
-const RESTORE_SID_HEADER: &str = "x-anycable-restore-sid";
-/// The header that may carry a signed connection token (instead of `?jid=`).
-const JID_HEADER: &str = "x-jid";
-/// The sub-protocol prefix that may carry a signed connection token (browsers cannot set
-/// headers on a WebSocket); never echoed.
-const TOKEN_SUBPROTOCOL: &str = "anycable-token.";
-
-/// The sub-protocols the client offered (the header may repeat and hold lists).
-pub(super) fn offered(request: &Request<Incoming>) -> impl Iterator<Item = &str> {
-    request
-        .headers()
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-}
-
-/// Whether the client offered `protocol`.
-pub(super) fn offers(request: &Request<Incoming>, protocol: &str) -> bool {
-    offered(request).any(|p| p == protocol)
-}
-
-/// A query parameter's value.
-pub(super) fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
-    request.uri().query().and_then(|query| {
-        url::form_urlencoded::parse(query.as_bytes())
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.into_owned())
-    })
-}
-
-pub(super) fn header(request: &Request<Incoming>, name: &str) -> Option<String> {
-    request
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-/// The session an extended-protocol client asks to restore: `?sid=` or the header.
-pub(super) fn restore_sid(request: &Request<Incoming>) -> Option<String> {
-    query_param(request, "sid")
-        .or_else(|| header(request, RESTORE_SID_HEADER))
-        .filter(|sid| !sid.is_empty() && sid.len() <= 128)
-}
-
-/// The signed connection token of the request (`?jid=`, `X-JID`, sub-protocol
-/// `anycable-token.<token>`), checked by `verifier`; `None` when none is given. Several must
-/// be equal.
-pub(super) fn connection_token(
-    request: &Request<Incoming>,
-    verifier: &Verifier,
-) -> Option<Result<jwt::ConnectionToken, Refusal>> {
-    let mut given = query_param(request, "jid")
-        .into_iter()
-        .chain(header(request, JID_HEADER))
-        .chain(
-            offered(request)
-                .filter_map(|p| p.strip_prefix(TOKEN_SUBPROTOCOL))
-                .map(str::to_owned)
-                .collect::<Vec<_>>(),
-        );
-    let token = given.next()?;
-    if given.any(|other| other != token) {
-        return Some(Err(Refusal::Unauthorized("tokens_differ")));
-    }
-    Some(verifier.verify(&token, crate::clock::unix_seconds()))
-}
+use crate::actioncable::handshake::Handshake;
 
 pub(super) fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
     let metrics = &http.services.plumbing.metrics;
@@ -114,16 +40,12 @@ pub(super) fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Respon
             "connection limit reached\n",
         );
     };
-    let ext = offers(&request, SUBPROTOCOL_EXT);
-    let actioncable = ext || offers(&request, SUBPROTOCOL);
-    let handshake = Box::new(crate::actioncable::session::Handshake {
-        ext,
-        restore_sid: if ext { restore_sid(&request) } else { None },
-        token: http
-            .jwt
-            .as_ref()
-            .and_then(|verifier| connection_token(&request, verifier)),
-    });
+    let handshake = Box::new(Handshake::read(
+        &request,
+        http.jwt.as_ref(),
+        crate::clock::unix_seconds(),
+    ));
+    let subprotocol = handshake.subprotocol;
     let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut request) {
         Ok(pair) => pair,
         Err(e) => {
@@ -138,11 +60,10 @@ pub(super) fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Respon
         slot,
     ));
     let (mut parts, _) = response.into_parts();
-    if actioncable {
-        // The official JS client ignores every frame when this header is missing.
+    if let Some(subprotocol) = subprotocol {
         parts.headers.insert(
             SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(if ext { SUBPROTOCOL_EXT } else { SUBPROTOCOL }),
+            HeaderValue::from_static(subprotocol),
         );
     }
     Response::from_parts(parts, Full::new(Bytes::new()))

@@ -20,6 +20,7 @@ pub mod subscriptions;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::actioncable::handshake::Handshake;
 use crate::actioncable::protocol::{reply, DisconnectReason};
 use crate::auth::jwt::{ConnectionIdentity, ConnectionToken, Refusal};
 use crate::auth::AuthCache;
@@ -50,17 +51,6 @@ pub struct Services {
     pub history: Arc<History>,
     /// Writes what the `typing` action sends to the outbox.
     pub typing: crate::typing::Publisher,
-}
-
-/// What the upgrade request asked for.
-#[derive(Debug, Clone, Default)]
-pub struct Handshake {
-    /// The extended protocol (`actioncable-v1-ext-json`) was negotiated.
-    pub ext: bool,
-    /// The session to restore (`?sid=` or `X-ANYCABLE-RESTORE-SID`).
-    pub restore_sid: Option<String>,
-    /// The signed connection token, verified (only with `CABLE_JWT_SECRET`).
-    pub token: Option<Result<ConnectionToken, Refusal>>,
 }
 
 /// Who a connection with a signed token is: its identity resolved to the pubsub token its
@@ -162,6 +152,7 @@ async fn run<R, W>(
         ext,
         restore_sid,
         token,
+        ..
     } = *handshake;
     let plumbing = &services.plumbing;
     let opened = plumbing.open(direct, actioncable::push_ping);
