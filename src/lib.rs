@@ -59,6 +59,8 @@
 //!   [`actioncable::session`] (one connection: commands in order, and
 //!   [`actioncable::session::actioncable`]: the core's bodies, answers and goodbye as this
 //!   wire frames them).
+//! - [`topics`]: the topic WebSocket's topics (grammar, an event's concrete topic, a
+//!   connection's topics indexed); its endpoint is issue 28's work in progress.
 //! - [`server`]: builds every component, starts and stops every task, serves HTTP.
 //!
 //! # Adding a wire protocol
@@ -169,5 +171,6 @@ pub mod router;
 pub mod routing;
 pub mod secret;
 pub mod server;
+pub mod topics;
 pub mod typing;
 pub mod ws;

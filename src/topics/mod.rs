@@ -1,0 +1,5 @@
+//! The topic WebSocket (docs/reference.md §12), a wire protocol on the core: plain JSON
+//! topics for integrations. So far its topics ([`topic`]): grammar, an event's concrete
+//! topic, and a connection's topics indexed for matching.
+
+pub mod topic;
