@@ -52,7 +52,7 @@ pub fn encode(buf: &mut Vec<u8>, frame: Outbound, metrics: &Metrics) {
         }
         Outbound::Reply { sub, body } => {
             if sub.is_active() {
-                push_parts(buf, &[&sub.prefix, &body, sub.suffix]);
+                push_parts(buf, &[&sub.prefix, &body]);
             }
         }
         Outbound::Message { sub, message } => encode_message(buf, &sub, &message, metrics),
@@ -69,8 +69,8 @@ pub fn encode_head(buf: &mut Vec<u8>, frame: Outbound, metrics: &Metrics) -> Opt
             push_header(buf, OP_TEXT, bytes.len());
             Some(bytes)
         }
-        // Only a body that ends its frame can be the tail (ActionCable's does not: `}` follows).
-        Outbound::Reply { sub, body } if body.len() >= LARGE_BODY && sub.suffix.is_empty() => {
+        // A reply's body ends its frame (its suffix is joined to it): it can be the tail.
+        Outbound::Reply { sub, body } if body.len() >= LARGE_BODY => {
             if !sub.is_active() {
                 return None;
             }

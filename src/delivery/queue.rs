@@ -27,8 +27,10 @@ pub enum Outbound {
         sub: Arc<Subscription>,
         message: Arc<Message>,
     },
-    /// A message for one subscription only (a presence answer): its prefix, then `body`
-    /// (closing brace included). Dropped if the subscription ended meanwhile.
+    /// A message for one subscription (a presence answer or push): its prefix, then `body`,
+    /// which already ends with the subscription's suffix (joined once for every recipient,
+    /// so that a large body is written from shared bytes). Dropped if the subscription ended
+    /// meanwhile.
     Reply { sub: Arc<Subscription>, body: Bytes },
     /// The answer to a client's ping.
     Pong(Bytes),

@@ -251,7 +251,7 @@ impl Presence {
         if let Err(e) = self.seen(&keys).await {
             tracing::warn!(error = %e, "presence: could not mark subscribers seen");
         }
-        let mut bodies: HashMap<(i64, bool), Bytes> = HashMap::new();
+        let mut bodies: HashMap<(i64, bool, &'static [u8]), Bytes> = HashMap::new();
         let mut sets: HashMap<i64, Option<OnlineSet>> = HashMap::new();
         for sub in batch {
             if !sub.is_active() {
@@ -269,8 +269,8 @@ impl Presence {
                 continue;
             };
             let body = bodies
-                .entry((account_id, sub.presence.is_user))
-                .or_insert_with(|| set.body(account_id, sub.presence.is_user))
+                .entry((account_id, sub.presence.is_user, sub.suffix))
+                .or_insert_with(|| framed(set.body(account_id, sub.presence.is_user), sub.suffix))
                 .clone();
             sub.session.send(Outbound::Reply {
                 sub: sub.clone(),
@@ -313,10 +313,20 @@ impl Presence {
             };
             let body = set.body(account_id, true);
             let bytes = (body.len() * recipients.len()) as u64;
+            // Joined with each wire protocol's suffix once, not once per recipient.
+            let mut joined: Vec<(&'static [u8], Bytes)> = Vec::new();
             for sub in recipients {
+                let body = match joined.iter().find(|(suffix, _)| *suffix == sub.suffix) {
+                    Some((_, body)) => body.clone(),
+                    None => {
+                        let framed = framed(body.clone(), sub.suffix);
+                        joined.push((sub.suffix, framed.clone()));
+                        framed
+                    }
+                };
                 sub.session.send(Outbound::Reply {
                     sub: sub.clone(),
-                    body: body.clone(),
+                    body,
                 });
             }
             next_push.insert(
@@ -387,4 +397,17 @@ impl Presence {
             }
         }
     }
+}
+/// An online set's body followed by a subscription's suffix (its wire protocol's closing
+/// bytes, [`crate::delivery::Framing`]): what [`Outbound::Reply`] carries, so that a large
+/// online set goes out to every recipient from the same shared bytes instead of being copied
+/// per recipient.
+fn framed(body: Bytes, suffix: &[u8]) -> Bytes {
+    if suffix.is_empty() {
+        return body;
+    }
+    let mut joined = Vec::with_capacity(body.len() + suffix.len());
+    joined.extend_from_slice(&body);
+    joined.extend_from_slice(suffix);
+    joined.into()
 }

@@ -90,14 +90,14 @@ async fn large_bodies_arrive_whole_and_in_order_through_a_full_socket() {
         inbox_id: 1,
         account_id: 1,
     });
-    // A protocol whose body ends the frame (no suffix): large bodies go out from their
-    // shared bytes.
+    // A protocol with a suffix, as ActionCable's `}`: a reply's body comes with it joined
+    // (see `Outbound::Reply`), so large bodies still go out from their shared bytes.
     let raw = "{\"channel\":\"RoomChannel\"}";
     let sub = Subscription::new(
         Arc::from(raw),
         crate::delivery::Framing {
             prefix: Bytes::from_static(b"{\"message\":"),
-            suffix: b"",
+            suffix: b"}",
             replies: &Silent,
         },
         handle.clone(),
