@@ -151,7 +151,16 @@ export class ExtClient extends Client {
     });
     this.historyNotFound = 0;
     this.channel = this.cable.subscribeTo("RoomChannel", params(principal));
-    this.channel.on("message", (message, meta) => this.record(message, meta));
+    this.channel.on("message", (message, meta) => {
+      this.record(message, meta);
+      // What the application got, beside what the socket carried: a frame the client dropped
+      // (its socket already given up) shows on the socket's lines only.
+      if (meta?.stream?.startsWith("cable_events/")) {
+        this.transcript.push({ at: new Date().toISOString().slice(11, 23), socket: "app", stream: "outbox", offset: meta.offset });
+      } else if (message?.data?.src) {
+        this.transcript.push({ at: new Date().toISOString().slice(11, 23), socket: "app", text: `got ${message.data.src}#${message.data.seq} ${meta?.stream ?? "-"} ${meta?.offset ?? "-"}` });
+      }
+    });
     this.channel.on("connect", () => this.connected());
     this.channel.on("disconnect", () => this.disconnected());
     this.channel.on("info", (info) => {
@@ -173,7 +182,7 @@ export class ExtClient extends Client {
     const lines = [];
     let run = null;
     const flush = () => {
-      if (run) lines.push(`${run.at} #${run.socket} < ${run.stream} ${run.from}..${run.to} (${run.n})`);
+      if (run) lines.push(`${run.at} ${run.socket === "app" ? "app got" : `#${run.socket} <`} ${run.stream} ${run.from}..${run.to} (${run.n})`);
       run = null;
     };
     for (const entry of this.transcript) {
@@ -188,7 +197,7 @@ export class ExtClient extends Client {
         continue;
       }
       flush();
-      lines.push(`${entry.at} #${entry.socket} ${entry.text}`);
+      lines.push(`${entry.at} ${entry.socket === "app" ? "app" : `#${entry.socket}`} ${entry.text}`);
     }
     flush();
     return lines.join("\n") + "\n";
