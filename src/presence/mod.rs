@@ -314,16 +314,12 @@ impl Presence {
             let body = set.body(account_id, true);
             let bytes = (body.len() * recipients.len()) as u64;
             // Joined with each wire protocol's suffix once, not once per recipient.
-            let mut joined: Vec<(&'static [u8], Bytes)> = Vec::new();
+            let mut joined: HashMap<&'static [u8], Bytes> = HashMap::new();
             for sub in recipients {
-                let body = match joined.iter().find(|(suffix, _)| *suffix == sub.suffix) {
-                    Some((_, body)) => body.clone(),
-                    None => {
-                        let framed = framed(body.clone(), sub.suffix);
-                        joined.push((sub.suffix, framed.clone()));
-                        framed
-                    }
-                };
+                let body = joined
+                    .entry(sub.suffix)
+                    .or_insert_with(|| framed(body.clone(), sub.suffix))
+                    .clone();
                 sub.session.send(Outbound::Reply {
                     sub: sub.clone(),
                     body,
@@ -398,6 +394,7 @@ impl Presence {
         }
     }
 }
+
 /// An online set's body followed by a subscription's suffix (its wire protocol's closing
 /// bytes, [`crate::delivery::Framing`]): what [`Outbound::Reply`] carries, so that a large
 /// online set goes out to every recipient from the same shared bytes instead of being copied
