@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 use super::upgrade::upgrade;
-use super::{text, with_status, Http};
+use super::{text, with_status, BroadcastRoute, Http, Readiness};
 use crate::config::tuning::{ACCEPT_RETRY, READY_QUERY_TIMEOUT};
 use crate::inspect::{self};
 
@@ -87,8 +87,11 @@ pub(super) async fn route(
     // Every connection's upgrade passes through this future, held by hyper while it answers;
     // the other endpoints' steps are boxed so that it stays small in a connect storm.
     Ok(match request.uri().path() {
-        "/cable" => upgrade(http, request),
-        "/_broadcast" if http.broadcast_key.is_some() => Box::pin(broadcast(&http, request)).await,
+        "/cable" => upgrade(&http.cable, request),
+        "/_broadcast" => match &http.broadcast {
+            Some(api) => Box::pin(broadcast(api, request)).await,
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
         "/inspect" | "/inspect/data" => match &http.inspector {
             Some((inspector, token)) => {
                 Box::pin(inspect::http::answer(inspector, token, &request)).await
@@ -96,9 +99,9 @@ pub(super) async fn route(
             None => text(StatusCode::NOT_FOUND, "not found\n"),
         },
         "/health" => text(StatusCode::OK, "ok\n"),
-        "/ready" => Box::pin(ready(&http)).await,
+        "/ready" => Box::pin(ready(&http.readiness)).await,
         "/metrics" => {
-            let body = http.services.plumbing.metrics.encode();
+            let body = http.metrics.encode();
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(
                 CONTENT_TYPE,
@@ -111,18 +114,20 @@ pub(super) async fn route(
 }
 
 /// `POST /_broadcast` ([`crate::ingress::http`]).
-pub(super) async fn broadcast(http: &Http, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    use crate::ingress::http as api;
+pub(super) async fn broadcast(
+    api: &BroadcastRoute,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    use crate::ingress::http as http_api;
     use http_body_util::BodyExt;
     if request.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
     }
-    let key = http.broadcast_key.as_deref().unwrap_or_default();
     let given = request.headers().get(hyper::header::AUTHORIZATION);
-    if !api::authorized(given.map(|v| v.as_bytes()), key) {
+    if !http_api::authorized(given.map(|v| v.as_bytes()), &api.key) {
         return text(StatusCode::UNAUTHORIZED, "missing or wrong bearer key\n");
     }
-    let limit = api::body_limit(http.max_broadcast_size);
+    let limit = http_api::body_limit(api.max_size);
     let body = match http_body_util::Limited::new(request.into_body(), limit)
         .collect()
         .await
@@ -133,20 +138,18 @@ pub(super) async fn broadcast(http: &Http, request: Request<Incoming>) -> Respon
         }
         Err(_) => return text(StatusCode::BAD_REQUEST, "could not read the body\n"),
     };
-    let answer = match api::parse(&body, http.max_broadcast_size) {
-        Ok(broadcasts) => {
-            api::publish(&http.pool, &http.services.plumbing.metrics, &broadcasts).await
-        }
+    let answer = match http_api::parse(&body, api.max_size) {
+        Ok(broadcasts) => http_api::publish(&api.pool, &api.metrics, &broadcasts).await,
         Err(refused) => refused,
     };
     with_status(answer.status, answer.body + "\n")
 }
 
-pub(super) async fn ready(http: &Http) -> Response<Full<Bytes>> {
-    if !*http.listen_ready.borrow() {
+pub(super) async fn ready(readiness: &Readiness) -> Response<Full<Bytes>> {
+    if !*readiness.listen.borrow() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "LISTEN connection down\n");
     }
-    for (ingress, ready) in &http.ingress_ready {
+    for (ingress, ready) in &readiness.ingress {
         if !*ready.borrow() {
             let body = format!("{ingress} connection down\n");
             let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -154,7 +157,7 @@ pub(super) async fn ready(http: &Http) -> Response<Full<Bytes>> {
             return response;
         }
     }
-    let ping = sqlx::query("SELECT 1").execute(&http.pool);
+    let ping = sqlx::query("SELECT 1").execute(&readiness.pool);
     match tokio::time::timeout(READY_QUERY_TIMEOUT, ping).await {
         Ok(Ok(_)) => text(StatusCode::OK, "ready\n"),
         _ => text(StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n"),

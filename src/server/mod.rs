@@ -6,7 +6,8 @@
 //! # Files
 //! - `start.rs`: builds every component and starts every task.
 //! - `http.rs`: the accept loop and every HTTP route but the upgrade.
-//! - `upgrade.rs`: the WebSocket upgrade of `/cable`: sub-protocols, tokens, restore.
+//! - `upgrade.rs`: the WebSocket upgrade of `/cable`: what every upgrade must pass, then
+//!   ActionCable's handshake and the connection's task.
 
 mod http;
 mod start;
@@ -57,24 +58,45 @@ pub enum StartError {
     },
 }
 
-/// What the HTTP side needs.
+/// What the HTTP side needs, grouped by the route that uses it.
 struct Http {
+    /// `/cable`.
+    cable: CableRoute,
+    /// `/ready`.
+    readiness: Readiness,
+    /// `POST /_broadcast`, when `CABLE_BROADCAST_KEY` is set.
+    broadcast: Option<BroadcastRoute>,
+    /// `/inspect` and its token, when `CABLE_ADMIN_TOKEN` is set.
+    inspector: Option<(Arc<Inspector>, String)>,
+    /// `/metrics`.
+    metrics: Arc<Metrics>,
+    /// `CABLE_FIRST_BYTES_TIMEOUT`: every connection's request must begin within it.
+    first_bytes_timeout: std::time::Duration,
+}
+
+/// What an upgrade of `/cable` checks and hands on.
+struct CableRoute {
     services: Arc<Services>,
     slots: Arc<Slots>,
     allowed_origins: Vec<String>,
-    listen_ready: watch::Receiver<bool>,
-    /// Each enabled stream ingress connection, by name.
-    ingress_ready: Vec<(&'static str, watch::Receiver<bool>)>,
-    pool: PgPool,
-    /// The HTTP broadcast API's key, when it is on.
-    broadcast_key: Option<String>,
     /// Verifies signed connection tokens, when `CABLE_JWT_SECRET` is set.
     jwt: Option<Verifier>,
-    /// The inspector and its token, when `CABLE_ADMIN_TOKEN` is set.
-    inspector: Option<(Arc<Inspector>, String)>,
-    max_broadcast_size: usize,
-    /// `CABLE_FIRST_BYTES_TIMEOUT`.
-    first_bytes_timeout: std::time::Duration,
+}
+
+/// What `/ready` asks: the LISTEN connection, each enabled stream ingress (by name), the
+/// database.
+struct Readiness {
+    listen: watch::Receiver<bool>,
+    ingress: Vec<(&'static str, watch::Receiver<bool>)>,
+    pool: PgPool,
+}
+
+/// The HTTP broadcast API.
+struct BroadcastRoute {
+    key: String,
+    max_size: usize,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
 }
 
 /// A started gateway.

@@ -7,7 +7,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::http::accept_loop;
-use super::{Http, Running, StartError};
+use super::{BroadcastRoute, CableRoute, Http, Readiness, Running, StartError};
 use crate::actioncable::session::Services;
 use crate::auth::batch::Batcher;
 use crate::auth::jwt::Verifier;
@@ -241,32 +241,42 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         tasks.push(tokio::spawn(inspector.clone().sample()));
         (inspector, token)
     });
+    let services = Arc::new(Services {
+        plumbing: Plumbing {
+            metrics: metrics.clone(),
+            limits: Limits::from(&config),
+            pings: pings.clone(),
+            shutdown: shutting_down,
+            disconnects,
+        },
+        router: router.clone(),
+        auth,
+        presence: presence.clone(),
+        rails_postgres,
+        sessions,
+        history,
+        typing: crate::typing::Publisher::new(pool.clone()),
+    });
     let http = Arc::new(Http {
-        services: Arc::new(Services {
-            plumbing: Plumbing {
-                metrics: metrics.clone(),
-                limits: Limits::from(&config),
-                pings: pings.clone(),
-                shutdown: shutting_down,
-                disconnects,
-            },
-            router: router.clone(),
-            auth,
-            presence: presence.clone(),
-            rails_postgres,
-            sessions,
-            history,
-            typing: crate::typing::Publisher::new(pool.clone()),
+        cable: CableRoute {
+            services,
+            slots: slots.clone(),
+            allowed_origins: config.allowed_origins.clone(),
+            jwt: config.jwt_secret.as_deref().and_then(Verifier::new),
+        },
+        readiness: Readiness {
+            listen: listen_ready.clone(),
+            ingress: ingress_ready.clone(),
+            pool: pool.clone(),
+        },
+        broadcast: nonempty(&config.broadcast_key).map(|key| BroadcastRoute {
+            key,
+            max_size: config.max_broadcast_size,
+            pool,
+            metrics: metrics.clone(),
         }),
-        slots: slots.clone(),
-        allowed_origins: config.allowed_origins.clone(),
-        listen_ready: listen_ready.clone(),
-        ingress_ready: ingress_ready.clone(),
-        pool,
-        broadcast_key: nonempty(&config.broadcast_key),
-        jwt: config.jwt_secret.as_deref().and_then(Verifier::new),
         inspector,
-        max_broadcast_size: config.max_broadcast_size,
+        metrics: metrics.clone(),
         first_bytes_timeout: config.first_bytes_timeout,
     });
     let (stop, stopped) = oneshot::channel();

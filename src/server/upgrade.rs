@@ -2,8 +2,6 @@
 //! origin, a free connection slot, no shutdown under way), then ActionCable's handshake
 //! ([`crate::actioncable::handshake`]) and the connection's task.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -11,28 +9,28 @@ use hyper::header::{HeaderValue, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::text;
-use super::Http;
+use super::CableRoute;
 use crate::actioncable::handshake::Handshake;
 
-pub(super) fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let metrics = &http.services.plumbing.metrics;
+pub(super) fn upgrade(route: &CableRoute, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let metrics = &route.services.plumbing.metrics;
     if request.method() != Method::GET || !fastwebsockets::upgrade::is_upgrade_request(&request) {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
     let origin = request.headers().get(ORIGIN).and_then(|v| v.to_str().ok());
-    if !crate::origin::allowed(&http.allowed_origins, origin) {
+    if !crate::origin::allowed(&route.allowed_origins, origin) {
         tracing::debug!(origin, "upgrade refused: origin not allowed");
         metrics.refused("origin");
         return text(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
-    if *http.services.plumbing.shutdown.borrow() {
+    if *route.services.plumbing.shutdown.borrow() {
         metrics.refused("shutting_down");
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
-    let Some(slot) = http.slots.try_take() else {
+    let Some(slot) = route.slots.try_take() else {
         metrics.refused("connection_limit");
         tracing::warn!(
-            limit = http.slots.max(),
+            limit = route.slots.max(),
             "upgrade refused: connection limit reached"
         );
         return text(
@@ -42,7 +40,7 @@ pub(super) fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Respon
     };
     let handshake = Box::new(Handshake::read(
         &request,
-        http.jwt.as_ref(),
+        route.jwt.as_ref(),
         crate::clock::unix_seconds(),
     ));
     let subprotocol = handshake.subprotocol;
@@ -54,7 +52,7 @@ pub(super) fn upgrade(http: Arc<Http>, mut request: Request<Incoming>) -> Respon
         }
     };
     tokio::spawn(crate::actioncable::session::serve(
-        http.services.clone(),
+        route.services.clone(),
         upgraded,
         handshake,
         slot,
