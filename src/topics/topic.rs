@@ -1,4 +1,4 @@
-//! Topics of the topic WebSocket (docs/reference.md §12): their grammar, what an event's
+//! Topics of the topic WebSocket (issue 28; not served yet): their grammar, what an event's
 //! concrete topic is, and a connection's topics indexed so that matching an event costs a
 //! few hash lookups, however many topics the connection has.
 //!
