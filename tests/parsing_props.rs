@@ -166,21 +166,7 @@ fn damaged() -> impl Strategy<Value = (String, BadInput)> {
 
 /// A client frame: masked, with the given first byte (FIN + opcode).
 fn frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![first];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    out
+    cable_gateway::connection::frame::client_frame(first, payload, mask)
 }
 
 /// `text` as a text message split into fragments at the given cut points.

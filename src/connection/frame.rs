@@ -277,27 +277,25 @@ impl<R: AsyncRead + Unpin> Messages<R> {
     }
 }
 
+/// One frame as a client sends it: `first` (FIN, RSV bits and opcode as given), the masked
+/// length, the mask, the masked payload. For tests and fuzzing, which build what this module
+/// reads.
+pub fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + 14);
+    crate::delivery::push_header(&mut out, 0, payload.len());
+    out[0] = first;
+    out[1] |= 0x80;
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1u8, 2, 3, 4];
-        let mut out = vec![first];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n < 65536 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-        out
+        client_frame(first, payload, [1, 2, 3, 4])
     }
 
     #[tokio::test]

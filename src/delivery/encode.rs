@@ -31,6 +31,20 @@ pub fn push_text(buf: &mut Vec<u8>, payload: &[u8]) {
     buf.extend_from_slice(payload);
 }
 
+/// `body` followed by a subscription's `suffix` (its wire protocol's closing bytes), joined
+/// once for every recipient of that protocol: what [`Outbound::Reply`] carries, so that a
+/// large body goes out to each from the same shared bytes instead of being copied per
+/// recipient.
+pub fn joined(body: &Bytes, suffix: &[u8]) -> Bytes {
+    if suffix.is_empty() {
+        return body.clone();
+    }
+    let mut joined = Vec::with_capacity(body.len() + suffix.len());
+    joined.extend_from_slice(body);
+    joined.extend_from_slice(suffix);
+    joined.into()
+}
+
 /// One frame from its parts (a subscription's prefix, the shared body, the position's parts,
 /// the suffix), its length summed first: nothing allocated.
 fn push_parts(buf: &mut Vec<u8>, parts: &[&[u8]]) {

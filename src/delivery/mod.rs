@@ -28,7 +28,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use close::DisconnectReason;
-pub use encode::{encode, encode_head, push_header, push_text};
+pub use encode::{encode, encode_head, joined, push_header, push_text};
 pub use positions::{Mark, Positions};
 pub use queue::{CloseReason, Outbound, SendQueue, SessionHandle};
 pub use subscription::{Framing, Replies, Subscription};

@@ -44,6 +44,7 @@ use tokio::time::Instant;
 
 use crate::auth::PresenceKey;
 use crate::config::tuning::{PRESENCE_CHUNK, PRESENCE_MAX_BATCH, PRESENCE_PUSH_CHECK};
+use crate::delivery::joined;
 use crate::delivery::{Outbound, Subscription};
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -270,7 +271,7 @@ impl Presence {
             };
             let body = bodies
                 .entry((account_id, sub.presence.is_user, sub.suffix))
-                .or_insert_with(|| framed(set.body(account_id, sub.presence.is_user), sub.suffix))
+                .or_insert_with(|| joined(&set.body(account_id, sub.presence.is_user), sub.suffix))
                 .clone();
             sub.session.send(Outbound::Reply {
                 sub: sub.clone(),
@@ -314,11 +315,11 @@ impl Presence {
             let body = set.body(account_id, true);
             let bytes = (body.len() * recipients.len()) as u64;
             // Joined with each wire protocol's suffix once, not once per recipient.
-            let mut joined: HashMap<&'static [u8], Bytes> = HashMap::new();
+            let mut framed: HashMap<&'static [u8], Bytes> = HashMap::new();
             for sub in recipients {
-                let body = joined
+                let body = framed
                     .entry(sub.suffix)
-                    .or_insert_with(|| framed(body.clone(), sub.suffix))
+                    .or_insert_with(|| joined(&body, sub.suffix))
                     .clone();
                 sub.session.send(Outbound::Reply {
                     sub: sub.clone(),
@@ -393,18 +394,4 @@ impl Presence {
             }
         }
     }
-}
-
-/// An online set's body followed by a subscription's suffix (its wire protocol's closing
-/// bytes, [`crate::delivery::Framing`]): what [`Outbound::Reply`] carries, so that a large
-/// online set goes out to every recipient from the same shared bytes instead of being copied
-/// per recipient.
-fn framed(body: Bytes, suffix: &[u8]) -> Bytes {
-    if suffix.is_empty() {
-        return body;
-    }
-    let mut joined = Vec::with_capacity(body.len() + suffix.len());
-    joined.extend_from_slice(&body);
-    joined.extend_from_slice(suffix);
-    joined.into()
 }
