@@ -1,5 +1,7 @@
-//! The topic WebSocket (issue 28), a wire protocol on the core: plain JSON
-//! topics for integrations. So far its topics ([`topic`]): grammar, an event's concrete
-//! topic, and a connection's topics indexed for matching.
+//! The topic WebSocket (issue 28), a wire protocol on the core: plain JSON topics for
+//! integrations. So far its topics ([`topic`]: grammar, an event's concrete topic, a
+//! connection's topics indexed for matching) and its commands ([`command`]: what a client
+//! sends, and what each part of it gets). Not served yet.
 
+pub mod command;
 pub mod topic;
