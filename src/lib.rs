@@ -59,8 +59,8 @@
 //!   [`actioncable::session`] (one connection: commands in order, and
 //!   [`actioncable::session::actioncable`]: the core's bodies, answers and goodbye as this
 //!   wire frames them).
-//! - [`topics`]: the topic WebSocket's topics (grammar, an event's concrete topic, a
-//!   connection's topics indexed); its endpoint is issue 28's work in progress.
+//! - [`topics`]: the topic WebSocket's pieces so far (topics and their index, the client's
+//!   commands, the event envelope); its endpoint is issue 28's work in progress.
 //! - [`server`]: builds every component, starts and stops every task, serves HTTP.
 //!
 //! # Adding a wire protocol
