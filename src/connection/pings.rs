@@ -1,7 +1,7 @@
 //! Pings for every connection of the process from one timer: a ping frame of the
 //! connection's wire protocol carrying unix seconds (ActionCable's
-//! `{"type":"ping","message":<unix seconds>}`) every [`PING_INTERVAL`] per connection, spread over [`PING_SLOTS`] ticks so that they
-//! do not all go out in the same instant.
+//! `{"type":"ping","message":<unix seconds>}`) every [`PING_INTERVAL`] per connection,
+//! spread over [`PING_SLOTS`] ticks so that they do not all go out in the same instant.
 //!
 //! A tick makes a ping due on every connection of its slot ([`SendQueue::defer_ping`]). A
 //! connection that is written to within [`PING_DEFER`] ticks (a busy one: events) gets its
