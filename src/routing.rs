@@ -214,11 +214,11 @@ mod tests {
             actor_user_id: e.actor_user,
             actor_contact_inbox_id: e.actor_contact,
             stream: e.stream.map(Into::into),
-            message: std::sync::Arc::new(Message {
-                body: Bytes::new(),
-                created_at: 0.0,
-                position: crate::delivery::Position::None,
-            }),
+            message: std::sync::Arc::new(Message::new(
+                Bytes::new(),
+                0.0,
+                crate::delivery::Position::None,
+            )),
         }
     }
 

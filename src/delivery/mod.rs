@@ -23,7 +23,7 @@ mod subscription;
 mod tally;
 mod write;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -31,7 +31,7 @@ pub use close::DisconnectReason;
 pub use encode::{encode, encode_head, joined, push_header, push_text};
 pub use positions::{Mark, Positions};
 pub use queue::{CloseReason, Outbound, SendQueue, SessionHandle};
-pub use subscription::{Framing, Replies, Subscription};
+pub use subscription::{Framing, Reframe, Replies, Subscription};
 pub use tally::tallied;
 
 /// Appends a connection's ping frame with `value` (its wire protocol's shape), without
@@ -45,10 +45,56 @@ pub type PingFrame = fn(&mut Vec<u8>, std::num::NonZeroU32);
 pub struct Message {
     /// `{"event":..,"data":..}`, or a broadcast's payload as sent.
     pub body: Bytes,
-    /// When it was published, seconds since the Unix epoch (for the latency histogram).
+    /// When it was published, seconds since the Unix epoch (for the latency histogram, and
+    /// the topic WebSocket's `timestamp`).
     pub created_at: f64,
     /// Where it stands in its stream's history, for clients of the extended protocol.
     pub position: Position,
+    /// What a protocol that frames messages itself ([`Reframe`]) derived from this one, made
+    /// by its first recipient and shared by the others: encoded once per message, not once
+    /// per delivery. Empty unless such a subscriber received it.
+    pub derived: OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Message {
+    pub fn new(body: Bytes, created_at: f64, position: Position) -> Message {
+        Message {
+            body,
+            created_at,
+            position,
+            derived: OnceLock::new(),
+        }
+    }
+
+    /// What `derive` makes of this message, made once and kept for its other recipients (a
+    /// value of another type kept by another protocol is not replaced: `derive` then runs
+    /// for each, which is correct, only not shared).
+    pub fn derived<T: Send + Sync + 'static>(
+        &self,
+        derive: impl Fn(&Message) -> T,
+    ) -> Derived<'_, T> {
+        let kept = self.derived.get_or_init(|| Box::new(derive(self)));
+        match kept.downcast_ref::<T>() {
+            Some(value) => Derived::Kept(value),
+            None => Derived::Made(derive(self)),
+        }
+    }
+}
+
+/// What [`Message::derived`] gives: the shared value, or one made for this call only.
+pub enum Derived<'a, T> {
+    Kept(&'a T),
+    Made(T),
+}
+
+impl<T> std::ops::Deref for Derived<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Derived::Kept(value) => value,
+            Derived::Made(value) => value,
+        }
+    }
 }
 
 /// A message's place in a stream's history: what a client of a protocol with positions is

@@ -344,6 +344,20 @@ impl SessionHandle {
         }
     }
 
+    /// Queues a message that `sub`'s protocol framed itself ([`super::Reframe`]): `frame` is
+    /// the whole text; dropped if `sub` ends before it is written. Counted as delivered
+    /// (with its latency from `created_at`) now.
+    pub fn send_framed(&self, sub: &Arc<Subscription>, frame: Bytes, created_at: f64) {
+        self.send(Outbound::Reply {
+            sub: sub.clone(),
+            body: frame,
+        });
+        super::tally::count_sent(
+            &self.metrics,
+            (crate::clock::unix_now() - created_at).max(0.0),
+        );
+    }
+
     /// Ends the session: its client does not read fast enough.
     pub fn too_slow(&self) {
         if self.queue.close_reason().is_none() {

@@ -18,13 +18,28 @@ pub struct Framing {
     /// What goes after a message's body (and position), e.g. `}`.
     pub suffix: &'static [u8],
     pub replies: &'static dyn Replies,
+    /// For a protocol whose frames are not a prefix and a suffix around the shared body: it
+    /// frames each message itself.
+    pub reframe: Option<Box<dyn Reframe>>,
+}
+
+/// A wire protocol that frames each message for each subscription itself (the topic
+/// WebSocket: an envelope around the event with the concrete topic the subscriber matched),
+/// and may find that a message is not for it at all. What it derives from a message once
+/// for every recipient it keeps in [`Message::derived`].
+pub trait Reframe: Send + Sync {
+    /// The frame of `message` for `sub`, or `None` when `sub` does not want it.
+    fn message(&self, sub: &Subscription, message: &Arc<Message>) -> Option<Bytes>;
+    /// The frame of a reply `body` the core sends `sub` (a presence snapshot), or `None`.
+    fn reply(&self, sub: &Subscription, body: &Bytes) -> Option<Bytes>;
 }
 
 /// What a wire protocol answers for the core, per subscription identifier.
 pub trait Replies: Send + Sync {
     /// The server ended the subscription (its token was revoked): ActionCable's
-    /// `reject_subscription`.
-    fn ended(&self, identifier: &str) -> Bytes;
+    /// `reject_subscription`, queued as the subscription's last frame; `None` when the
+    /// protocol says it otherwise (the topic WebSocket closes the connection).
+    fn ended(&self, sub: &Subscription) -> Option<Bytes>;
     /// A history replay is complete (`confirm_history`).
     fn history_done(&self, identifier: &str) -> Bytes;
     /// A history request could not be honoured (`reject_history`).
@@ -41,6 +56,8 @@ pub struct Subscription {
     pub suffix: &'static [u8],
     /// What its wire protocol answers for the core.
     pub replies: &'static dyn Replies,
+    /// Set when its wire protocol frames each message itself ([`Reframe`]).
+    pub reframe: Option<Box<dyn Reframe>>,
     pub identifier: Arc<str>,
     pub session: SessionHandle,
     /// Whose presence this subscription keeps alive.
@@ -66,6 +83,7 @@ impl Subscription {
             prefix: framing.prefix,
             suffix: framing.suffix,
             replies: framing.replies,
+            reframe: framing.reframe,
             identifier,
             session,
             presence: PresenceKey::from(principal),
@@ -77,6 +95,12 @@ impl Subscription {
     /// Queues a live event or broadcast for this subscription (held back during a replay,
     /// dropped when the client already has it, see [`Positions`]).
     pub fn deliver(self: &Arc<Self>, message: &Arc<Message>) {
+        if let Some(reframe) = &self.reframe {
+            if let Some(frame) = reframe.message(self, message) {
+                self.session.send_framed(self, frame, message.created_at);
+            }
+            return;
+        }
         match &self.positions {
             // Borrowed: written at once, it costs no reference counting.
             None => self.session.send_message(self, message),
@@ -88,6 +112,26 @@ impl Subscription {
                 positions.deliver(&self.session, &message.position, frame)
             }
         }
+    }
+
+    /// Queues a reply of the core (a presence snapshot): `body` already ends with this
+    /// subscription's suffix ([`crate::delivery::joined`]). Dropped if the subscription ends
+    /// before it is written.
+    pub fn reply(self: &Arc<Self>, body: Bytes) {
+        let frame = match &self.reframe {
+            None => Outbound::Reply {
+                sub: self.clone(),
+                body,
+            },
+            Some(reframe) => match reframe.reply(self, &body) {
+                Some(frame) => Outbound::Reply {
+                    sub: self.clone(),
+                    body: frame,
+                },
+                None => return,
+            },
+        };
+        self.session.send(frame);
     }
 
     /// Asks the CPU for this subscription's memory, ahead of [`Subscription::deliver`] (a

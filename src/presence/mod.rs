@@ -45,7 +45,7 @@ use tokio::time::Instant;
 use crate::auth::PresenceKey;
 use crate::config::tuning::{PRESENCE_CHUNK, PRESENCE_MAX_BATCH, PRESENCE_PUSH_CHECK};
 use crate::delivery::joined;
-use crate::delivery::{Outbound, Subscription};
+use crate::delivery::Subscription;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use chatwoot::ChatwootPresence;
@@ -273,10 +273,7 @@ impl Presence {
                 .entry((account_id, sub.presence.is_user, sub.suffix))
                 .or_insert_with(|| joined(&set.body(account_id, sub.presence.is_user), sub.suffix))
                 .clone();
-            sub.session.send(Outbound::Reply {
-                sub: sub.clone(),
-                body,
-            });
+            sub.reply(body);
         }
     }
 
@@ -321,10 +318,7 @@ impl Presence {
                     .entry(sub.suffix)
                     .or_insert_with(|| joined(&body, sub.suffix))
                     .clone();
-                sub.session.send(Outbound::Reply {
-                    sub: sub.clone(),
-                    body,
-                });
+                sub.reply(body);
             }
             next_push.insert(
                 account_id,

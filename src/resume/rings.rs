@@ -104,15 +104,15 @@ impl Rings {
         };
         let offset = ring.next;
         ring.next += 1;
-        let message = Arc::new(Message {
+        let message = Arc::new(Message::new(
             body,
             created_at,
-            position: Position::Stream {
+            Position::Stream {
                 stream: stream.into(),
                 ring: ring.id.clone(),
                 offset,
             },
-        });
+        ));
         if self.limit > 0 {
             ring.kept.push_back(Kept {
                 message: message.clone(),

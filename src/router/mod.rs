@@ -142,10 +142,10 @@ impl Router {
     /// (ActionCable's `reject_subscription`), and nothing after it.
     pub fn revoke(&self, id: u64) -> bool {
         let farewell = match self.registry.read().entries.get(&id) {
-            Some(entry) => entry.sub.replies.ended(&entry.sub.identifier),
+            Some(entry) => entry.sub.replies.ended(&entry.sub),
             None => return false,
         };
-        self.unregister(id, Some(farewell))
+        self.unregister(id, farewell)
     }
 
     /// Replaces what is known of a user's role and inbox memberships.

@@ -109,11 +109,7 @@ fn event() -> impl Strategy<Value = Event> {
                     actor_user_id: actors.0,
                     actor_contact_inbox_id: actors.1,
                     stream,
-                    message: Arc::new(Message {
-                        body: Bytes::new(),
-                        created_at: 0.0,
-                        position: Position::None,
-                    }),
+                    message: Arc::new(Message::new(Bytes::new(), 0.0, Position::None)),
                 }
             },
         )
@@ -212,11 +208,7 @@ fn a_kept_audience_skips_the_typing_actor_and_follows_changes() {
             actor_user_id: Some(7),
             actor_contact_inbox_id: None,
             stream: None,
-            message: Arc::new(Message {
-                body: Bytes::from_static(b"{}"),
-                created_at: 0.0,
-                position: Position::None,
-            }),
+            message: Arc::new(Message::new(Bytes::from_static(b"{}"), 0.0, Position::None)),
         })
     };
     let mut scratch = Vec::new();
@@ -316,8 +308,8 @@ fn broadcasts_reach_the_streams_subscribers_and_contacts_only_if_allowed() {
 fn framing() -> crate::delivery::Framing {
     struct Silent;
     impl crate::delivery::Replies for Silent {
-        fn ended(&self, _: &str) -> Bytes {
-            Bytes::from_static(b"ended")
+        fn ended(&self, _: &crate::delivery::Subscription) -> Option<Bytes> {
+            Some(Bytes::from_static(b"ended"))
         }
         fn history_done(&self, _: &str) -> Bytes {
             Bytes::new()
@@ -330,6 +322,7 @@ fn framing() -> crate::delivery::Framing {
         prefix: Bytes::new(),
         suffix: b"}",
         replies: &Silent,
+        reframe: None,
     }
 }
 

@@ -6,7 +6,9 @@
 use std::num::NonZeroU32;
 
 use crate::connection::writer::{Farewell, Goodbye};
-use crate::delivery::{push_header, DisconnectReason, Framing, PositionStyle, Replies};
+use crate::delivery::{
+    push_header, DisconnectReason, Framing, PositionStyle, Replies, Subscription,
+};
 
 const OP_TEXT: u8 = crate::ws::OpCode::Text as u8;
 use crate::actioncable::protocol::reply;
@@ -15,8 +17,8 @@ use crate::actioncable::protocol::reply;
 pub struct ActionCable;
 
 impl Replies for ActionCable {
-    fn ended(&self, identifier: &str) -> bytes::Bytes {
-        reply::reject(identifier)
+    fn ended(&self, sub: &Subscription) -> Option<bytes::Bytes> {
+        Some(reply::reject(&sub.identifier))
     }
 
     fn history_done(&self, identifier: &str) -> bytes::Bytes {
@@ -46,6 +48,7 @@ pub fn framing(raw_identifier: &str) -> Framing {
         prefix: reply::message_prefix(raw_identifier),
         suffix: reply::MESSAGE_SUFFIX,
         replies: &ActionCable,
+        reframe: None,
     }
 }
 
@@ -75,8 +78,12 @@ mod tests {
     #[test]
     fn answers_name_the_identifier_exactly() {
         let raw = r#"{"channel":"RoomChannel","pubsub_token":"a\"b"}"#;
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let session = crate::delivery::SessionHandle::new(8, metrics);
+        let principal = crate::auth::Principal::member(1, 1, false, &[]);
+        let sub = Subscription::new(raw.into(), framing(raw), session, &principal, None);
         for (frame, kind) in [
-            (ActionCable.ended(raw), "reject_subscription"),
+            (ActionCable.ended(&sub).unwrap(), "reject_subscription"),
             (ActionCable.history_done(raw), "confirm_history"),
             (ActionCable.history_refused(raw), "reject_history"),
         ] {

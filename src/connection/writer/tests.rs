@@ -19,8 +19,8 @@ fn ping(buf: &mut Vec<u8>, value: std::num::NonZeroU32) {
 struct Silent;
 
 impl crate::delivery::Replies for Silent {
-    fn ended(&self, _: &str) -> Bytes {
-        Bytes::new()
+    fn ended(&self, _: &crate::delivery::Subscription) -> Option<Bytes> {
+        Some(Bytes::new())
     }
     fn history_done(&self, _: &str) -> Bytes {
         Bytes::new()
@@ -99,6 +99,7 @@ async fn large_bodies_arrive_whole_and_in_order_through_a_full_socket() {
             prefix: Bytes::from_static(b"{\"message\":"),
             suffix: b"}",
             replies: &Silent,
+            reframe: None,
         },
         handle.clone(),
         &principal,

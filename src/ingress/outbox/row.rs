@@ -88,11 +88,11 @@ impl Row {
             return Ok(Outboxed::Broadcast(Broadcast {
                 stream,
                 contacts,
-                message: Arc::new(Message {
-                    body: Bytes::from(payload),
+                message: Arc::new(Message::new(
+                    Bytes::from(payload),
                     created_at,
-                    position: Position::Outbox(offset),
-                }),
+                    Position::Outbox(offset),
+                )),
             }));
         }
         let event = self.event.ok_or("empty_event")?;
@@ -127,11 +127,11 @@ impl Row {
             actor_user_id: self.actor_user_id,
             actor_contact_inbox_id: self.actor_contact_inbox_id,
             stream: self.stream,
-            message: Arc::new(Message {
-                body: Bytes::from(body),
+            message: Arc::new(Message::new(
+                Bytes::from(body),
                 created_at,
-                position: Position::Outbox(offset),
-            }),
+                Position::Outbox(offset),
+            )),
         }))
     }
 }
