@@ -53,6 +53,13 @@ pub const KEEP_CAPACITY: usize = 1024;
 pub const LARGE_BODY: usize = 16 * 1024;
 /// How long the farewell (queued frames, `disconnect`, close frame) may take to write.
 pub const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
+/// After the server's close frame (and its FIN): how long, and over how many bytes, what the
+/// client still sends is read and dropped until it closes its side. Closing a socket with
+/// unread input resets the connection, and a reset can make the client lose the close frame
+/// (its code) or fail its own close reply; RFC 6455 §7.1.1 has the server wait for the
+/// client's close.
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(1);
+pub const LINGER_BYTES: usize = 1 << 20;
 /// How long the `too_slow` farewell may take: the client is not reading anyway.
 pub const TOO_SLOW_FAREWELL_TIMEOUT: Duration = Duration::from_millis(100);
 

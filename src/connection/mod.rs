@@ -98,6 +98,31 @@ pub async fn accept(upgrade: fastwebsockets::upgrade::UpgradeFut) -> Option<Acce
     }
 }
 
+/// Resolves when the connection's token expires (never without one).
+pub async fn expiry(exp: Option<u64>) {
+    match exp {
+        Some(exp) => {
+            let exp = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp);
+            let left = exp
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or(std::time::Duration::ZERO);
+            // Boxed: most connections have no token, and their task need not hold a timer.
+            Box::pin(tokio::time::sleep(left)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a connection that ended for `reason` should [`socket::linger`] before its socket
+/// is closed: when a close frame went out and the client is expected to answer it.
+pub fn lingers(reason: &CloseReason) -> bool {
+    match reason {
+        CloseReason::Disconnect(reason) => *reason != DisconnectReason::TooSlow,
+        CloseReason::ClientClosed(_) | CloseReason::Replaced => true,
+        CloseReason::ConnectionLost => false,
+    }
+}
+
 /// A connection being served: its session handle, and when it started.
 pub struct Opened {
     pub session: SessionHandle,

@@ -14,7 +14,30 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::config::tuning::{LINGER_BYTES, LINGER_TIMEOUT};
+
 pub struct Shared(pub Arc<TcpStream>);
+
+/// After a goodbye (our close frame and FIN are out): reads and drops what the client still
+/// sends until it closes its side, within [`LINGER_TIMEOUT`] and [`LINGER_BYTES`], so that
+/// the socket is not closed over unread input (which resets the connection).
+pub async fn linger(socket: &TcpStream) {
+    let deadline = tokio::time::Instant::now() + LINGER_TIMEOUT;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut dropped = 0;
+    while dropped < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, socket.readable()).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        match socket.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => dropped += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        }
+    }
+}
 
 impl AsyncRead for Shared {
     fn poll_read(

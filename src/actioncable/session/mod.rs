@@ -18,7 +18,6 @@ pub mod reader;
 pub mod subscriptions;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::actioncable::handshake::Handshake;
 use crate::actioncable::protocol::{reply, DisconnectReason};
@@ -92,21 +91,6 @@ async fn authenticate(
     }
 }
 
-/// Resolves when the connection's token expires (never without one).
-async fn expiry(exp: Option<u64>) {
-    match exp {
-        Some(exp) => {
-            let exp = UNIX_EPOCH + Duration::from_secs(exp);
-            let left = exp
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            // Boxed: most connections have no token, and their task need not hold a timer.
-            Box::pin(tokio::time::sleep(left)).await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
 /// Serves one connection from its upgrade until it ends, holding its connection `slot`. When
 /// hyper gives the TCP socket back, it is shared: deliveries write to it directly
 /// ([`crate::delivery::SendQueue::push`]).
@@ -155,6 +139,7 @@ async fn run<R, W>(
         ..
     } = *handshake;
     let plumbing = &services.plumbing;
+    let socket = direct.clone();
     let opened = plumbing.open(direct, actioncable::push_ping);
     let session = opened.session.clone();
     let queue = session.queue.clone();
@@ -207,7 +192,7 @@ async fn run<R, W>(
         &actioncable::ActionCable,
     );
     tokio::pin!(writer);
-    let expires = expiry(reader.identity().map(|identity| identity.exp));
+    let expires = crate::connection::expiry(reader.identity().map(|identity| identity.exp));
     let reader_ended = tokio::select! {
         reason = reader.run(&mut subs), if !refused => Some(reason),
         () = expires => Some(CloseReason::Disconnect(DisconnectReason::TokenExpired)),
@@ -235,5 +220,8 @@ async fn run<R, W>(
         if reason != CloseReason::Replaced {
             services.sessions.closed(sid);
         }
+    }
+    if let Some(socket) = socket.filter(|_| crate::connection::lingers(&reason)) {
+        Box::pin(crate::connection::socket::linger(&socket)).await;
     }
 }
