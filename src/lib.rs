@@ -59,16 +59,19 @@
 //!   [`actioncable::session`] (one connection: commands in order, and
 //!   [`actioncable::session::actioncable`]: the core's bodies, answers and goodbye as this
 //!   wire frames them).
-//! - [`topics`]: the topic WebSocket's pieces so far (topics and their index, the client's
-//!   commands, the event envelope); its endpoint is issue 28's work in progress.
+//! - [`topics`]: the topic WebSocket (`/ws?token=`, docs/reference.md §12), the second wire
+//!   protocol on the core: topics and their index, the client's commands, the event
+//!   envelope, one router subscription per account of the user that frames each message
+//!   itself ([`delivery::Reframe`]), and its connections.
 //! - [`server`]: builds every component, starts and stops every task, serves HTTP.
 //!
 //! # Adding a wire protocol
 //! The core listed above [`actioncable`] knows no wire protocol: it delivers shared message
 //! bodies (an event's `{"event":..,"data":..}`, a broadcast's payload) to subscriptions, and
 //! each subscription carries its protocol's framing of them ([`delivery::Framing`]: a prefix
-//! and a suffix around the body, and [`delivery::Replies`] for what the core tells its
-//! client: a revoked subscription, a history replay done or refused) and, if the protocol
+//! and a suffix around the body, or a [`delivery::Reframe`] that frames each message itself
+//! from what it derived once per message, and [`delivery::Replies`] for what the core tells
+//! its client: a revoked subscription, a history replay done or refused) and, if the protocol
 //! tells positions, in which shape ([`delivery::PositionStyle`]). A new protocol is one
 //! module beside [`actioncable`]: its handshake, its command parsing, its bad-input table
 //! (mapping [`connection::frame::WireFault`] too), its `Framing`, its ping frame

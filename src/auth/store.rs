@@ -178,3 +178,18 @@ pub async fn identities(
         })
         .collect())
 }
+
+/// The accounts the user whose pubsub token is `token` belongs to, in ascending order (none
+/// for a token that is no user's).
+pub async fn accounts_of(pool: &PgPool, token: &str) -> Result<Vec<i64>, AuthError> {
+    sqlx::query_scalar(
+        "SELECT au.account_id::bigint
+           FROM users u JOIN account_users au ON au.user_id = u.id
+          WHERE u.pubsub_token = $1 AND u.pubsub_token <> ''
+          ORDER BY 1",
+    )
+    .bind(token)
+    .fetch_all(pool)
+    .await
+    .map_err(db)
+}

@@ -84,6 +84,28 @@ pub struct ServeConfig {
     )]
     pub max_subscriptions: usize,
 
+    /// The path of the topic WebSocket (docs/reference.md §12). Default: /ws
+    #[arg(
+        long,
+        env = "CABLE_TOPICS_PATH",
+        default_value = "/ws",
+        value_parser = crate::config::values::path,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub topics_path: String,
+
+    /// Topics one topic WebSocket connection may subscribe; beyond, `limit_exceeded`.
+    /// Default: 100
+    #[arg(
+        long,
+        env = "CABLE_MAX_TOPICS",
+        default_value_t = 100,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub max_topics: usize,
+
     /// Commands per second one connection may send on average (bursts of twice as many are
     /// fine); faster ends the connection with `invalid_request`. Default: 50
     #[arg(

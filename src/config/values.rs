@@ -45,6 +45,29 @@ pub fn listen(text: &str) -> Result<SocketAddr, String> {
         .ok_or_else(unusable)
 }
 
+/// A request path of our own (the topic WebSocket's): `/` and then something, not a path
+/// another endpoint already serves.
+pub fn path(text: &str) -> Result<String, String> {
+    const TAKEN: [&str; 7] = [
+        "/cable",
+        "/_broadcast",
+        "/inspect",
+        "/inspect/data",
+        "/health",
+        "/ready",
+        "/metrics",
+    ];
+    if !text.starts_with('/') || text.len() < 2 || text.contains(['?', '#', ' ']) {
+        return Err("not a path: write it with a leading slash, e.g. /ws".to_string());
+    }
+    if TAKEN.contains(&text) {
+        return Err(format!(
+            "{text} is another endpoint's path: choose another, e.g. /ws"
+        ));
+    }
+    Ok(text.to_string())
+}
+
 /// Parses the command line and environment; on an error, says it naming both the flag and
 /// its environment variable (a user who set `CABLE_PRESENCE_TTL` never typed
 /// `--presence-ttl`), then exits as clap does.

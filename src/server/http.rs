@@ -86,6 +86,9 @@ pub(super) async fn route(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     // Every connection's upgrade passes through this future, held by hyper while it answers;
     // the other endpoints' steps are boxed so that it stays small in a connect storm.
+    if request.uri().path() == http.topics.path {
+        return Ok(Box::pin(super::upgrade::topics(&http.topics, request)).await);
+    }
     Ok(match request.uri().path() {
         "/cable" => upgrade(&http.cable, request),
         "/_broadcast" => match &http.broadcast {

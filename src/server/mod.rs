@@ -6,8 +6,9 @@
 //! # Files
 //! - `start.rs`: builds every component and starts every task.
 //! - `http.rs`: the accept loop and every HTTP route but the upgrade.
-//! - `upgrade.rs`: the WebSocket upgrade of `/cable`: what every upgrade must pass, then
-//!   ActionCable's handshake and the connection's task.
+//! - `upgrade.rs`: the WebSocket upgrades: what every upgrade must pass, then the protocol's
+//!   handshake (ActionCable's on `/cable`, the topic WebSocket's token check) and the
+//!   connection's task.
 
 mod http;
 mod start;
@@ -62,6 +63,8 @@ pub enum StartError {
 struct Http {
     /// `/cable`.
     cable: CableRoute,
+    /// `CABLE_TOPICS_PATH`.
+    topics: TopicsRoute,
     /// `/ready`.
     readiness: Readiness,
     /// `POST /_broadcast`, when `CABLE_BROADCAST_KEY` is set.
@@ -77,10 +80,17 @@ struct Http {
 /// What an upgrade of `/cable` checks and hands on.
 struct CableRoute {
     services: Arc<Services>,
-    slots: Arc<Slots>,
-    allowed_origins: Vec<String>,
+    gate: upgrade::Gate,
     /// Verifies signed connection tokens, when `CABLE_JWT_SECRET` is set.
     jwt: Option<Verifier>,
+}
+
+/// What an upgrade of the topic WebSocket checks and hands on.
+struct TopicsRoute {
+    /// `CABLE_TOPICS_PATH`.
+    path: String,
+    services: Arc<crate::topics::session::Services>,
+    gate: upgrade::Gate,
 }
 
 /// What `/ready` asks: the LISTEN connection, each enabled stream ingress (by name), the

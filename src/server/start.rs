@@ -7,7 +7,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::http::accept_loop;
-use super::{BroadcastRoute, CableRoute, Http, Readiness, Running, StartError};
+use super::upgrade::Gate;
+use super::{BroadcastRoute, CableRoute, Http, Readiness, Running, StartError, TopicsRoute};
 use crate::actioncable::session::Services;
 use crate::auth::batch::Batcher;
 use crate::auth::jwt::Verifier;
@@ -250,19 +251,43 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             disconnects,
         },
         router: router.clone(),
-        auth,
+        auth: auth.clone(),
         presence: presence.clone(),
-        rails_postgres,
+        rails_postgres: rails_postgres.clone(),
         sessions,
         history,
         typing: crate::typing::Publisher::new(pool.clone()),
     });
+    let gate = || Gate {
+        slots: slots.clone(),
+        allowed_origins: config.allowed_origins.clone(),
+    };
+    let topics = Arc::new(crate::topics::session::Services {
+        plumbing: Plumbing {
+            metrics: metrics.clone(),
+            limits: Limits::from(&config),
+            pings: pings.clone(),
+            shutdown: services.plumbing.shutdown.clone(),
+            disconnects: services.plumbing.disconnects.clone(),
+        },
+        router: router.clone(),
+        auth,
+        pool: pool.clone(),
+        presence: presence.clone(),
+        rails_postgres,
+        jwt: config.jwt_secret.as_deref().and_then(Verifier::new),
+        max_topics: config.max_topics,
+    });
     let http = Arc::new(Http {
         cable: CableRoute {
             services,
-            slots: slots.clone(),
-            allowed_origins: config.allowed_origins.clone(),
+            gate: gate(),
             jwt: config.jwt_secret.as_deref().and_then(Verifier::new),
+        },
+        topics: TopicsRoute {
+            path: config.topics_path.clone(),
+            services: topics,
+            gate: gate(),
         },
         readiness: Readiness {
             listen: listen_ready.clone(),

@@ -1,11 +1,12 @@
-//! Topics of the topic WebSocket (issue 28; not served yet): their grammar, what an event's
+//! Topics of the topic WebSocket (docs/reference.md §12): their grammar, what an event's
 //! concrete topic is, and a connection's topics indexed so that matching an event costs a
 //! few hash lookups, however many topics the connection has.
 //!
 //! A topic is `account_id:<A>:<resource>:<id>` (customer level) or
 //! `user_id:<U>:<resource>:<id>` (agent level), `*` standing for any resource or any id.
-//! An event's resource is its name before the first `.`; its id is `data.id`, or for
-//! `conversation.typing_*` the conversation's (`data.conversation.id`).
+//! An event's resource is its name before the first `.`; its id is `data.id`, for
+//! `conversation.typing_*` the conversation's (`data.conversation.id`), and for `presence.*`
+//! the account's (`data.account_id`).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -142,6 +143,8 @@ impl Subject {
         let resource = name.split('.').next().unwrap_or(name);
         let id = if crate::routing::TYPING_EVENTS.contains(&name) {
             data.get("conversation").and_then(|c| c.get("id"))
+        } else if resource == "presence" {
+            data.get("account_id")
         } else {
             data.get("id")
         };
@@ -202,6 +205,13 @@ impl Topics {
             .insert(topic.id.as_str().into());
         self.len += usize::from(added);
         added
+    }
+
+    pub fn contains(&self, topic: &Topic) -> bool {
+        self.by_scope
+            .get(&topic.scope)
+            .and_then(|resources| resources.get(topic.resource.as_str()))
+            .is_some_and(|ids| ids.contains(topic.id.as_str()))
     }
 
     /// Removes `topic`; `false` if it was not there.
@@ -337,7 +347,9 @@ mod tests {
         assert_eq!(topics.scopes().count(), 2);
         let mut all = Topics::default();
         all.insert(&Topic::parse("user_id:7:*:*").unwrap());
-        let no_id = Subject::of("presence.update", &json!({"users": {}}));
+        let no_id = Subject::of("notification.created", &json!({"users": {}}));
         assert!(all.matches(user, &no_id));
+        let presence = Subject::of("presence.update", &json!({"account_id": 3, "users": {}}));
+        assert_eq!(presence.topic(account), "account_id:1:presence:3");
     }
 }

@@ -127,6 +127,7 @@ export function spawnGateway(databaseUrl, extraEnv = {}) {
       clearTimeout(timer);
       resolve({
         port: Number(match[1]),
+        pid: child.pid,
         log: () => log,
         kill(signal = "SIGKILL") {
           child.kill(signal);

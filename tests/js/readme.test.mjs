@@ -28,6 +28,8 @@ const PREFIX = "chatwoot_development_action_cable";
 const JWT_SECRET = "readme-test-secret";
 const BROADCAST_KEY = "readme-test-broadcast-key";
 const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
+/** Python with websocket-client on its path (scripts/test puts a current one on PYTHONPATH). */
+const PYTHON = "python3";
 
 /** The fenced block after `<!-- example: NAME -->` in README.md. */
 function example(name) {
@@ -212,6 +214,43 @@ describe("the README's snippets, as printed", { timeout: 180_000 }, () => {
     await sh(block.replace("http://127.0.0.1:8080/", `http://127.0.0.1:${gateway.port}/`), { CABLE_BROADCAST_KEY: BROADCAST_KEY });
     const line = await out.printed("notification.created ", "the broadcast printed");
     assert.deepEqual(JSON.parse(line.slice("notification.created ".length)), { id: 1 });
+  });
+
+  test("7. the topic WebSocket examples (\"Plain WebSocket topics\"): Python and Node", async (t) => {
+    const documented = "ws://127.0.0.1:8080/ws";
+    const topicsUrl = `ws://127.0.0.1:${gateway.port}/ws`;
+    const python = example("topics-python");
+    const node = example("topics-node");
+    for (const block of [python, node]) assert.ok(block.includes(documented), "the examples connect to the documented URL");
+    const pyFile = path.join(HERE, `readme-topics-${process.pid}.py`);
+    const nodeFile = path.join(HERE, `readme-topics-${process.pid}.mjs`);
+    writeFileSync(pyFile, python.replace(documented, topicsUrl));
+    writeFileSync(nodeFile, node.replace(documented, topicsUrl));
+    t.after(() => rmSync(pyFile, { force: true }));
+    t.after(() => rmSync(nodeFile, { force: true }));
+    const children = [spawn(PYTHON, ["-u", pyFile], { stdio: ["ignore", "pipe", "inherit"] }), spawn(process.execPath, [nodeFile], { stdio: ["ignore", "pipe", "inherit"] })];
+    t.after(() => children.forEach((child) => child.kill("SIGKILL")));
+    const [pyOut, nodeOut] = children.map((child) => lines(child.stdout));
+    await pyOut.printed('{"type":"subscribed"', "Alice's Python client subscribed");
+    await nodeOut.printed('{"type":"subscribed"', "Bob's Node client subscribed");
+    // The INSERT scripts/dev prints.
+    await db.sql(`INSERT INTO cable_events (account_id, event, data) VALUES (1, 'message.created', '{"id":1,"content":"hello"}')`);
+    const stamp = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/;
+    for (const [out, topic] of [
+      [pyOut, "account_id:1:message:1"],
+      [nodeOut, "user_id:2:message:1"],
+    ]) {
+      // Bob's feed shows presence too (his dashboard does): the event's line is looked for.
+      const line = await eventually(
+        () => out.seen.find((l) => l.includes(` ${topic} message.created `)),
+        STEP_TIMEOUT_MS,
+        `the event under ${topic}; printed ${JSON.stringify(out.seen)}`,
+      );
+      const [timestamp, shown, event, ...data] = line.split(" ");
+      assert.match(timestamp, stamp);
+      assert.deepEqual([shown, event], [topic, "message.created"]);
+      assert.deepEqual(JSON.parse(data.join(" ")), { id: 1, content: "hello", account_id: 1 });
+    }
   });
 
   test("6. the JWT minting line gives a token the gateway takes", async () => {
