@@ -799,3 +799,57 @@ async fn two_processes_serve_the_same_feed() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_client_that_stops_reading_is_dropped_without_delaying_others() {
+    let db = TestDb::new().await;
+    let mut config = db.config();
+    config.send_queue = 16;
+    let gw = start(config).await;
+    let mut fast = Topics::connect(gw.addr, "demo-user-alice").await;
+    fast.subscribe_ok(&["account_id:1:message:*"]).await;
+    // Subscribes, then is never read again: its socket buffers fill, then its queue.
+    let mut slow = Topics::connect(gw.addr, "demo-user-alice").await;
+    slow.subscribe_ok(&["account_id:1:message:*"]).await;
+    let pad = "x".repeat(64 * 1024);
+    let mut id = 0;
+    let mut after_drop = None;
+    while after_drop.is_none_or(|n| id < n) {
+        assert!(id < 1000, "the slow client was never disconnected");
+        id += 1;
+        db.publish(
+            1,
+            "message.created",
+            json!({"id": id, "pad": pad}),
+            json!({}),
+        )
+        .await;
+        assert_eq!(
+            fast.event().await["data"]["id"],
+            id,
+            "the fast client keeps up"
+        );
+        if after_drop.is_none()
+            && common::metric(&gw, "cable_too_slow_disconnects_total", "") >= 1.0
+        {
+            after_drop = Some(id + 10);
+        }
+    }
+    // What the slow one got is an in-order prefix, then its connection ended.
+    let mut next = 1;
+    loop {
+        match tokio::time::timeout(WAIT, slow.ws.next())
+            .await
+            .expect("ends in time")
+        {
+            Some(Ok(Message::Text(text))) => {
+                let event: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(event["data"]["id"], next);
+                next += 1;
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
+        }
+    }
+    assert!(next <= id, "the slow client did not get everything");
+}
