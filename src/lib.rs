@@ -63,6 +63,8 @@
 //!   protocol on the core: topics and their index, the client's commands, the event
 //!   envelope, one router subscription per account of the user that frames each message
 //!   itself ([`delivery::Reframe`]), and its connections.
+//! - [`centrifugo`]: Centrifugo's client protocol and configuration (issue 27, in progress;
+//!   nothing served yet).
 //! - [`server`]: builds every component, starts and stops every task, serves HTTP.
 //!
 //! # Adding a wire protocol
@@ -155,6 +157,7 @@
 pub mod actioncable;
 pub mod auth;
 pub mod backoff;
+pub mod centrifugo;
 pub mod clock;
 pub mod config;
 pub mod connection;
