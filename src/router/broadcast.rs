@@ -1,5 +1,6 @@
 //! Stream broadcasts (Rails' adapters, `POST /_broadcast` through the outbox): by stream
-//! name to the subscriptions that stream it here, with rule 7 for contacts.
+//! name to the subscriptions that stream it here (channel subscriptions of that name
+//! included), with rule 7 for contacts.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -84,10 +85,13 @@ impl Router {
         let mut delivered = 0;
         tallied(&self.metrics, || {
             for id in ids {
-                let Some(entry) = registry.entries.get(id) else {
-                    continue;
-                };
-                if contacts || entry.principal.is_user() {
+                if let Some(entry) = registry.entries.get(id) {
+                    if contacts || entry.principal.is_user() {
+                        entry.sub.deliver(message);
+                        delivered += 1;
+                    }
+                } else if let Some(entry) = registry.channel_entries.get(id) {
+                    // A channel is no contact's: rule 7 does not apply.
                     entry.sub.deliver(message);
                     delivered += 1;
                 }

@@ -205,15 +205,39 @@ pub(super) fn contact_candidates(index: &AccountIndex, event: &Event, out: &mut 
     }
 }
 
+/// A subscription to a channel by name alone, of no account and no principal (a Centrifugo
+/// channel): it receives whatever is addressed to the stream of that name.
+pub(super) struct ChannelEntry {
+    pub(super) sub: Arc<Subscription>,
+    pub(super) channel: Arc<str>,
+    pub(super) _keep: Option<Keep>,
+}
+
 #[derive(Default)]
 pub(super) struct Registry {
     pub(super) entries: HashMap<u64, Entry>,
+    /// Channel subscriptions, by id; indexed by their channel in `by_token` with the rest.
+    pub(super) channel_entries: HashMap<u64, ChannelEntry>,
     pub(super) accounts: HashMap<i64, AccountIndex>,
-    /// Every subscription by its token, whatever its account (broadcasts name no account).
+    /// Every subscription by its token, whatever its account (broadcasts name no account),
+    /// and every channel subscription by its channel: the streams they receive.
     pub(super) by_token: HashMap<Arc<str>, Ids>,
 }
 
 impl Registry {
+    /// The channel subscriptions of `stream`.
+    pub(super) fn channel_subs<'a>(
+        &'a self,
+        stream: &str,
+    ) -> impl Iterator<Item = &'a Arc<Subscription>> + 'a {
+        self.by_token
+            .get(stream)
+            .into_iter()
+            .flat_map(Ids::iter)
+            .filter_map(|id| self.channel_entries.get(&id))
+            .map(|entry| &entry.sub)
+    }
+
     pub(super) fn streams(&self, stream: &str) -> bool {
         self.by_token.contains_key(stream)
             || stream

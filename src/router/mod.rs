@@ -40,7 +40,7 @@ use crate::metrics::Metrics;
 use crate::routing::{entitled, is_typing};
 use fanout::deliver_all;
 pub use history::StreamHistory;
-use index::{candidates, contact_candidates, put, take, Entry, Ids, Registry};
+use index::{candidates, contact_candidates, put, take, ChannelEntry, Entry, Ids, Registry};
 
 /// Something a subscription keeps while it lives; dropping it is its release.
 pub type Keep = Box<dyn Send + Sync>;
@@ -115,10 +115,46 @@ impl Router {
         self.metrics.subscriptions_live.inc();
     }
 
+    /// Makes `sub` live on `channel`: a subscription of no account and no principal that
+    /// receives whatever is addressed to the stream of that name (broadcasts, and outbox
+    /// events whose `stream` it is), and queues `confirm` first, as [`Router::register`]
+    /// does. Revalidation does not see it: its protocol checks its own tokens.
+    pub fn register_channel(
+        &self,
+        sub: Arc<Subscription>,
+        channel: Arc<str>,
+        confirm: Option<Bytes>,
+        keep: Option<Keep>,
+    ) {
+        let mut registry = self.registry.write();
+        put(&mut registry.by_token, channel.clone(), sub.id);
+        if let Some(confirm) = confirm {
+            sub.session.send(Outbound::Frame(confirm));
+        }
+        registry.channel_entries.insert(
+            sub.id,
+            ChannelEntry {
+                sub,
+                channel,
+                _keep: keep,
+            },
+        );
+        self.metrics.subscriptions_live.inc();
+    }
+
     /// Ends a subscription: nothing more is delivered to it, queued frames included.
     /// `farewell` (a reject, on revocation) is queued last.
     pub fn unregister(&self, id: u64, farewell: Option<Bytes>) -> bool {
         let mut registry = self.registry.write();
+        if let Some(entry) = registry.channel_entries.remove(&id) {
+            entry.sub.deactivate();
+            take(&mut registry.by_token, &*entry.channel, id);
+            if let Some(frame) = farewell {
+                entry.sub.session.send(Outbound::Frame(frame));
+            }
+            self.metrics.subscriptions_live.dec();
+            return true;
+        }
         let Some(entry) = registry.entries.remove(&id) else {
             return false;
         };
@@ -226,13 +262,19 @@ impl Router {
     /// that starts meanwhile is not in the audience, and its confirm comes after this event.
     pub fn dispatch(&self, event: &Arc<Event>, scratch: &mut Vec<u64>) -> usize {
         scratch.clear();
+        let mut channels = Vec::new();
         let (users, others) = {
             let registry = self.registry.read();
             if let Position::Outbox(offset) = event.message.position {
                 self.outbox_offset.store(offset, Ordering::Release);
             }
+            if let Some(stream) = &event.stream {
+                // Channel subscriptions of the event's stream, whatever its account.
+                channels.extend(registry.channel_subs(stream).cloned());
+            }
             let Some(index) = registry.accounts.get(&event.account_id) else {
-                return 0;
+                drop(registry);
+                return deliver_all(&channels, None, &event.message, &self.metrics);
             };
             let entitled_subs = |ids: &[u64]| -> Vec<Arc<Subscription>> {
                 ids.iter()
@@ -254,6 +296,9 @@ impl Router {
         };
         let not_echoed = is_typing(event).then_some(event.actor_user_id).flatten();
         let mut delivered = deliver_all(&others, None, &event.message, &self.metrics);
+        if !channels.is_empty() {
+            delivered += deliver_all(&channels, None, &event.message, &self.metrics);
+        }
         if let Some(users) = users {
             delivered += deliver_all(&users, not_echoed, &event.message, &self.metrics);
         }
