@@ -193,3 +193,13 @@ pub async fn accounts_of(pool: &PgPool, token: &str) -> Result<Vec<i64>, AuthErr
     .await
     .map_err(db)
 }
+
+/// The pubsub token of user `user_id` (`users.id`), if there is such a user with one: what a
+/// Centrifugo connection naming the user by id acts with.
+pub async fn user_token(pool: &PgPool, user_id: i64) -> Result<Option<String>, AuthError> {
+    sqlx::query_scalar("SELECT pubsub_token::text FROM users WHERE id = $1 AND pubsub_token <> ''")
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(db)
+}

@@ -272,6 +272,29 @@ pub struct ServeConfig {
     #[arg(long, env = "CABLE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// A Centrifugo v6 JSON configuration file: its token HMAC key, API key and channel
+    /// namespaces are used (docs/reference.md §11); every other key is named in one startup
+    /// warning. Default: none
+    #[arg(long, env = "CABLE_CENTRIFUGO_CONFIG", hide_env_values = true)]
+    pub centrifugo_config: Option<std::path::PathBuf>,
+
+    /// Key of Centrifugo's server API (`POST /api/<method>` with `X-API-Key`); overrides the
+    /// file's `http_api.key`. Default: off
+    #[arg(long, env = "CABLE_CENTRIFUGO_API_KEY", hide_env_values = true)]
+    pub centrifugo_api_key: Option<String>,
+
+    /// How often the server pings Centrifugo clients (`{}`), as the connect reply tells
+    /// them. Default: 25s
+    #[arg(
+        long,
+        env = "CABLE_CENTRIFUGO_PING",
+        default_value = "25s",
+        value_parser = crate::config::values::duration,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub centrifugo_ping: std::time::Duration,
+
     /// Turns on the inspector page `GET /inspect` (and its JSON, `GET /inspect/data`) for
     /// whoever presents this token: as the password of HTTP basic auth, or `?token=`.
     /// Default: off (404)

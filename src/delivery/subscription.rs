@@ -77,6 +77,37 @@ impl Subscription {
         principal: &Principal,
         positions: Option<Box<Positions>>,
     ) -> Arc<Subscription> {
+        Subscription::keeping(
+            identifier,
+            framing,
+            session,
+            PresenceKey::from(principal),
+            positions,
+        )
+    }
+
+    /// A subscription to a channel by name (no principal: it keeps nobody's presence; see
+    /// [`crate::router::Router::register_channel`]).
+    pub fn channel(
+        identifier: Arc<str>,
+        framing: Framing,
+        session: SessionHandle,
+    ) -> Arc<Subscription> {
+        let nobody = PresenceKey {
+            account_id: 0,
+            id: 0,
+            is_user: false,
+        };
+        Subscription::keeping(identifier, framing, session, nobody, None)
+    }
+
+    fn keeping(
+        identifier: Arc<str>,
+        framing: Framing,
+        session: SessionHandle,
+        presence: PresenceKey,
+        positions: Option<Box<Positions>>,
+    ) -> Arc<Subscription> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Arc::new(Subscription {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
@@ -86,7 +117,7 @@ impl Subscription {
             reframe: framing.reframe,
             identifier,
             session,
-            presence: PresenceKey::from(principal),
+            presence,
             positions,
             active: AtomicBool::new(true),
         })

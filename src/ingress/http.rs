@@ -93,11 +93,29 @@ pub fn parse(body: &[u8], max_size: usize) -> Result<Vec<(String, String)>, Answ
 
 /// Stores what [`parse`] accepted in the outbox, in order, in one statement.
 pub async fn publish(pool: &PgPool, metrics: &Metrics, broadcasts: &[(String, String)]) -> Answer {
+    match store(pool, metrics, INGRESS, broadcasts).await {
+        Ok(()) => answer(201, ""),
+        Err(e) => {
+            tracing::warn!(error = %e, "storing broadcasts failed");
+            answer(503, "the database did not answer; nothing was broadcast")
+        }
+    }
+}
+
+/// Stores broadcasts (stream, payload as JSON text) in the outbox, in order, in one
+/// statement, as broadcast rows: every process delivers them to its subscribers of the
+/// stream. Counted under `ingress`.
+pub async fn store(
+    pool: &PgPool,
+    metrics: &Metrics,
+    ingress: &'static str,
+    broadcasts: &[(String, String)],
+) -> Result<(), sqlx::Error> {
     let (streams, payloads): (Vec<&str>, Vec<&str>) = broadcasts
         .iter()
         .map(|(stream, payload)| (stream.as_str(), payload.as_str()))
         .unzip();
-    let stored = sqlx::query(
+    sqlx::query(
         "INSERT INTO cable_events (account_id, event, data, stream, payload)
          SELECT 0, 'broadcast', '{}', b.stream, b.payload
            FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS b(stream, payload, n)
@@ -106,19 +124,11 @@ pub async fn publish(pool: &PgPool, metrics: &Metrics, broadcasts: &[(String, St
     .bind(streams)
     .bind(payloads)
     .execute(pool)
-    .await;
-    match stored {
-        Ok(_) => {
-            for _ in broadcasts {
-                metrics.broadcast(INGRESS);
-            }
-            answer(201, "")
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "storing broadcasts failed");
-            answer(503, "the database did not answer; nothing was broadcast")
-        }
+    .await?;
+    for _ in broadcasts {
+        metrics.broadcast(ingress);
     }
+    Ok(())
 }
 
 /// The body size limit for `max_size` broadcasts.

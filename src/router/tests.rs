@@ -369,8 +369,7 @@ fn channel_subscriptions_get_their_streams_broadcasts_and_outbox_events_of_any_a
     let router = test_router(&metrics);
     let channel = |name: &str| {
         let session = SessionHandle::new(64, metrics.clone());
-        // A channel subscription has no principal; the key only names its session.
-        let sub = Subscription::new(name.into(), framing(), session, &agent(0, 0, false), None);
+        let sub = Subscription::channel(name.into(), framing(), session);
         router.register_channel(sub.clone(), name.into(), Some(Bytes::new()), None);
         assert_eq!(sub.session.queue.take_now().len(), 1, "its confirm first");
         sub

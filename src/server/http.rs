@@ -89,8 +89,19 @@ pub(super) async fn route(
     if request.uri().path() == http.topics.path {
         return Ok(Box::pin(super::upgrade::topics(&http.topics, request)).await);
     }
+    if let Some(method) = request.uri().path().strip_prefix("/api/") {
+        let method = method.to_string();
+        return Ok(match &http.centrifugo_api {
+            Some(api) => Box::pin(centrifugo_api(api, &method, request)).await,
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        });
+    }
     Ok(match request.uri().path() {
         "/cable" => upgrade(&http.cable, request),
+        "/connection/websocket" => match &http.centrifugo {
+            Some(route) => super::upgrade::centrifugo(route, request),
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
         "/_broadcast" => match &http.broadcast {
             Some(api) => Box::pin(broadcast(api, request)).await,
             None => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -146,6 +157,43 @@ pub(super) async fn broadcast(
         Err(refused) => refused,
     };
     with_status(answer.status, answer.body + "\n")
+}
+
+/// Centrifugo's server API ([`crate::centrifugo::api`]).
+async fn centrifugo_api(
+    api: &crate::centrifugo::api::Api,
+    method: &str,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    if request.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+    }
+    let given = request.headers().get("x-api-key");
+    if !crate::centrifugo::api::authorized(given.map(|v| v.as_bytes()), &api.key) {
+        return text(StatusCode::UNAUTHORIZED, "missing or wrong X-API-Key\n");
+    }
+    let limit = crate::ingress::http::body_limit(api.max_size);
+    let body = match http_body_util::Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return with_status(413, format!("the body is over {limit} bytes\n"));
+        }
+        Err(_) => return text(StatusCode::BAD_REQUEST, "could not read the body\n"),
+    };
+    match api.answer(method, &body).await {
+        Some(answer) => {
+            let mut response = with_status(answer.status, answer.body.to_string());
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        None => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
 }
 
 pub(super) async fn ready(readiness: &Readiness) -> Response<Full<Bytes>> {

@@ -52,6 +52,8 @@ pub enum StartError {
     Schema(MigrateError),
     #[error("{0}. Fix CABLE_REDIS_URL or CABLE_REDIS_CA_CERT.")]
     Redis(#[from] RedisConfigError),
+    #[error("CABLE_CENTRIFUGO_CONFIG ({path}): {problem}. Fix the file or unset CABLE_CENTRIFUGO_CONFIG.")]
+    CentrifugoConfig { path: String, problem: String },
     #[error("cannot listen on {addr}: {source}. Free the port or set CABLE_LISTEN.")]
     Bind {
         addr: SocketAddr,
@@ -65,6 +67,10 @@ struct Http {
     cable: CableRoute,
     /// `CABLE_TOPICS_PATH`.
     topics: TopicsRoute,
+    /// `/connection/websocket`, when a Centrifugo token key is configured.
+    centrifugo: Option<CentrifugoRoute>,
+    /// `POST /api/<method>`, when a Centrifugo API key is configured.
+    centrifugo_api: Option<crate::centrifugo::api::Api>,
     /// `/ready`.
     readiness: Readiness,
     /// `POST /_broadcast`, when `CABLE_BROADCAST_KEY` is set.
@@ -83,6 +89,12 @@ struct CableRoute {
     gate: upgrade::Gate,
     /// Verifies signed connection tokens, when `CABLE_JWT_SECRET` is set.
     jwt: Option<Verifier>,
+}
+
+/// What an upgrade of `/connection/websocket` hands on (Centrifugo's client protocol).
+struct CentrifugoRoute {
+    services: Arc<crate::centrifugo::session::Services>,
+    gate: upgrade::Gate,
 }
 
 /// What an upgrade of the topic WebSocket checks and hands on.

@@ -8,7 +8,9 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use super::http::accept_loop;
 use super::upgrade::Gate;
-use super::{BroadcastRoute, CableRoute, Http, Readiness, Running, StartError, TopicsRoute};
+use super::{
+    BroadcastRoute, CableRoute, CentrifugoRoute, Http, Readiness, Running, StartError, TopicsRoute,
+};
 use crate::actioncable::session::Services;
 use crate::auth::batch::Batcher;
 use crate::auth::jwt::Verifier;
@@ -38,6 +40,7 @@ use crate::router::Router;
 /// Connects, checks the schema, binds, builds every component and starts every task.
 pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     let db = Database::from_url(&config.database.database_url)?;
+    let centrifugo = centrifugo_config(&config)?;
     let database = |source| StartError::Database {
         url: db.redacted(),
         source,
@@ -278,6 +281,44 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         jwt: config.jwt_secret.as_deref().and_then(Verifier::new),
         max_topics: config.max_topics,
     });
+    let tokens = config
+        .jwt_secret
+        .as_deref()
+        .filter(|secret| !secret.is_empty())
+        .or(centrifugo.token_hmac_secret_key.as_deref())
+        .and_then(crate::centrifugo::token::Tokens::new);
+    crate::centrifugo::wire::set_ping_interval(
+        u32::try_from(config.centrifugo_ping.as_secs()).unwrap_or(u32::MAX),
+    );
+    let centrifugo_api = nonempty(&config.centrifugo_api_key)
+        .or_else(|| centrifugo.api_key.clone())
+        .map(|key| crate::centrifugo::api::Api {
+            key,
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            max_size: config.max_broadcast_size,
+            started: std::time::Instant::now(),
+        });
+    let centrifugo = tokens.map(|tokens| CentrifugoRoute {
+        services: Arc::new(crate::centrifugo::session::Services {
+            plumbing: Plumbing {
+                metrics: metrics.clone(),
+                limits: Limits::from(&config),
+                pings: pings.clone(),
+                shutdown: topics.plumbing.shutdown.clone(),
+                disconnects: topics.plumbing.disconnects.clone(),
+            },
+            router: router.clone(),
+            auth: topics.auth.clone(),
+            pool: pool.clone(),
+            rails_postgres: topics.rails_postgres.clone(),
+            presence: topics.presence.clone(),
+            tokens: Some(tokens),
+            config: centrifugo,
+            max_publish: config.max_broadcast_size,
+        }),
+        gate: gate(),
+    });
     let http = Arc::new(Http {
         cable: CableRoute {
             services,
@@ -289,6 +330,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             services: topics,
             gate: gate(),
         },
+        centrifugo,
+        centrifugo_api,
         readiness: Readiness {
             listen: listen_ready.clone(),
             ingress: ingress_ready.clone(),
@@ -326,6 +369,31 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         accept,
         tasks,
     })
+}
+
+/// The Centrifugo configuration file named by `CABLE_CENTRIFUGO_CONFIG`, read and checked
+/// (its ignored keys named in one warning); an empty one without it.
+fn centrifugo_config(
+    config: &ServeConfig,
+) -> Result<crate::centrifugo::config::CentrifugoConfig, StartError> {
+    let Some(path) = &config.centrifugo_config else {
+        return Ok(Default::default());
+    };
+    let problem = |problem: String| StartError::CentrifugoConfig {
+        path: path.display().to_string(),
+        problem,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
+    let parsed = crate::centrifugo::config::CentrifugoConfig::parse(&text)
+        .map_err(|e| problem(e.to_string()))?;
+    if !parsed.ignored.is_empty() {
+        tracing::warn!(
+            file = %path.display(),
+            ignored = parsed.ignored.join(", "),
+            "CABLE_CENTRIFUGO_CONFIG: these keys are not read by the gateway"
+        );
+    }
+    Ok(parsed)
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

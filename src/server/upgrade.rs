@@ -13,7 +13,7 @@ use hyper::header::{HeaderValue, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::text;
-use super::{CableRoute, TopicsRoute};
+use super::{CableRoute, CentrifugoRoute, TopicsRoute};
 use crate::actioncable::handshake::Handshake;
 use crate::connection::slots::{Slot, Slots};
 use crate::connection::Plumbing;
@@ -162,6 +162,24 @@ pub(super) async fn topics(route: &TopicsRoute, request: Request<Incoming>) -> A
         services.clone(),
         upgraded,
         Box::new(grant),
+        slot,
+    ));
+    response
+}
+
+/// Centrifugo's client protocol: its token comes in the first command, not the request.
+pub(super) fn centrifugo(route: &CentrifugoRoute, request: Request<Incoming>) -> Answer {
+    let slot = match admit(&route.gate, &route.services.plumbing, &request) {
+        Ok(slot) => slot,
+        Err(refused) => return *refused,
+    };
+    let (response, upgraded) = match answer(request) {
+        Ok(pair) => pair,
+        Err(refused) => return *refused,
+    };
+    tokio::spawn(crate::centrifugo::session::serve(
+        route.services.clone(),
+        upgraded,
         slot,
     ));
     response
