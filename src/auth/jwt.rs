@@ -62,6 +62,16 @@ fn id_claim(claims: &Map<String, Value>, key: &str) -> Result<Option<i64>, Refus
     crate::ids::numeric_id(claims.get(key)).map_err(|e| Refusal::Unauthorized(e.label()))
 }
 
+/// Why a signed token did not decode, as logs and metrics label it.
+pub fn why(e: &jsonwebtoken::errors::Error) -> &'static str {
+    match e.kind() {
+        ErrorKind::InvalidSignature => "bad_signature",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => "wrong_algorithm",
+        ErrorKind::MissingRequiredClaim(_) => "exp_missing",
+        _ => "malformed",
+    }
+}
+
 impl Verifier {
     /// `None` for an empty secret (the feature is off).
     pub fn new(secret: &str) -> Option<Verifier> {
@@ -79,16 +89,7 @@ impl Verifier {
     /// Verifies `token` at `now` (seconds since the epoch).
     pub fn verify(&self, token: &str, now: u64) -> Result<ConnectionToken, Refusal> {
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
-            .map_err(|e| {
-                Refusal::Unauthorized(match e.kind() {
-                    ErrorKind::InvalidSignature => "bad_signature",
-                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                        "wrong_algorithm"
-                    }
-                    ErrorKind::MissingRequiredClaim(_) => "exp_missing",
-                    _ => "malformed",
-                })
-            })?
+            .map_err(|e| Refusal::Unauthorized(why(&e)))?
             .claims;
         let exp = claims
             .get("exp")

@@ -21,7 +21,7 @@ use super::protocol::{self, Disconnect, Error, Line, Method};
 use super::token::{Refused, Tokens};
 use super::wire::{self, Goodbyes};
 use crate::auth::{AuthCache, Principal};
-use crate::connection::frame::{Inbound, Messages, ReadEnd, WireFault};
+use crate::connection::frame::{Messages, Next, WireFault};
 use crate::connection::rate::RateLimit;
 use crate::connection::socket::Shared;
 use crate::connection::{writer, Ended, Plumbing};
@@ -120,16 +120,11 @@ pub async fn serve(
         queue.close(reason);
         writer.await;
     }
-    let reason = plumbing.close(
-        opened,
-        Ended {
-            holder,
-            subscriptions,
-        },
-    );
-    if crate::connection::lingers(&reason) {
-        Box::pin(crate::connection::socket::linger(&socket)).await;
-    }
+    let ended = Ended {
+        holder,
+        subscriptions,
+    };
+    plumbing.finish(opened, ended, Some(&socket)).await;
 }
 
 /// Resolves when the connection's token expires unrefreshed (3005).
@@ -215,37 +210,23 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     async fn run(&mut self) -> CloseReason {
         let metrics = self.services.plumbing.metrics.clone();
         loop {
-            let message = match self.messages.next().await {
-                Ok(Inbound::Text(message)) => message,
-                Ok(Inbound::Ping(payload)) => {
-                    self.session.send(Outbound::Pong(payload.into()));
-                    continue;
-                }
-                Ok(Inbound::Close(payload)) => return CloseReason::ClientClosed(payload.into()),
-                Ok(Inbound::Nothing) => continue,
-                Ok(Inbound::Bad(fault)) | Err(ReadEnd::Bad(fault)) => {
-                    return match fault {
-                        WireFault::FrameViolation => {
-                            metrics.invalid_frame("protocol_violation");
-                            CloseReason::ConnectionLost
-                        }
-                        WireFault::TooLarge => {
-                            metrics.invalid_frame("too_large");
-                            self.goodbyes.choose(protocol::BAD_REQUEST_DISCONNECT);
-                            CloseReason::Disconnect(DisconnectReason::InvalidRequest)
-                        }
-                        // The JSON protocol is text only.
-                        WireFault::Binary | WireFault::StrayContinuation => {
-                            metrics.invalid_frame("binary");
-                            self.goodbyes.choose(protocol::BAD_REQUEST_DISCONNECT);
-                            CloseReason::Disconnect(DisconnectReason::InvalidRequest)
-                        }
-                    };
-                }
-                Err(ReadEnd::Io(e)) => {
-                    tracing::debug!(session = self.session.queue.id, error = %e, "read ended");
+            let message = match self.messages.next_message(&self.session).await {
+                Next::Text(message) => message,
+                Next::Bad(WireFault::FrameViolation) => {
+                    metrics.invalid_frame("protocol_violation");
                     return CloseReason::ConnectionLost;
                 }
+                Next::Bad(fault) => {
+                    // Too large, or binary: the JSON protocol is text only.
+                    metrics.invalid_frame(if fault == WireFault::TooLarge {
+                        "too_large"
+                    } else {
+                        "binary"
+                    });
+                    self.goodbyes.choose(protocol::BAD_REQUEST_DISCONNECT);
+                    return CloseReason::Disconnect(DisconnectReason::InvalidRequest);
+                }
+                Next::End(reason) => return reason,
             };
             if self.client.is_some() {
                 self.seen

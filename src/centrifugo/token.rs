@@ -67,16 +67,7 @@ impl Tokens {
 
     fn claims(&self, token: &str, now: u64) -> Result<Map<String, Value>, Refused> {
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                Refused::Invalid(match e.kind() {
-                    ErrorKind::InvalidSignature => "bad signature",
-                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                        "wrong algorithm"
-                    }
-                    _ => "malformed",
-                })
-            })?
+            .map_err(|e| Refused::Invalid(crate::auth::jwt::why(&e)))?
             .claims;
         if let Some(exp) = exp(&claims)? {
             if exp <= now {

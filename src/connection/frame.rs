@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::config::tuning::READ_AHEAD;
+use crate::delivery::{CloseReason, Outbound, SessionHandle};
 pub use crate::ws::OpCode;
 
 /// Bad input at the WebSocket layer, the same whatever the wire protocol on top; each
@@ -192,6 +193,15 @@ pub enum ReadEnd {
     Io(#[from] std::io::Error),
 }
 
+/// What a wire protocol's reader acts on ([`Messages::next_message`]): a text message, bad
+/// input for its bad-input table, or the end of the connection.
+#[derive(Debug)]
+pub enum Next {
+    Text(Vec<u8>),
+    Bad(WireFault),
+    End(CloseReason),
+}
+
 /// A text message being assembled from fragments.
 enum Partial {
     None,
@@ -244,6 +254,26 @@ impl<R: AsyncRead + Unpin> Messages<R> {
             }
             (OpCode::Continuation, fin) => self.continuation(&frame.payload, fin)?,
         })
+    }
+
+    /// The next message a protocol acts on; pings are answered on `session` and fragments
+    /// and pongs skipped on the way, the same for every protocol.
+    pub async fn next_message(&mut self, session: &SessionHandle) -> Next {
+        loop {
+            match self.next().await {
+                Ok(Inbound::Text(message)) => return Next::Text(message),
+                Ok(Inbound::Ping(payload)) => session.send(Outbound::Pong(payload.into())),
+                Ok(Inbound::Close(payload)) => {
+                    return Next::End(CloseReason::ClientClosed(payload.into()))
+                }
+                Ok(Inbound::Nothing) => {}
+                Ok(Inbound::Bad(fault)) | Err(ReadEnd::Bad(fault)) => return Next::Bad(fault),
+                Err(ReadEnd::Io(e)) => {
+                    tracing::debug!(session = session.queue.id, error = %e, "read ended");
+                    return Next::End(CloseReason::ConnectionLost);
+                }
+            }
+        }
     }
 
     fn continuation(&mut self, payload: &[u8], fin: bool) -> Result<Inbound, ReadEnd> {

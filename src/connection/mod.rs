@@ -115,11 +115,18 @@ pub async fn expiry(exp: Option<u64>) {
 
 /// Whether a connection that ended for `reason` should [`socket::linger`] before its socket
 /// is closed: when a close frame went out and the client is expected to answer it.
-pub fn lingers(reason: &CloseReason) -> bool {
+fn lingers(reason: &CloseReason) -> bool {
     match reason {
         CloseReason::Disconnect(reason) => *reason != DisconnectReason::TooSlow,
         CloseReason::ClientClosed(_) | CloseReason::Replaced => true,
         CloseReason::ConnectionLost => false,
+    }
+}
+
+/// [`socket::linger`] on `socket` when a connection that ended for `reason` should.
+pub async fn linger_after(reason: &CloseReason, socket: Option<&TcpStream>) {
+    if let Some(socket) = socket.filter(|_| lingers(reason)) {
+        Box::pin(socket::linger(socket)).await;
     }
 }
 
@@ -157,6 +164,19 @@ impl Plumbing {
             session,
             started: Instant::now(),
         }
+    }
+
+    /// [`Plumbing::close`], then, when the reason asks for it, [`socket::linger`] on
+    /// `socket` before it is closed. Returns the reason.
+    pub async fn finish(
+        &self,
+        opened: Opened,
+        ended: Ended,
+        socket: Option<&TcpStream>,
+    ) -> CloseReason {
+        let reason = self.close(opened, ended);
+        linger_after(&reason, socket).await;
+        reason
     }
 
     /// Stops pinging the connection, detaches its socket and records why it ended: metrics,

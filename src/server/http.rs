@@ -133,7 +133,6 @@ pub(super) async fn broadcast(
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     use crate::ingress::http as http_api;
-    use http_body_util::BodyExt;
     if request.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
     }
@@ -141,16 +140,9 @@ pub(super) async fn broadcast(
     if !http_api::authorized(given.map(|v| v.as_bytes()), &api.key) {
         return text(StatusCode::UNAUTHORIZED, "missing or wrong bearer key\n");
     }
-    let limit = http_api::body_limit(api.max_size);
-    let body = match http_body_util::Limited::new(request.into_body(), limit)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return with_status(413, format!("the body is over {limit} bytes\n"));
-        }
-        Err(_) => return text(StatusCode::BAD_REQUEST, "could not read the body\n"),
+    let body = match read_body(request, http_api::body_limit(api.max_size)).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
     let answer = match http_api::parse(&body, api.max_size) {
         Ok(broadcasts) => http_api::publish(&api.pool, &api.metrics, &broadcasts).await,
@@ -159,13 +151,31 @@ pub(super) async fn broadcast(
     with_status(answer.status, answer.body + "\n")
 }
 
+/// A request's body, at most `limit` bytes (413 beyond, 400 if it cannot be read).
+async fn read_body(
+    request: Request<Incoming>,
+    limit: usize,
+) -> Result<Bytes, Response<Full<Bytes>>> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+    {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(with_status(
+            413,
+            format!("the body is over {limit} bytes\n"),
+        )),
+        Err(_) => Err(text(StatusCode::BAD_REQUEST, "could not read the body\n")),
+    }
+}
+
 /// Centrifugo's server API ([`crate::centrifugo::api`]).
 async fn centrifugo_api(
     api: &crate::centrifugo::api::Api,
     method: &str,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    use http_body_util::BodyExt;
     if request.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
     }
@@ -174,15 +184,9 @@ async fn centrifugo_api(
         return text(StatusCode::UNAUTHORIZED, "missing or wrong X-API-Key\n");
     }
     let limit = crate::ingress::http::body_limit(api.max_size);
-    let body = match http_body_util::Limited::new(request.into_body(), limit)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return with_status(413, format!("the body is over {limit} bytes\n"));
-        }
-        Err(_) => return text(StatusCode::BAD_REQUEST, "could not read the body\n"),
+    let body = match read_body(request, limit).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
     match api.answer(method, &body).await {
         Some(answer) => {

@@ -13,7 +13,7 @@ use super::feed::{push_ping, Connection, Feed, TopicReplies};
 use super::topic::{Part, Scope, Topic};
 use crate::auth::jwt::{Identity, Refusal, Verifier};
 use crate::auth::{AuthCache, Membership, Principal};
-use crate::connection::frame::{Inbound, Messages, ReadEnd, WireFault};
+use crate::connection::frame::{Messages, Next, WireFault};
 use crate::connection::rate::RateLimit;
 use crate::connection::socket::Shared;
 use crate::connection::{writer, Ended, Plumbing};
@@ -215,16 +215,11 @@ pub async fn serve(
         queue.close(reason);
         writer.await;
     }
-    let reason = plumbing.close(
-        opened,
-        Ended {
-            holder,
-            subscriptions: topics,
-        },
-    );
-    if crate::connection::lingers(&reason) {
-        Box::pin(crate::connection::socket::linger(&socket)).await;
-    }
+    let ended = Ended {
+        holder,
+        subscriptions: topics,
+    };
+    plumbing.finish(opened, ended, Some(&socket)).await;
 }
 
 struct Reader<R> {
@@ -276,32 +271,21 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     async fn run(&mut self) -> CloseReason {
         let metrics = self.services.plumbing.metrics.clone();
         loop {
-            let message = match self.messages.next().await {
-                Ok(Inbound::Text(message)) => message,
-                Ok(Inbound::Ping(payload)) => {
-                    self.session.send(Outbound::Pong(payload.into()));
+            let message = match self.messages.next_message(&self.session).await {
+                Next::Text(message) => message,
+                Next::Bad(WireFault::Binary | WireFault::StrayContinuation) => {
+                    self.bad_request("send text frames holding JSON");
                     continue;
                 }
-                Ok(Inbound::Close(payload)) => return CloseReason::ClientClosed(payload.into()),
-                Ok(Inbound::Nothing) => continue,
-                Ok(Inbound::Bad(fault)) | Err(ReadEnd::Bad(fault)) => match fault {
-                    WireFault::Binary | WireFault::StrayContinuation => {
-                        self.bad_request("send text frames holding JSON");
-                        continue;
-                    }
-                    WireFault::TooLarge => {
-                        metrics.invalid_frame("too_large");
-                        return CloseReason::Disconnect(DisconnectReason::InvalidRequest);
-                    }
-                    WireFault::FrameViolation => {
-                        metrics.invalid_frame("protocol_violation");
-                        return CloseReason::ConnectionLost;
-                    }
-                },
-                Err(ReadEnd::Io(e)) => {
-                    tracing::debug!(session = self.session.queue.id, error = %e, "read ended");
+                Next::Bad(WireFault::TooLarge) => {
+                    metrics.invalid_frame("too_large");
+                    return CloseReason::Disconnect(DisconnectReason::InvalidRequest);
+                }
+                Next::Bad(WireFault::FrameViolation) => {
+                    metrics.invalid_frame("protocol_violation");
                     return CloseReason::ConnectionLost;
                 }
+                Next::End(reason) => return reason,
             };
             if !self.rate.allow() {
                 metrics.invalid_frame("rate_limited");

@@ -209,19 +209,15 @@ async fn run<R, W>(
         writer.await;
     }
 
-    let reason = plumbing.close(
-        opened,
-        Ended {
-            holder,
-            subscriptions,
-        },
-    );
+    let ended = Ended {
+        holder,
+        subscriptions,
+    };
+    let reason = plumbing.close(opened, ended);
     if let Some(sid) = &sid {
         if reason != CloseReason::Replaced {
             services.sessions.closed(sid);
         }
     }
-    if let Some(socket) = socket.filter(|_| crate::connection::lingers(&reason)) {
-        Box::pin(crate::connection::socket::linger(&socket)).await;
-    }
+    crate::connection::linger_after(&reason, socket.as_deref()).await;
 }

@@ -16,7 +16,7 @@ use crate::actioncable::protocol::{BadInput, Command, HistoryRequest, Verdict};
 use crate::auth::jwt::ConnectionIdentity;
 use crate::auth::Principal;
 use crate::config::tuning::{HARD_LIMIT_FACTOR, HISTORY_RATE};
-use crate::connection::frame::{Inbound, Messages, ReadEnd};
+use crate::connection::frame::{Messages, Next};
 use crate::connection::rate::RateLimit;
 use crate::delivery::{CloseReason, Outbound, Positions, SessionHandle, Subscription};
 use crate::router::Keep;
@@ -95,24 +95,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     /// Reads and handles messages until the connection should end, and says why.
     pub async fn run(&mut self, subs: &mut SessionSubscriptions) -> CloseReason {
         loop {
-            let message = match self.messages.next().await {
-                Ok(Inbound::Text(message)) => message,
-                Ok(Inbound::Ping(payload)) => {
-                    self.session.send(Outbound::Pong(payload.into()));
-                    continue;
-                }
-                Ok(Inbound::Close(payload)) => return CloseReason::ClientClosed(payload.into()),
-                Ok(Inbound::Nothing) => continue,
-                Ok(Inbound::Bad(fault)) | Err(ReadEnd::Bad(fault)) => {
-                    match self.bad(fault.into()) {
-                        Some(reason) => return reason,
-                        None => continue,
-                    }
-                }
-                Err(ReadEnd::Io(e)) => {
-                    tracing::debug!(session = self.session.queue.id, error = %e, "read ended");
-                    return CloseReason::ConnectionLost;
-                }
+            let message = match self.messages.next_message(&self.session).await {
+                Next::Text(message) => message,
+                Next::Bad(fault) => match self.bad(fault.into()) {
+                    Some(reason) => return reason,
+                    None => continue,
+                },
+                Next::End(reason) => return reason,
             };
             if !self.rate.allow() {
                 if let Some(reason) = self.bad(BadInput::RateLimited) {
