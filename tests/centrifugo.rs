@@ -25,7 +25,10 @@ const CONFIG: &str = r#"{
     "namespaces": [
       {"name": "tickets", "allow_subscribe_for_client": true, "allow_publish_for_client": true},
       {"name": "user", "allow_user_limited_channels": true},
-      {"name": "voice"}
+      {"name": "voice"},
+      {"name": "presence", "allow_subscribe_for_client": true, "presence": true, "join_leave": true,
+       "force_push_join_leave": true, "allow_presence_for_subscriber": true},
+      {"name": "quiet", "allow_subscribe_for_client": true, "presence": true, "join_leave": true}
     ]
   }
 }"#;
@@ -43,10 +46,16 @@ fn mint(claims: Value) -> String {
     .unwrap()
 }
 
-/// A gateway with the test's Centrifugo configuration: the key settings win over the file's.
-async fn gateway(db: &TestDb) -> cable_gateway::server::Running {
+/// The test's Centrifugo configuration file, written for `db`.
+fn config_file(db: &TestDb) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("cable-centrifugo-{}.json", db.name));
     std::fs::write(&path, CONFIG).unwrap();
+    path
+}
+
+/// A gateway with the test's Centrifugo configuration: the key settings win over the file's.
+async fn gateway(db: &TestDb) -> cable_gateway::server::Running {
+    let path = config_file(db);
     let mut config = db.config();
     config.jwt_secret = Some(SECRET.into());
     config.centrifugo_api_key = Some(API_KEY.into());
@@ -207,7 +216,7 @@ async fn connect_replies_as_centrifugo_and_server_side_channels_get_publications
     let gw = gateway(&db).await;
     let (mut client, reply) = Centrifugo::connected(
         gw.addr,
-        json!({"sub": "42", "exp": now() + 3600, "channels": ["voice:calls", "presence:online"]}),
+        json!({"sub": "42", "exp": now() + 3600, "channels": ["voice:calls", "tickets:1"]}),
     )
     .await;
     assert!(reply["client"].as_str().is_some_and(|c| c.len() >= 16));
@@ -215,10 +224,7 @@ async fn connect_replies_as_centrifugo_and_server_side_channels_get_publications
     assert_eq!(reply["pong"], true);
     assert_eq!(reply["expires"], true);
     assert!(reply["ttl"].as_u64().is_some_and(|ttl| ttl > 3500));
-    assert_eq!(
-        reply["subs"],
-        json!({"voice:calls": {}, "presence:online": {}})
-    );
+    assert_eq!(reply["subs"], json!({"voice:calls": {}, "tickets:1": {}}));
     let (status, answer) = api(
         gw.addr,
         "publish",
@@ -647,4 +653,161 @@ async fn shutdown_says_3001() {
     let shutdown = tokio::spawn(gw.shutdown());
     assert_eq!(client.closed(WAIT).await, Some((3001, "shutdown".into())));
     shutdown.await.unwrap();
+}
+
+/// The next join or leave push: (kind, client, user).
+async fn membership(client: &mut Centrifugo) -> (String, String, String) {
+    let frame = client.next().await;
+    let push = &frame["push"];
+    let kind = ["join", "leave"]
+        .into_iter()
+        .find(|kind| push.get(*kind).is_some())
+        .unwrap_or_else(|| panic!("expected a join or leave, got {frame}"));
+    let info = &push[kind]["info"];
+    (
+        kind.to_string(),
+        info["client"].as_str().unwrap().to_string(),
+        info["user"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn channel_presence_is_shared_by_every_process_with_joins_and_leaves() {
+    let db = TestDb::new().await;
+    let a = gateway(&db).await;
+    let b = gateway(&db).await;
+    let (mut alice, hello) =
+        Centrifugo::connected(a.addr, json!({"sub": "1", "info": {"name": "Alice"}})).await;
+    let alice_id = hello["client"].as_str().unwrap().to_string();
+    let subscribe = json!({"channel": "presence:online"});
+    assert_eq!(
+        alice.call("subscribe", subscribe.clone()).await["subscribe"],
+        json!({})
+    );
+    // Her own join comes too (force_push_join_leave).
+    assert_eq!(
+        membership(&mut alice).await,
+        ("join".into(), alice_id.clone(), "1".into())
+    );
+    let (mut bob, hello) = Centrifugo::connected(b.addr, json!({"sub": "2"})).await;
+    let bob_id = hello["client"].as_str().unwrap().to_string();
+    bob.call("subscribe", subscribe.clone()).await;
+    let joined = tokio::time::timeout(Duration::from_secs(2), membership(&mut alice))
+        .await
+        .expect("the join from the other process within 2 s");
+    assert_eq!(joined, ("join".into(), bob_id.clone(), "2".into()));
+    // presence and presence_stats, on either process, and from the server API.
+    let presence = alice.call("presence", subscribe.clone()).await;
+    assert_eq!(
+        presence["presence"]["presence"][&alice_id],
+        json!({"client": alice_id, "user": "1", "conn_info": {"name": "Alice"}})
+    );
+    assert_eq!(presence["presence"]["presence"][&bob_id]["user"], "2");
+    let stats = bob.call("presence_stats", subscribe.clone()).await;
+    assert_eq!(
+        stats["presence_stats"],
+        json!({"num_clients": 2, "num_users": 2})
+    );
+    let (_, api_stats) = api(
+        a.addr,
+        "presence_stats",
+        API_KEY,
+        r#"{"channel": "presence:online"}"#,
+    )
+    .await;
+    assert_eq!(
+        api_stats,
+        json!({"result": {"num_clients": 2, "num_users": 2}})
+    );
+    // A channel without presence: 108; presence of a channel one is not subscribed to: 103.
+    assert_eq!(
+        alice
+            .call("presence", json!({"channel": "tickets:1"}))
+            .await["error"]["code"],
+        108
+    );
+    assert_eq!(
+        alice
+            .call("presence", json!({"channel": "presence:other"}))
+            .await["error"]["code"],
+        103
+    );
+    // Bob leaves: Alice hears it.
+    bob.call("unsubscribe", subscribe.clone()).await;
+    assert_eq!(
+        membership(&mut alice).await,
+        ("leave".into(), bob_id, "2".into())
+    );
+    // Without force_push_join_leave, only a subscriber that asked gets them.
+    let (mut asked, _) = Centrifugo::connected(a.addr, json!({"sub": "3"})).await;
+    asked
+        .call(
+            "subscribe",
+            json!({"channel": "quiet:room", "join_leave": true}),
+        )
+        .await;
+    let (mut silent, _) = Centrifugo::connected(b.addr, json!({"sub": "4"})).await;
+    silent
+        .call("subscribe", json!({"channel": "quiet:room"}))
+        .await;
+    assert_eq!(membership(&mut asked).await.0, "join");
+    assert_eq!(membership(&mut asked).await.2, "4");
+    let (_, none) = api(b.addr, "presence", API_KEY, r#"{"channel": "quiet:room"}"#).await;
+    assert_eq!(none["result"]["presence"].as_object().unwrap().len(), 2);
+    // `silent` got nothing but the answers to its own commands.
+    assert_eq!(
+        silent
+            .call("unsubscribe", json!({"channel": "quiet:room"}))
+            .await["unsubscribe"],
+        json!({})
+    );
+    assert!(silent.pushes.is_empty(), "{:?}", silent.pushes);
+}
+
+#[tokio::test]
+async fn a_killed_processs_clients_leave_within_the_presence_ttl() {
+    let db = TestDb::new().await;
+    let path = config_file(&db);
+    let mut config = db.config();
+    config.jwt_secret = Some(SECRET.into());
+    config.centrifugo_config = Some(path.clone());
+    config.presence_ttl = Duration::from_secs(2);
+    let survivor = start(config).await;
+    let doomed = common::GatewayProcess::spawn(
+        &db.url,
+        &[
+            ("CABLE_JWT_SECRET", SECRET),
+            ("CABLE_CENTRIFUGO_CONFIG", path.to_str().unwrap()),
+            ("CABLE_PRESENCE_TTL", "2s"),
+        ],
+    )
+    .await;
+    doomed.ready().await;
+    let (mut watcher, _) = Centrifugo::connected(survivor.addr, json!({"sub": "1"})).await;
+    watcher
+        .call("subscribe", json!({"channel": "presence:online"}))
+        .await;
+    membership(&mut watcher).await; // its own join
+    let (mut victim, hello) = Centrifugo::connected(doomed.addr, json!({"sub": "9"})).await;
+    let victim_id = hello["client"].as_str().unwrap().to_string();
+    victim
+        .call("subscribe", json!({"channel": "presence:online"}))
+        .await;
+    assert_eq!(membership(&mut watcher).await.1, victim_id);
+    let killed = tokio::process::Command::new("kill")
+        .args(["-KILL", &doomed.pid().to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let started = std::time::Instant::now();
+    let left = tokio::time::timeout(Duration::from_secs(5), membership(&mut watcher))
+        .await
+        .expect("a leave within the TTL and a sweep");
+    assert_eq!(left, ("leave".into(), victim_id, "9".into()));
+    assert!(
+        started.elapsed() <= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -11,6 +11,7 @@
 //! | `publish` `{"channel","data"}` | `{"result":{}}` once stored |
 //! | `broadcast` `{"channels":[..],"data"}` | `{"result":{"responses":[{"result":{}},..]}}`, all stored at once |
 //! | `info` | `{"result":{"nodes":[..]}}`: this process |
+//! | `presence`, `presence_stats` `{"channel"}` | who is subscribed, on every process, where the namespace keeps presence (else 108; an unknown namespace 102) |
 //! | a method of Centrifugo's not served yet | `{"error":{"code":108,"message":"not available"}}` |
 //! | any other method | 404 |
 //! | the database does not answer | `{"error":{"code":100,"message":"internal server error"}}` |
@@ -29,6 +30,10 @@ pub const MAX_BROADCAST_CHANNELS: usize = 1000;
 /// What the API needs.
 pub struct Api {
     pub key: String,
+    /// Channel presence, for `presence` and `presence_stats`.
+    pub presence: std::sync::Arc<super::presence::ChannelPresence>,
+    /// Which namespaces keep presence.
+    pub config: super::config::CentrifugoConfig,
     pub pool: PgPool,
     pub metrics: std::sync::Arc<Metrics>,
     /// `CABLE_MAX_BROADCAST_SIZE`: the largest `data`.
@@ -137,6 +142,25 @@ impl Api {
                 "num_clients": self.metrics.connections_open.get(),
                 "uptime": self.started.elapsed().as_secs(),
             }]})),
+            "presence" | "presence_stats" => {
+                let Some(channel) = channel(request.get("channel")) else {
+                    return Some(bad_request());
+                };
+                match self.config.options(&channel) {
+                    None => error(102, "unknown channel"),
+                    Some(options) if !options.presence => error(108, "not available"),
+                    Some(_) => match self.presence.members(&channel).await {
+                        Ok(members) if method == "presence" => {
+                            ok(super::presence::presence_result(&members))
+                        }
+                        Ok(members) => ok(super::presence::stats_result(&members)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "channel presence: query failed");
+                            error(100, "internal server error")
+                        }
+                    },
+                }
+            }
             _ => error(108, "not available"),
         })
     }

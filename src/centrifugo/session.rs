@@ -17,6 +17,7 @@ use tokio::io::AsyncRead;
 use tokio::sync::watch;
 
 use super::config::CentrifugoConfig;
+use super::presence::{ChannelPresence, Member};
 use super::protocol::{self, Disconnect, Error, Line, Method};
 use super::token::{Refused, Tokens};
 use super::wire::{self, Goodbyes};
@@ -46,6 +47,8 @@ pub struct Services {
     /// `account:<A>` subscriptions keep their user online and get the account's presence,
     /// as a dashboard's do.
     pub presence: Arc<crate::presence::Presence>,
+    /// Presence of channels whose namespace keeps it, on every process.
+    pub channel_presence: Arc<ChannelPresence>,
     /// Verifies connection and subscription tokens, when a key is configured.
     pub tokens: Option<Tokens>,
     /// Channel options by namespace.
@@ -84,6 +87,7 @@ pub async fn serve(
         goodbyes: goodbyes.clone(),
         client: None,
         subs: HashMap::new(),
+        present: Default::default(),
         expiry,
         seen: seen.clone(),
     };
@@ -112,8 +116,9 @@ pub async fn serve(
         .values()
         .find_map(|sub| services.router.principal_of(sub.id));
     let subscriptions = reader.subs.len();
-    for sub in reader.subs.values() {
-        services.router.unregister(sub.id, None);
+    let channels: Vec<String> = reader.subs.keys().cloned().collect();
+    for channel in channels {
+        reader.end(&channel).await;
     }
     drop(reader);
     if let Some(reason) = reader_ended {
@@ -174,6 +179,8 @@ async fn watch_liveness(seen: &AtomicU64) -> Disconnect {
 struct Client {
     id: String,
     user: String,
+    /// The token's `info`, shown in presence.
+    info: Option<Value>,
 }
 
 struct Reader<R> {
@@ -185,6 +192,8 @@ struct Reader<R> {
     client: Option<Client>,
     /// Its subscriptions, by channel.
     subs: HashMap<String, Arc<Subscription>>,
+    /// The channels of `subs` it is present in.
+    present: std::collections::HashSet<String>,
     /// The connection token's `exp` (changed by `refresh`).
     expiry: watch::Sender<Option<u64>>,
     /// When the client last sent anything (seconds), 0 before its `connect`.
@@ -278,15 +287,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         let outcome = match method {
             Method::Connect => self.connect(id, &params).await,
             Method::Subscribe => self.subscribe(id, &params).await,
-            Method::Unsubscribe => self.unsubscribe(id, &params),
+            Method::Unsubscribe => self.unsubscribe(id, &params).await,
+            Method::Presence | Method::PresenceStats => self.presence(id, method, &params).await,
             Method::Publish => self.publish(id, &params).await,
             Method::Refresh => self.refresh(id, &params),
             Method::Send => Ok(()),
-            Method::Presence
-            | Method::PresenceStats
-            | Method::History
-            | Method::Rpc
-            | Method::SubRefresh => {
+            Method::History | Method::Rpc | Method::SubRefresh => {
                 self.error(id, protocol::NOT_AVAILABLE);
                 Ok(())
             }
@@ -324,6 +330,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         self.client = Some(Client {
             id: client.clone(),
             user: claims.user.clone(),
+            info: claims.info.clone(),
         });
         self.seen
             .store(crate::clock::unix_seconds(), Ordering::Relaxed);
@@ -354,7 +361,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
         self.send(protocol::reply(id, Method::Connect, &reply));
         for channel in live {
-            match self.go_live(&channel, None).await {
+            match self.go_live(&channel, None, false).await {
                 Ok(()) => {}
                 Err(error) => {
                     // The client was told of it: it gets an unsubscribe push instead.
@@ -377,7 +384,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// Makes a subscription to `channel` live; `confirm` is queued before its first
     /// publication. The built-in `account:<A>` channel acts as the user in A.
-    async fn go_live(&mut self, channel: &str, confirm: Option<Bytes>) -> Result<(), Error> {
+    async fn go_live(
+        &mut self,
+        channel: &str,
+        confirm: Option<Bytes>,
+        join_leave: bool,
+    ) -> Result<(), Error> {
         let services = self.services.clone();
         if let Some(account) = channel.strip_prefix("account:") {
             let principal = self.account_principal(account).await?;
@@ -412,8 +424,37 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         services
             .router
             .register_channel(sub.clone(), channel.into(), confirm, lease);
-        self.subs.insert(channel.to_string(), sub);
+        self.subs.insert(channel.to_string(), sub.clone());
+        if let Some(options) = services.config.options(channel).filter(|o| o.presence) {
+            let client = self.client.as_ref().expect("subscribed after connect");
+            let member = Member {
+                channel: channel.to_string(),
+                client: client.id.clone(),
+                user: client.user.clone(),
+                conn_info: client.info.clone(),
+            };
+            let pushes = options.join_leave && (options.force_push_join_leave || join_leave);
+            self.present.insert(channel.to_string());
+            if let Err(e) = services.channel_presence.join(member, &sub, pushes).await {
+                // Its row is written by the next refresh.
+                tracing::warn!(error = %e, channel, "channel presence: join not written");
+            }
+        }
         Ok(())
+    }
+
+    /// `channel`'s subscription ends: out of the router, and out of its presence.
+    async fn end(&mut self, channel: &str) {
+        if let Some(sub) = self.subs.remove(channel) {
+            self.services.router.unregister(sub.id, None);
+            if self.present.remove(channel) {
+                let client = self.client.as_ref().map(|c| c.id.as_str()).unwrap_or("");
+                self.services
+                    .channel_presence
+                    .leave(channel, client, sub.id)
+                    .await;
+            }
+        }
     }
 
     /// The user of `account:<A>` (`account` is `<A>`): the connection's `sub` must be a
@@ -486,7 +527,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             return Ok(());
         }
         let confirm = protocol::reply(id, Method::Subscribe, &json!({}));
-        if let Err(error) = self.go_live(&channel, Some(confirm)).await {
+        let join_leave = params.get("join_leave").and_then(Value::as_bool) == Some(true);
+        if let Err(error) = self.go_live(&channel, Some(confirm), join_leave).await {
             self.error(id, error);
         }
         Ok(())
@@ -530,15 +572,50 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Ok(Err(protocol::PERMISSION_DENIED))
     }
 
-    fn unsubscribe(&mut self, id: u32, params: &Map<String, Value>) -> Ends {
+    async fn unsubscribe(&mut self, id: u32, params: &Map<String, Value>) -> Ends {
         let Some(channel) = string_param(params, "channel") else {
             self.error(id, protocol::BAD_REQUEST);
             return Ok(());
         };
-        if let Some(sub) = self.subs.remove(channel) {
-            self.services.router.unregister(sub.id, None);
-        }
+        self.end(channel).await;
         self.send(protocol::reply(id, Method::Unsubscribe, &json!({})));
+        Ok(())
+    }
+
+    /// `presence` and `presence_stats`: for a channel whose namespace keeps presence, to a
+    /// subscriber where `allow_presence_for_subscriber`.
+    async fn presence(&mut self, id: u32, method: Method, params: &Map<String, Value>) -> Ends {
+        let Some(channel) = string_param(params, "channel") else {
+            self.error(id, protocol::BAD_REQUEST);
+            return Ok(());
+        };
+        let Some(options) = self.services.config.options(channel) else {
+            self.error(id, protocol::UNKNOWN_CHANNEL);
+            return Ok(());
+        };
+        if !options.presence {
+            self.error(id, protocol::NOT_AVAILABLE);
+            return Ok(());
+        }
+        let subscribed = self.subs.get(channel).is_some_and(|sub| sub.is_active());
+        if !(subscribed && options.allow_presence_for_subscriber) {
+            self.error(id, protocol::PERMISSION_DENIED);
+            return Ok(());
+        }
+        match self.services.channel_presence.members(channel).await {
+            Ok(members) => {
+                let result = if method == Method::Presence {
+                    super::presence::presence_result(&members)
+                } else {
+                    super::presence::stats_result(&members)
+                };
+                self.send(protocol::reply(id, method, &result));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "channel presence: query failed");
+                self.error(id, protocol::INTERNAL);
+            }
+        }
         Ok(())
     }
 

@@ -111,6 +111,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         metrics.clone(),
         chatwoot,
     );
+    let channel_presence =
+        crate::centrifugo::presence::ChannelPresence::new(pool.clone(), config.presence_ttl);
     let doorbell = Arc::new(Notify::new());
     let auth_changed = Arc::new(Notify::new());
     let mut listen = Listen::new(db.clone(), metrics.clone());
@@ -133,6 +135,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         listen.channel(sessions::CHANNEL, Box::new(move |sid| restored.taken(sid)));
         let announced = presence.clone();
         listen.channel(presence::CHANNEL, Box::new(move |p| announced.changed(p)));
+        let announced = channel_presence.clone();
+        listen.channel(
+            crate::centrifugo::presence::CHANNEL,
+            Box::new(move |p| announced.announced(p)),
+        );
         // Whatever was announced while the connection was down is lost: catch up.
         let (doorbell, presence, router) = (doorbell.clone(), presence.clone(), router.clone());
         let rounds = rounds.clone();
@@ -229,6 +236,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     let disconnects = Arc::new(DisconnectLog::default());
     let pings = Arc::new(crate::connection::pings::Pings::default());
     tasks.push(tokio::spawn(pings.clone().run()));
+    tasks.push(tokio::spawn(channel_presence.clone().run()));
     let inspector = nonempty(&config.admin_token).map(|token| {
         let inspector = Inspector::new(inspect::Sources {
             metrics: metrics.clone(),
@@ -294,6 +302,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         .or_else(|| centrifugo.api_key.clone())
         .map(|key| crate::centrifugo::api::Api {
             key,
+            presence: channel_presence.clone(),
+            config: centrifugo.clone(),
             pool: pool.clone(),
             metrics: metrics.clone(),
             max_size: config.max_broadcast_size,
@@ -313,6 +323,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             pool: pool.clone(),
             rails_postgres: topics.rails_postgres.clone(),
             presence: topics.presence.clone(),
+            channel_presence: channel_presence.clone(),
             tokens: Some(tokens),
             config: centrifugo,
             max_publish: config.max_broadcast_size,

@@ -28,6 +28,13 @@ const CONFIG = {
     namespaces: [
       { name: "tickets", allow_subscribe_for_client: true },
       { name: "voice" },
+      {
+        name: "presence",
+        allow_subscribe_for_client: true,
+        presence: true,
+        join_leave: true,
+        allow_presence_for_subscriber: true,
+      },
     ],
   },
 };
@@ -125,6 +132,30 @@ describe("Centrifugo's SDK and cent.js, unchanged", { timeout: 120_000 }, () => 
       { event: "message.created", data: { id: 71, account_id: 1 } },
       { event: "conversation.updated", data: { id: 73, account_id: 1 } },
     ]);
+  });
+
+  test("presence and join/leave across processes, as the SDK asks for them", async () => {
+    const [a, b] = gateways;
+    const alice = connect(a.port, { token: jwt({ sub: "1", info: { name: "Alice" } }) });
+    const bob = connect(b.port, { token: jwt({ sub: "2", info: { name: "Bob" } }) });
+    const seenAlice = recorder(alice);
+    const online = seenAlice.watch(alice.newSubscription("presence:online", { joinLeave: true }));
+    for (const event of ["join", "leave"]) online.on(event, (ctx) => seenAlice.seen.push({ on: "presence:online", event, ctx }));
+    online.subscribe();
+    alice.connect();
+    await seenAlice.find("Alice subscribed", (s) => s.on === "presence:online" && s.event === "subscribed");
+    const bobOnline = bob.newSubscription("presence:online");
+    bobOnline.subscribe();
+    bob.connect();
+    await bobOnline.ready(WAIT_MS);
+    const joined = await seenAlice.find("Bob's join", (s) => s.event === "join" && s.ctx.info.user === "2");
+    assert.deepEqual(joined.ctx.info.connInfo, { name: "Bob" });
+    const presence = await online.presence();
+    assert.deepEqual(Object.values(presence.clients).map((c) => c.user).sort(), ["1", "2"]);
+    assert.deepEqual(await online.presenceStats(), { numClients: 2, numUsers: 2 });
+    bobOnline.unsubscribe();
+    const left = await seenAlice.find("Bob's leave", (s) => s.event === "leave" && s.ctx.info.user === "2");
+    assert.equal(left.ctx.info.client, joined.ctx.info.client);
   });
 
   test("an expired token gets error 109, and the SDK connects with the one getToken gives", async () => {
