@@ -811,3 +811,64 @@ async fn a_killed_processs_clients_leave_within_the_presence_ttl() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn subscription_tokens_expire_unless_refreshed() {
+    let db = TestDb::new().await;
+    let gw = gateway(&db).await;
+    let (mut client, _) = Centrifugo::connected(gw.addr, json!({"sub": "1"})).await;
+    let token = |exp: u64| mint(json!({"sub": "1", "channel": "voice:calls", "exp": exp}));
+    let reply = client
+        .call(
+            "subscribe",
+            json!({"channel": "voice:calls", "token": token(now() + 2)}),
+        )
+        .await;
+    assert_eq!(reply["subscribe"]["expires"], true);
+    assert!(reply["subscribe"]["ttl"]
+        .as_u64()
+        .is_some_and(|ttl| ttl <= 2));
+    // Refreshed; a refresh naming another channel would be 3500.
+    let refreshed = client
+        .call(
+            "sub_refresh",
+            json!({"channel": "voice:calls", "token": token(now() + 6)}),
+        )
+        .await;
+    assert_eq!(refreshed["sub_refresh"]["expires"], true);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        client
+            .call("subscribe", json!({"channel": "tickets:1"}))
+            .await["subscribe"],
+        json!({})
+    );
+    // Left to run out: 3006.
+    assert_eq!(
+        client.closed(Duration::from_secs(6)).await,
+        Some((3006, "subscription expired".into()))
+    );
+    // An expired subscription token at subscribe: error 109.
+    let (mut client, _) = Centrifugo::connected(gw.addr, json!({"sub": "1"})).await;
+    let expired = client
+        .call(
+            "subscribe",
+            json!({"channel": "voice:calls", "token": token(now() - 1)}),
+        )
+        .await;
+    assert_eq!(expired["error"]["code"], 109);
+    let wrong = mint(json!({"sub": "1", "channel": "voice:other", "exp": now() + 60}));
+    client
+        .call(
+            "subscribe",
+            json!({"channel": "voice:calls", "token": token(now() + 60)}),
+        )
+        .await;
+    client
+        .command(
+            "sub_refresh",
+            json!({"channel": "voice:calls", "token": wrong}),
+        )
+        .await;
+    assert_eq!(client.closed(WAIT).await.map(|(code, _)| code), Some(3500));
+}

@@ -88,6 +88,8 @@ pub async fn serve(
         client: None,
         subs: HashMap::new(),
         present: Default::default(),
+        exp: None,
+        sub_exps: HashMap::new(),
         expiry,
         seen: seen.clone(),
     };
@@ -132,19 +134,23 @@ pub async fn serve(
     plumbing.finish(opened, ended, Some(&socket)).await;
 }
 
-/// Resolves when the connection's token expires unrefreshed (3005).
-async fn watch_expiry(mut expires: watch::Receiver<Option<u64>>) -> Disconnect {
+/// The first token to run out: when (seconds since the epoch), and how the connection ends
+/// then (3005 for the connection's, 3006 for a subscription's).
+type Deadline = Option<(u64, Disconnect)>;
+
+/// Resolves when a token expires unrefreshed.
+async fn watch_expiry(mut expires: watch::Receiver<Deadline>) -> Disconnect {
     loop {
-        let exp = *expires.borrow_and_update();
-        match exp {
+        let deadline = *expires.borrow_and_update();
+        match deadline {
             None => {
                 if expires.changed().await.is_err() {
                     std::future::pending::<()>().await;
                 }
             }
-            Some(exp) => {
+            Some((exp, disconnect)) => {
                 tokio::select! {
-                    () = crate::connection::expiry(Some(exp)) => return protocol::CONNECTION_EXPIRED,
+                    () = crate::connection::expiry(Some(exp)) => return disconnect,
                     changed = expires.changed() => if changed.is_err() {
                         std::future::pending::<()>().await;
                     },
@@ -195,7 +201,11 @@ struct Reader<R> {
     /// The channels of `subs` it is present in.
     present: std::collections::HashSet<String>,
     /// The connection token's `exp` (changed by `refresh`).
-    expiry: watch::Sender<Option<u64>>,
+    exp: Option<u64>,
+    /// Each subscription token's `exp`, by channel (changed by `sub_refresh`).
+    sub_exps: HashMap<String, u64>,
+    /// The first of them, watched by the connection's task.
+    expiry: watch::Sender<Deadline>,
     /// When the client last sent anything (seconds), 0 before its `connect`.
     seen: Arc<AtomicU64>,
 }
@@ -208,6 +218,20 @@ fn string_param<'a>(params: &'a Map<String, Value>, key: &str) -> Option<&'a str
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
+    /// Tells the connection's task which token runs out first.
+    fn watch_deadline(&self) {
+        let connection = self.exp.map(|exp| (exp, protocol::CONNECTION_EXPIRED));
+        let subscriptions = self
+            .sub_exps
+            .values()
+            .map(|exp| (*exp, protocol::SUBSCRIPTION_EXPIRED));
+        let first = connection
+            .into_iter()
+            .chain(subscriptions)
+            .min_by_key(|(exp, _)| *exp);
+        self.expiry.send_replace(first);
+    }
+
     fn send(&self, frame: Bytes) {
         self.session.send(Outbound::Frame(frame));
     }
@@ -292,7 +316,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             Method::Publish => self.publish(id, &params).await,
             Method::Refresh => self.refresh(id, &params),
             Method::Send => Ok(()),
-            Method::History | Method::Rpc | Method::SubRefresh => {
+            Method::SubRefresh => self.sub_refresh(id, &params),
+            Method::History | Method::Rpc => {
                 self.error(id, protocol::NOT_AVAILABLE);
                 Ok(())
             }
@@ -334,7 +359,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         });
         self.seen
             .store(crate::clock::unix_seconds(), Ordering::Relaxed);
-        self.expiry.send_replace(claims.exp);
+        self.exp = claims.exp;
+        self.watch_deadline();
         let mut reply = json!({
             "client": client,
             "version": VERSION,
@@ -445,6 +471,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// `channel`'s subscription ends: out of the router, and out of its presence.
     async fn end(&mut self, channel: &str) {
+        if self.sub_exps.remove(channel).is_some() {
+            self.watch_deadline();
+        }
         if let Some(sub) = self.subs.remove(channel) {
             self.services.router.unregister(sub.id, None);
             if self.present.remove(channel) {
@@ -522,11 +551,21 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             self.error(id, protocol::LIMIT_EXCEEDED);
             return Ok(());
         }
-        if let Err(refusal) = self.may_subscribe(&channel, params)? {
-            self.error(id, refusal);
-            return Ok(());
+        let exp = match self.may_subscribe(&channel, params)? {
+            Ok(exp) => exp,
+            Err(refusal) => {
+                self.error(id, refusal);
+                return Ok(());
+            }
+        };
+        let mut reply = json!({});
+        if let Some(exp) = exp {
+            reply["expires"] = json!(true);
+            reply["ttl"] = json!(exp.saturating_sub(crate::clock::unix_seconds()));
+            self.sub_exps.insert(channel.clone(), exp);
+            self.watch_deadline();
         }
-        let confirm = protocol::reply(id, Method::Subscribe, &json!({}));
+        let confirm = protocol::reply(id, Method::Subscribe, &reply);
         let join_leave = params.get("join_leave").and_then(Value::as_bool) == Some(true);
         if let Err(error) = self.go_live(&channel, Some(confirm), join_leave).await {
             self.error(id, error);
@@ -540,10 +579,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         &self,
         channel: &str,
         params: &Map<String, Value>,
-    ) -> Result<Result<(), Error>, Disconnect> {
+    ) -> Result<Result<Option<u64>, Error>, Disconnect> {
         if channel.starts_with("account:") {
             // Checked against the database when it goes live.
-            return Ok(Ok(()));
+            return Ok(Ok(None));
         }
         let Some(options) = self.services.config.options(channel) else {
             return Ok(Err(protocol::UNKNOWN_CHANNEL));
@@ -554,7 +593,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 return Err(protocol::INVALID_TOKEN);
             };
             return match tokens.subscription(token, crate::clock::unix_seconds()) {
-                Ok(claims) if claims.user == user && claims.channel == channel => Ok(Ok(())),
+                Ok(claims) if claims.user == user && claims.channel == channel => {
+                    Ok(Ok(claims.exp))
+                }
                 Ok(_) | Err(Refused::Invalid(_)) => Err(protocol::INVALID_TOKEN),
                 Err(Refused::Expired) => Ok(Err(protocol::TOKEN_EXPIRED)),
             };
@@ -562,12 +603,12 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if options.allow_user_limited_channels {
             if let Some((_, users)) = channel.rsplit_once('#') {
                 if users.split(',').any(|u| u == user) {
-                    return Ok(Ok(()));
+                    return Ok(Ok(None));
                 }
             }
         }
         if options.allow_subscribe_for_client {
-            return Ok(Ok(()));
+            return Ok(Ok(None));
         }
         Ok(Err(protocol::PERMISSION_DENIED))
     }
@@ -661,6 +702,45 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Ok(())
     }
 
+    /// `sub_refresh` `{channel, token}`: a new subscription token for a subscription made
+    /// with one (a forged one, or one of another user or channel: 3500; expired: 3006).
+    fn sub_refresh(&mut self, id: u32, params: &Map<String, Value>) -> Ends {
+        let (Some(channel), Some(token)) = (
+            string_param(params, "channel"),
+            string_param(params, "token"),
+        ) else {
+            self.error(id, protocol::BAD_REQUEST);
+            return Ok(());
+        };
+        if !self.sub_exps.contains_key(channel) {
+            self.error(id, protocol::PERMISSION_DENIED);
+            return Ok(());
+        }
+        let Some(tokens) = &self.services.tokens else {
+            return Err(protocol::INVALID_TOKEN);
+        };
+        let user = self.client.as_ref().map(|c| c.user.as_str()).unwrap_or("");
+        let claims = match tokens.subscription(token, crate::clock::unix_seconds()) {
+            Ok(claims) if claims.user == user && claims.channel == channel => claims,
+            Ok(_) | Err(Refused::Invalid(_)) => return Err(protocol::INVALID_TOKEN),
+            Err(Refused::Expired) => return Err(protocol::SUBSCRIPTION_EXPIRED),
+        };
+        let mut reply = json!({});
+        match claims.exp {
+            Some(exp) => {
+                self.sub_exps.insert(channel.to_string(), exp);
+                reply["expires"] = json!(true);
+                reply["ttl"] = json!(exp.saturating_sub(crate::clock::unix_seconds()));
+            }
+            None => {
+                self.sub_exps.remove(channel);
+            }
+        }
+        self.watch_deadline();
+        self.send(protocol::reply(id, Method::SubRefresh, &reply));
+        Ok(())
+    }
+
     fn refresh(&mut self, id: u32, params: &Map<String, Value>) -> Ends {
         let (Some(tokens), Some(token)) = (&self.services.tokens, string_param(params, "token"))
         else {
@@ -675,7 +755,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if claims.user != client.user {
             return Err(protocol::INVALID_TOKEN);
         }
-        self.expiry.send_replace(claims.exp);
+        self.exp = claims.exp;
+        self.watch_deadline();
         let mut reply = json!({"client": client.id, "version": VERSION});
         if let Some(exp) = claims.exp {
             reply["expires"] = json!(true);
