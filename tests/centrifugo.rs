@@ -872,3 +872,130 @@ async fn subscription_tokens_expire_unless_refreshed() {
         .await;
     assert_eq!(client.closed(WAIT).await.map(|(code, _)| code), Some(3500));
 }
+
+/// A connect proxy on a free port: answers each connect by its `data.as`, and keeps what
+/// it was sent.
+async fn connect_proxy() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let body = loop {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break body.to_string();
+                        }
+                    }
+                };
+                let asked: Value = serde_json::from_str(&body).unwrap();
+                kept.lock().unwrap().push(asked.clone());
+                let answer = match asked["data"]["as"].as_str().unwrap_or("") {
+                    "agent" => json!({"result": {"user": "2", "channels": ["voice:calls"],
+                                                 "info": {"name": "Bob"}, "data": {"welcome": true}}}),
+                    "refused" => json!({"error": {"code": 4000, "message": "not today"}}),
+                    "banned" => json!({"disconnect": {"code": 4501, "reason": "banned"}}),
+                    _ => {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        json!({"result": {"user": "late"}})
+                    }
+                }
+                .to_string();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn the_connect_proxy_decides_connects_without_a_token() {
+    let db = TestDb::new().await;
+    let (proxy, seen) = connect_proxy().await;
+    let mut config = db.config();
+    // Connects without a token go to the proxy (the file's token key is not SECRET).
+    config.centrifugo_config = Some(config_file(&db));
+    config.centrifugo_connect_proxy_url = Some(format!("http://{proxy}/centrifugo/connect"));
+    config.centrifugo_api_key = Some(API_KEY.into());
+    let gw = start(config).await;
+    let mut client = Centrifugo::open(gw.addr).await;
+    let reply = client
+        .call(
+            "connect",
+            json!({"data": {"as": "agent"}, "name": "js", "version": "5.8.0"}),
+        )
+        .await;
+    let connected = &reply["connect"];
+    assert_eq!(connected["data"], json!({"welcome": true}));
+    assert_eq!(connected["subs"], json!({"voice:calls": {}}));
+    let asked = seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        asked,
+        json!({"client": connected["client"], "transport": "websocket", "protocol": "json",
+               "encoding": "json", "name": "js", "version": "5.8.0", "data": {"as": "agent"}})
+    );
+    api(
+        gw.addr,
+        "publish",
+        API_KEY,
+        r#"{"channel": "voice:calls", "data": 1}"#,
+    )
+    .await;
+    assert_eq!(client.publication().await.1, json!(1));
+    // An error is the connect's reply; the connection stays for another try.
+    let mut client = Centrifugo::open(gw.addr).await;
+    let refused = client
+        .call("connect", json!({"data": {"as": "refused"}}))
+        .await;
+    assert_eq!(
+        refused["error"],
+        json!({"code": 4000, "message": "not today"})
+    );
+    // A disconnect closes with its code and reason.
+    client
+        .command("connect", json!({"data": {"as": "banned"}}))
+        .await;
+    assert_eq!(client.closed(WAIT).await, Some((4501, "banned".into())));
+    // No answer within the timeout (1 s): error 100, temporary.
+    let mut client = Centrifugo::open(gw.addr).await;
+    let started = std::time::Instant::now();
+    let late = client
+        .call("connect", json!({"data": {"as": "slow"}}))
+        .await;
+    assert_eq!(
+        late["error"],
+        json!({"code": 100, "message": "internal server error", "temporary": true})
+    );
+    assert!(started.elapsed() < Duration::from_millis(2500));
+    // A token signed with another key than the file's: 3500, not the proxy.
+    let mut client = Centrifugo::open(gw.addr).await;
+    client
+        .command("connect", json!({"token": mint(json!({"sub": "1"}))}))
+        .await;
+    assert_eq!(client.closed(WAIT).await.map(|(code, _)| code), Some(3500));
+}

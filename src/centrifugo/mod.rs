@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod presence;
 pub mod protocol;
+pub mod proxy;
 pub mod session;
 pub mod token;
 pub mod wire;

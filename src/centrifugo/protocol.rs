@@ -215,17 +215,18 @@ pub fn reply(id: u32, method: Method, result: &Value) -> Bytes {
 
 /// `{"id":N,"error":{"code":C,"message":"..","temporary":true}}` (`temporary` only when set).
 pub fn error_reply(id: u32, error: Error) -> Bytes {
-    let message = crate::delivery::quoted(error.message);
-    let temporary = if error.temporary {
+    error_reply_with(id, error.code, error.message, error.temporary)
+}
+
+/// [`error_reply`] with an error of someone else's (a connect proxy's).
+pub fn error_reply_with(id: u32, code: u32, message: &str, temporary: bool) -> Bytes {
+    let message = crate::delivery::quoted(message);
+    let temporary = if temporary {
         r#","temporary":true"#
     } else {
         ""
     };
-    format!(
-        r#"{{"id":{id},"error":{{"code":{},"message":{message}{temporary}}}}}"#,
-        error.code
-    )
-    .into()
+    format!(r#"{{"id":{id},"error":{{"code":{code},"message":{message}{temporary}}}}}"#).into()
 }
 
 /// `{"push":{"channel":"..","<kind>":<body>}}`.

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::config::CentrifugoConfig;
 use super::presence::{ChannelPresence, Member};
 use super::protocol::{self, Disconnect, Error, Line, Method};
+use super::proxy::{ConnectProxy, Decision};
 use super::token::{Refused, Tokens};
 use super::wire::{self, Goodbyes};
 use crate::auth::{AuthCache, Principal};
@@ -51,6 +52,8 @@ pub struct Services {
     pub channel_presence: Arc<ChannelPresence>,
     /// Verifies connection and subscription tokens, when a key is configured.
     pub tokens: Option<Tokens>,
+    /// Where a connect without a token is sent, when configured.
+    pub proxy: Option<ConnectProxy>,
     /// Channel options by namespace.
     pub config: CentrifugoConfig,
     /// Largest payload a client may publish (`CABLE_MAX_BROADCAST_SIZE`).
@@ -330,28 +333,61 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 
     async fn connect(&mut self, id: u32, params: &Map<String, Value>) -> Ends {
-        let Some(tokens) = &self.services.tokens else {
-            return Err(protocol::INVALID_TOKEN);
-        };
-        let Some(token) = string_param(params, "token").filter(|t| !t.is_empty()) else {
-            return Err(protocol::INVALID_TOKEN);
-        };
-        let claims = match tokens.connection(token, crate::clock::unix_seconds()) {
-            Ok(claims) => claims,
-            Err(Refused::Expired) => {
-                self.error(id, protocol::TOKEN_EXPIRED);
-                return Ok(());
-            }
-            Err(Refused::Invalid(why)) => {
-                tracing::info!(
-                    session = self.session.queue.id,
-                    reason = why,
-                    "connection token refused"
-                );
-                return Err(protocol::INVALID_TOKEN);
-            }
-        };
         let client = crate::resume::sid::new_sid();
+        let token = string_param(params, "token").filter(|t| !t.is_empty());
+        let (claims, data) = match (token, &self.services.tokens, &self.services.proxy) {
+            (Some(token), Some(tokens), _) => {
+                match tokens.connection(token, crate::clock::unix_seconds()) {
+                    Ok(claims) => (claims, None),
+                    Err(Refused::Expired) => {
+                        self.error(id, protocol::TOKEN_EXPIRED);
+                        return Ok(());
+                    }
+                    Err(Refused::Invalid(why)) => {
+                        tracing::info!(
+                            session = self.session.queue.id,
+                            reason = why,
+                            "connection token refused"
+                        );
+                        return Err(protocol::INVALID_TOKEN);
+                    }
+                }
+            }
+            (None, _, Some(proxy)) => match proxy.ask(&client, params).await {
+                Some(Decision::Connect {
+                    user,
+                    expire_at,
+                    channels,
+                    info,
+                    data,
+                }) => {
+                    let claims = super::token::ConnectionClaims {
+                        user,
+                        exp: expire_at,
+                        channels,
+                        info,
+                    };
+                    (claims, data)
+                }
+                Some(Decision::Error {
+                    code,
+                    message,
+                    temporary,
+                }) => {
+                    self.send(protocol::error_reply_with(id, code, &message, temporary));
+                    return Ok(());
+                }
+                Some(Decision::Disconnect { code, reason }) => {
+                    self.goodbyes.choose_code(code, &reason);
+                    return Err(protocol::FORCE_NO_RECONNECT);
+                }
+                None => {
+                    self.error(id, protocol::INTERNAL);
+                    return Ok(());
+                }
+            },
+            _ => return Err(protocol::INVALID_TOKEN),
+        };
         self.client = Some(Client {
             id: client.clone(),
             user: claims.user.clone(),
@@ -370,6 +406,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if let Some(exp) = claims.exp {
             reply["expires"] = json!(true);
             reply["ttl"] = json!(exp.saturating_sub(crate::clock::unix_seconds()));
+        }
+        if let Some(data) = data {
+            reply["data"] = data;
         }
         // Server-side subscriptions: the reply names them, then they go live (a publication
         // must not come before the reply that tells the client of its channel).

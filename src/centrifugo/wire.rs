@@ -53,29 +53,49 @@ impl Replies for Centrifugo {
 }
 
 /// One connection's goodbye: the disconnect the session chose (a code only this protocol
-/// has, such as 3500 or 3012), or the one the core's reason maps to.
+/// has, such as 3500 or 3012, or one a connect proxy gave), or the one the core's reason
+/// maps to.
 #[derive(Default)]
 pub struct Goodbyes {
-    chosen: OnceLock<Disconnect>,
+    chosen: OnceLock<(u16, Box<str>)>,
 }
+
+/// The longest close reason (a close frame's payload is at most 125 bytes with its code).
+const MAX_REASON: usize = 120;
 
 impl Goodbyes {
     /// Chooses the disconnect the connection ends with (the first choice wins).
     pub fn choose(&self, disconnect: Disconnect) {
-        let _ = self.chosen.set(disconnect);
+        self.choose_code(disconnect.code, disconnect.reason);
+    }
+
+    /// Chooses a code and reason of someone else's (a connect proxy's), the reason cut to
+    /// what a close frame holds.
+    pub fn choose_code(&self, code: u16, reason: &str) {
+        let mut end = reason.len().min(MAX_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let _ = self.chosen.set((code, reason[..end].into()));
     }
 }
 
 impl Farewell for Goodbyes {
-    fn goodbye(&self, reason: DisconnectReason) -> Goodbye {
-        let disconnect = self.chosen.get().copied().unwrap_or(match reason {
+    fn goodbye(&self, reason: DisconnectReason) -> Goodbye<'_> {
+        if let Some((code, reason)) = self.chosen.get() {
+            return Goodbye {
+                text: None,
+                close: Some((*code, reason)),
+            };
+        }
+        let disconnect = match reason {
             DisconnectReason::ServerRestart => protocol::SHUTDOWN,
             DisconnectReason::TooSlow => protocol::SLOW,
             DisconnectReason::InvalidRequest => protocol::BAD_REQUEST_DISCONNECT,
             DisconnectReason::Unauthorized => protocol::INVALID_TOKEN,
             DisconnectReason::TokenExpired => protocol::CONNECTION_EXPIRED,
             DisconnectReason::Remote => protocol::FORCE_RECONNECT,
-        });
+        };
         Goodbye {
             text: None,
             close: Some((disconnect.code, disconnect.reason)),

@@ -283,6 +283,16 @@ pub struct ServeConfig {
     #[arg(long, env = "CABLE_CENTRIFUGO_API_KEY", hide_env_values = true)]
     pub centrifugo_api_key: Option<String>,
 
+    /// Centrifugo's connect proxy: a connect without a token is POSTed to this `http://` URL
+    /// and the backend's answer decides; overrides the file's `client.proxy.connect`.
+    /// Default: off (or the file's)
+    #[arg(
+        long,
+        env = "CABLE_CENTRIFUGO_CONNECT_PROXY_URL",
+        hide_env_values = true
+    )]
+    pub centrifugo_connect_proxy_url: Option<String>,
+
     /// How often the server pings Centrifugo clients (`{}`), as the connect reply tells
     /// them. Default: 25s
     #[arg(

@@ -309,7 +309,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             max_size: config.max_broadcast_size,
             started: std::time::Instant::now(),
         });
-    let centrifugo = tokens.map(|tokens| CentrifugoRoute {
+    let proxy = centrifugo_proxy(&config, &centrifugo)?;
+    let serves_centrifugo = tokens.is_some() || proxy.is_some();
+    let centrifugo = serves_centrifugo.then(|| CentrifugoRoute {
         services: Arc::new(crate::centrifugo::session::Services {
             plumbing: Plumbing {
                 metrics: metrics.clone(),
@@ -324,7 +326,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             rails_postgres: topics.rails_postgres.clone(),
             presence: topics.presence.clone(),
             channel_presence: channel_presence.clone(),
-            tokens: Some(tokens),
+            tokens,
+            proxy,
             config: centrifugo,
             max_publish: config.max_broadcast_size,
         }),
@@ -405,6 +408,36 @@ fn centrifugo_config(
         );
     }
     Ok(parsed)
+}
+
+/// The connect proxy: `CABLE_CENTRIFUGO_CONNECT_PROXY_URL`, else the file's (its timeout
+/// either way when the file gives one).
+fn centrifugo_proxy(
+    config: &ServeConfig,
+    file: &crate::centrifugo::config::CentrifugoConfig,
+) -> Result<Option<crate::centrifugo::proxy::ConnectProxy>, StartError> {
+    use crate::centrifugo::{config::DEFAULT_PROXY_TIMEOUT, proxy::ConnectProxy};
+    let timeout = file
+        .connect_proxy
+        .as_ref()
+        .map_or(DEFAULT_PROXY_TIMEOUT, |proxy| proxy.timeout);
+    let endpoint = config
+        .centrifugo_connect_proxy_url
+        .clone()
+        .filter(|url| !url.is_empty())
+        .or_else(|| {
+            file.connect_proxy
+                .as_ref()
+                .map(|proxy| proxy.endpoint.clone())
+        });
+    endpoint
+        .map(|endpoint| {
+            ConnectProxy::new(&endpoint, timeout).map_err(|e| StartError::CentrifugoConfig {
+                path: "CABLE_CENTRIFUGO_CONNECT_PROXY_URL or client.proxy.connect.endpoint".into(),
+                problem: e.to_string(),
+            })
+        })
+        .transpose()
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

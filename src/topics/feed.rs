@@ -186,7 +186,7 @@ impl Replies for TopicReplies {
 
 impl Farewell for TopicReplies {
     /// Only a close frame, with a code a plain WebSocket client can act on.
-    fn goodbye(&self, reason: DisconnectReason) -> Goodbye {
+    fn goodbye(&self, reason: DisconnectReason) -> Goodbye<'_> {
         let close = match reason {
             DisconnectReason::ServerRestart => Some((CLOSE_RESTART, "server restart")),
             DisconnectReason::Remote => Some((CLOSE_REVOKED, "token revoked")),

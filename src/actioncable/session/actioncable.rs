@@ -33,7 +33,7 @@ impl Replies for ActionCable {
 impl Farewell for ActionCable {
     /// `disconnect` with the reason, then a close frame with 1000; a client too slow to
     /// read gets only the `disconnect` (nothing more would reach it in time).
-    fn goodbye(&self, reason: DisconnectReason) -> Goodbye {
+    fn goodbye(&self, reason: DisconnectReason) -> Goodbye<'_> {
         Goodbye {
             text: Some(reply::disconnect(reason)),
             close: (reason != DisconnectReason::TooSlow).then_some((1000, "")),

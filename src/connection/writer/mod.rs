@@ -23,15 +23,15 @@ const OP_CLOSE: u8 = crate::ws::OpCode::Close as u8;
 
 /// How a wire protocol says goodbye when the server ends a connection.
 pub trait Farewell: Sync {
-    fn goodbye(&self, reason: DisconnectReason) -> Goodbye;
+    fn goodbye(&self, reason: DisconnectReason) -> Goodbye<'_>;
 }
 
 /// A goodbye: a text frame (ActionCable's `disconnect`), then a close frame; either may be
 /// left out.
-pub struct Goodbye {
+pub struct Goodbye<'a> {
     pub text: Option<bytes::Bytes>,
     /// The close frame's status code and reason.
-    pub close: Option<(u16, &'static str)>,
+    pub close: Option<(u16, &'a str)>,
 }
 
 struct Writer<'a, W> {
@@ -67,7 +67,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         self.buf.extend_from_slice(payload);
     }
 
-    fn push_goodbye(&mut self, goodbye: Goodbye) {
+    fn push_goodbye(&mut self, goodbye: Goodbye<'_>) {
         if let Some(text) = goodbye.text {
             push_text(&mut self.buf, &text);
         }

@@ -31,7 +31,7 @@ impl crate::delivery::Replies for Silent {
 }
 
 impl super::Farewell for Silent {
-    fn goodbye(&self, _: crate::delivery::DisconnectReason) -> super::Goodbye {
+    fn goodbye(&self, _: crate::delivery::DisconnectReason) -> super::Goodbye<'_> {
         super::Goodbye {
             text: None,
             close: None,
