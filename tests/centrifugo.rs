@@ -999,3 +999,81 @@ async fn the_connect_proxy_decides_connects_without_a_token() {
         .await;
     assert_eq!(client.closed(WAIT).await.map(|(code, _)| code), Some(3500));
 }
+
+#[tokio::test]
+async fn the_apis_unsubscribe_and_disconnect_reach_the_users_clients_on_every_process() {
+    let db = TestDb::new().await;
+    let a = gateway(&db).await;
+    let b = gateway(&db).await;
+    let (mut on_a, _) = Centrifugo::connected(a.addr, json!({"sub": "7"})).await;
+    let (mut on_b, _) = Centrifugo::connected(b.addr, json!({"sub": "7"})).await;
+    let (mut other, _) = Centrifugo::connected(b.addr, json!({"sub": "8"})).await;
+    for client in [&mut on_a, &mut on_b, &mut other] {
+        client
+            .call("subscribe", json!({"channel": "tickets:1"}))
+            .await;
+    }
+    // Unsubscribe user 7 from tickets:1, through process A.
+    let (status, answer) = api(
+        a.addr,
+        "unsubscribe",
+        API_KEY,
+        r#"{"channel": "tickets:1", "user": "7"}"#,
+    )
+    .await;
+    assert_eq!((status, answer), (200, json!({"result": {}})));
+    for client in [&mut on_a, &mut on_b] {
+        let push = client.next().await;
+        assert_eq!(
+            push["push"],
+            json!({"channel": "tickets:1", "unsubscribe": {"code": 2000, "reason": "server unsubscribe"}})
+        );
+    }
+    api(
+        b.addr,
+        "publish",
+        API_KEY,
+        r#"{"channel": "tickets:1", "data": 1}"#,
+    )
+    .await;
+    assert_eq!(other.publication().await.1, json!(1));
+    // User 7 may subscribe again, and then gets publications again.
+    on_a.call("subscribe", json!({"channel": "tickets:1"}))
+        .await;
+    api(
+        b.addr,
+        "publish",
+        API_KEY,
+        r#"{"channel": "tickets:1", "data": 2}"#,
+    )
+    .await;
+    assert_eq!(on_a.publication().await.1, json!(2));
+    // Disconnect user 7 everywhere: 3503 by default, or the code the request gives.
+    let (status, _) = api(b.addr, "disconnect", API_KEY, r#"{"user": "7"}"#).await;
+    assert_eq!(status, 200);
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(
+            client.closed(WAIT).await,
+            Some((3503, "force disconnect".into()))
+        );
+    }
+    api(
+        a.addr,
+        "disconnect",
+        API_KEY,
+        r#"{"user": "8", "disconnect": {"code": 4000, "reason": "bye"}}"#,
+    )
+    .await;
+    assert_eq!(other.closed(WAIT).await, Some((4000, "bye".into())));
+    // Malformed orders: 107.
+    for (method, body) in [
+        ("unsubscribe", r#"{"user": "7"}"#),
+        ("unsubscribe", r#"{"channel": "x"}"#),
+        ("disconnect", r#"{}"#),
+    ] {
+        assert_eq!(
+            api(a.addr, method, API_KEY, body).await.1["error"]["code"],
+            107
+        );
+    }
+}

@@ -11,6 +11,7 @@
 //! | `publish` `{"channel","data"}` | `{"result":{}}` once stored |
 //! | `broadcast` `{"channels":[..],"data"}` | `{"result":{"responses":[{"result":{}},..]}}`, all stored at once |
 //! | `info` | `{"result":{"nodes":[..]}}`: this process |
+//! | `unsubscribe` `{"channel","user"}`, `disconnect` `{"user","disconnect"?:{"code","reason"}}` | `{"result":{}}`; every process unsubscribes (an `unsubscribe` push) or disconnects (default 3503) that user's clients |
 //! | `presence`, `presence_stats` `{"channel"}` | who is subscribed, on every process, where the namespace keeps presence (else 108; an unknown namespace 102) |
 //! | a method of Centrifugo's not served yet | `{"error":{"code":108,"message":"not available"}}` |
 //! | any other method | 404 |
@@ -159,6 +160,42 @@ impl Api {
                             error(100, "internal server error")
                         }
                     },
+                }
+            }
+            "unsubscribe" | "disconnect" => {
+                let user = request
+                    .get("user")
+                    .and_then(Value::as_str)
+                    .filter(|u| !u.is_empty());
+                let Some(user) = user.map(str::to_string) else {
+                    return Some(bad_request());
+                };
+                let order = if method == "unsubscribe" {
+                    let Some(channel) = channel(request.get("channel")) else {
+                        return Some(bad_request());
+                    };
+                    super::clients::Order::Unsubscribe { user, channel }
+                } else {
+                    let given = request.get("disconnect");
+                    let code = given
+                        .and_then(|d| d.get("code"))
+                        .and_then(Value::as_u64)
+                        .and_then(|c| u16::try_from(c).ok())
+                        .filter(|c| (3000..5000).contains(c))
+                        .unwrap_or(super::protocol::FORCE_NO_RECONNECT.code);
+                    let reason = given
+                        .and_then(|d| d.get("reason"))
+                        .and_then(Value::as_str)
+                        .unwrap_or(super::protocol::FORCE_NO_RECONNECT.reason)
+                        .to_string();
+                    super::clients::Order::Disconnect { user, code, reason }
+                };
+                match order.announce(&self.pool).await {
+                    Ok(()) => ok(json!({})),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "announcing a Centrifugo API order failed");
+                        error(100, "internal server error")
+                    }
                 }
             }
             _ => error(108, "not available"),

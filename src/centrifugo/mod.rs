@@ -6,6 +6,7 @@
 //! ([`presence`]); and its server API ([`api`]).
 
 pub mod api;
+pub mod clients;
 pub mod config;
 pub mod presence;
 pub mod protocol;

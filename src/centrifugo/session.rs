@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use tokio::io::AsyncRead;
 use tokio::sync::watch;
 
+use super::clients::{Clients, Handle};
 use super::config::CentrifugoConfig;
 use super::presence::{ChannelPresence, Member};
 use super::protocol::{self, Disconnect, Error, Line, Method};
@@ -50,6 +51,8 @@ pub struct Services {
     pub presence: Arc<crate::presence::Presence>,
     /// Presence of channels whose namespace keeps it, on every process.
     pub channel_presence: Arc<ChannelPresence>,
+    /// This process's clients by user, for the server API's orders.
+    pub clients: Arc<Clients>,
     /// Verifies connection and subscription tokens, when a key is configured.
     pub tokens: Option<Tokens>,
     /// Where a connect without a token is sent, when configured.
@@ -125,6 +128,9 @@ pub async fn serve(
     for channel in channels {
         reader.end(&channel).await;
     }
+    if let Some(client) = &reader.client {
+        services.clients.remove(&client.user, &client.handle);
+    }
     drop(reader);
     if let Some(reason) = reader_ended {
         queue.close(reason);
@@ -190,6 +196,8 @@ struct Client {
     user: String,
     /// The token's `info`, shown in presence.
     info: Option<Value>,
+    /// How the server API's orders reach it.
+    handle: Arc<Handle>,
 }
 
 struct Reader<R> {
@@ -388,10 +396,18 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             },
             _ => return Err(protocol::INVALID_TOKEN),
         };
+        let handle = Arc::new(Handle {
+            client: client.clone(),
+            session: self.session.clone(),
+            goodbyes: self.goodbyes.clone(),
+            channels: Default::default(),
+        });
+        self.services.clients.add(&claims.user, handle.clone());
         self.client = Some(Client {
             id: client.clone(),
             user: claims.user.clone(),
             info: claims.info.clone(),
+            handle,
         });
         self.seen
             .store(crate::clock::unix_seconds(), Ordering::Relaxed);
@@ -477,6 +493,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 .router
                 .register(sub.clone(), principal, token.into(), confirm, lease, false);
             self.subs.insert(channel.to_string(), sub.clone());
+            self.known(channel, &sub);
             services.presence.answer(sub);
             return Ok(());
         }
@@ -490,6 +507,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             .router
             .register_channel(sub.clone(), channel.into(), confirm, lease);
         self.subs.insert(channel.to_string(), sub.clone());
+        self.known(channel, &sub);
         if let Some(options) = services.config.options(channel).filter(|o| o.presence) {
             let client = self.client.as_ref().expect("subscribed after connect");
             let member = Member {
@@ -508,8 +526,22 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         Ok(())
     }
 
+    /// Tells the server API's orders of `sub`.
+    fn known(&self, channel: &str, sub: &Subscription) {
+        if let Some(client) = &self.client {
+            client
+                .handle
+                .channels
+                .lock()
+                .insert(channel.to_string(), sub.id);
+        }
+    }
+
     /// `channel`'s subscription ends: out of the router, and out of its presence.
     async fn end(&mut self, channel: &str) {
+        if let Some(client) = &self.client {
+            client.handle.channels.lock().remove(channel);
+        }
         if self.sub_exps.remove(channel).is_some() {
             self.watch_deadline();
         }

@@ -113,6 +113,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     );
     let channel_presence =
         crate::centrifugo::presence::ChannelPresence::new(pool.clone(), config.presence_ttl);
+    let centrifugo_clients =
+        crate::centrifugo::clients::Clients::new(router.clone(), channel_presence.clone());
     let doorbell = Arc::new(Notify::new());
     let auth_changed = Arc::new(Notify::new());
     let mut listen = Listen::new(db.clone(), metrics.clone());
@@ -139,6 +141,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         listen.channel(
             crate::centrifugo::presence::CHANNEL,
             Box::new(move |p| announced.announced(p)),
+        );
+        let ordered = centrifugo_clients.clone();
+        listen.channel(
+            crate::centrifugo::clients::CHANNEL,
+            Box::new(move |p| ordered.announced(p)),
         );
         // Whatever was announced while the connection was down is lost: catch up.
         let (doorbell, presence, router) = (doorbell.clone(), presence.clone(), router.clone());
@@ -326,6 +333,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             rails_postgres: topics.rails_postgres.clone(),
             presence: topics.presence.clone(),
             channel_presence: channel_presence.clone(),
+            clients: centrifugo_clients,
             tokens,
             proxy,
             config: centrifugo,
