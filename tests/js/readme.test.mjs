@@ -27,6 +27,7 @@ const DOCUMENTED_URL = "ws://127.0.0.1:8080/cable";
 const PREFIX = "chatwoot_development_action_cable";
 const JWT_SECRET = "readme-test-secret";
 const BROADCAST_KEY = "readme-test-broadcast-key";
+const CENTRIFUGO_API_KEY = "readme-test-centrifugo-api-key";
 const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
 /** Python with websocket-client on its path (scripts/test puts a current one on PYTHONPATH). */
 const PYTHON = "python3";
@@ -96,6 +97,7 @@ describe("the README's snippets, as printed", { timeout: 180_000 }, () => {
       CABLE_RAILS_CHANNEL_PREFIX: PREFIX,
       CABLE_JWT_SECRET: JWT_SECRET,
       CABLE_BROADCAST_KEY: BROADCAST_KEY,
+      CABLE_CENTRIFUGO_API_KEY: CENTRIFUGO_API_KEY,
     });
     cableUrl = `ws://127.0.0.1:${gateway.port}/cable`;
   });
@@ -251,6 +253,34 @@ describe("the README's snippets, as printed", { timeout: 180_000 }, () => {
       assert.deepEqual([shown, event], [topic, "message.created"]);
       assert.deepEqual(JSON.parse(data.join(" ")), { id: 1, content: "hello", account_id: 1 });
     }
+  });
+
+  test("8. Coming from Centrifugo: centrifuge and cent.js as printed", async (t) => {
+    const block = example("centrifugo-node");
+    assert.ok(block.includes("127.0.0.1:8080"), "the example names the documented address");
+    const file = path.join(HERE, `readme-centrifugo-${process.pid}.mjs`);
+    writeFileSync(file, block.replaceAll("127.0.0.1:8080", `127.0.0.1:${gateway.port}`));
+    t.after(() => rmSync(file, { force: true }));
+    const child = spawn(process.execPath, [file], {
+      env: { ...process.env, CABLE_JWT_SECRET: JWT_SECRET, CABLE_CENTRIFUGO_API_KEY: CENTRIFUGO_API_KEY },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    t.after(() => child.kill("SIGKILL"));
+    const out = lines(child.stdout);
+    await out.printed("subscribed", "the example subscribed");
+    const news = await out.printed("news ", "the cent.js publication on the token's channel");
+    assert.deepEqual(JSON.parse(news.slice("news ".length)), { text: "hello from cent.js" });
+    // The INSERT scripts/dev prints.
+    await db.sql(`INSERT INTO cable_events (account_id, event, data) VALUES (1, 'message.created', '{"id":1,"content":"hello"}')`);
+    const line = await eventually(
+      () => out.seen.find((l) => l.startsWith("account:1 ") && l.includes('"message.created"')),
+      STEP_TIMEOUT_MS,
+      `the event on account:1; printed ${JSON.stringify(out.seen)}`,
+    );
+    assert.deepEqual(JSON.parse(line.slice("account:1 ".length)), {
+      event: "message.created",
+      data: { id: 1, content: "hello", account_id: 1 },
+    });
   });
 
   test("6. the JWT minting line gives a token the gateway takes", async () => {
