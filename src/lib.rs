@@ -79,7 +79,7 @@
 //! (mapping [`connection::frame::WireFault`] too), its `Framing`, its ping frame
 //! ([`delivery::PingFrame`]) and goodbye ([`connection::writer::Farewell`]). Its connection
 //! task is opened and closed by [`connection::Plumbing`], reads with
-//! [`connection::frame::Messages`] and writes with [`connection::writer::run`]; it registers
+//! [`connection::messages::Messages`] and writes with [`connection::writer::run`]; it registers
 //! subscriptions with [`router::Router::register`], serves history through
 //! [`resume::replay::History::serve`] and presence through [`presence::Presence`]. Nothing in
 //! the router or the plumbing changes.

@@ -9,7 +9,8 @@
 
 use cable_gateway::actioncable::channel::RoomParams;
 use cable_gateway::actioncable::protocol::{reply, BadInput, Command, Identifier, Verdict};
-use cable_gateway::connection::frame::{Inbound, Messages, ReadEnd, WireFault};
+use cable_gateway::connection::frame::WireFault;
+use cable_gateway::connection::messages::{Inbound, Messages, ReadEnd};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 

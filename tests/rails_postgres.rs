@@ -53,8 +53,9 @@ async fn gateway(db: &TestDb, prefix: &str) -> Running {
 /// Waits until the LISTEN connection listens on `n` channels (the gauge is updated after
 /// each LISTEN/UNLISTEN round trip).
 /// The channels every process listens to: the outbox's doorbell and rounds, presence
-/// announcements, restored sessions, the identity tables' changes.
-const FIXED: f64 = 5.0;
+/// announcements, restored sessions, the identity tables' changes, and Centrifugo's channel
+/// presence and server-API orders.
+const FIXED: f64 = 7.0;
 
 async fn listening_on(gw: &Running, streams: f64) {
     let n = FIXED + streams;

@@ -1,14 +1,15 @@
 //! One WebSocket connection's plumbing, the same whatever its wire protocol: the upgraded
-//! TCP socket shared by reference ([`socket`]), inbound frames assembled into messages
-//! ([`frame`]), the command-rate bucket ([`rate`]), the writer that drains the send queue and
-//! says goodbye in the protocol's words ([`writer`]), the one timer that pings every
+//! TCP socket shared by reference ([`socket`]), inbound frames ([`frame`]) assembled into
+//! messages ([`messages`]), the command-rate bucket ([`rate`]), the writer that drains the
+//! send queue and says goodbye in the protocol's words ([`writer`]), the one timer that pings every
 //! connection ([`pings`]), and the bookkeeping every connection gets ([`Plumbing::open`],
 //! [`Plumbing::close`]: metrics, the inspector's log of ended connections, one log line).
 //!
 //! A wire protocol's connection task (e.g. [`crate::actioncable::session`]) reads commands
-//! with [`frame::Messages`], writes through [`writer::run`], and is opened and closed here.
+//! with [`messages::Messages`], writes through [`writer::run`], and is opened and closed here.
 
 pub mod frame;
+pub mod messages;
 pub mod pings;
 pub mod rate;
 pub mod request;

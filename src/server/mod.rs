@@ -5,11 +5,13 @@
 //!
 //! # Files
 //! - `start.rs`: builds every component and starts every task.
+//! - `centrifugo.rs`: Centrifugo's configuration file, token key, connect proxy and routes.
 //! - `http.rs`: the accept loop and every HTTP route but the upgrade.
 //! - `upgrade.rs`: the WebSocket upgrades: what every upgrade must pass, then the protocol's
 //!   handshake (ActionCable's on `/cable`, the topic WebSocket's token check) and the
 //!   connection's task.
 
+mod centrifugo;
 mod http;
 mod start;
 mod upgrade;

@@ -8,9 +8,7 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use super::http::accept_loop;
 use super::upgrade::Gate;
-use super::{
-    BroadcastRoute, CableRoute, CentrifugoRoute, Http, Readiness, Running, StartError, TopicsRoute,
-};
+use super::{BroadcastRoute, CableRoute, Http, Readiness, Running, StartError, TopicsRoute};
 use crate::actioncable::session::Services;
 use crate::auth::batch::Batcher;
 use crate::auth::jwt::Verifier;
@@ -40,7 +38,7 @@ use crate::router::Router;
 /// Connects, checks the schema, binds, builds every component and starts every task.
 pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     let db = Database::from_url(&config.database.database_url)?;
-    let centrifugo = centrifugo_config(&config)?;
+    let centrifugo = super::centrifugo::read_config(&config)?;
     let database = |source| StartError::Database {
         url: db.redacted(),
         source,
@@ -296,30 +294,10 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         jwt: config.jwt_secret.as_deref().and_then(Verifier::new),
         max_topics: config.max_topics,
     });
-    let tokens = config
-        .jwt_secret
-        .as_deref()
-        .filter(|secret| !secret.is_empty())
-        .or(centrifugo.token_hmac_secret_key.as_deref())
-        .and_then(crate::centrifugo::token::Tokens::new);
-    crate::centrifugo::wire::set_ping_interval(
-        u32::try_from(config.centrifugo_ping.as_secs()).unwrap_or(u32::MAX),
-    );
-    let centrifugo_api = nonempty(&config.centrifugo_api_key)
-        .or_else(|| centrifugo.api_key.clone())
-        .map(|key| crate::centrifugo::api::Api {
-            key,
-            presence: channel_presence.clone(),
-            config: centrifugo.clone(),
-            pool: pool.clone(),
-            metrics: metrics.clone(),
-            max_size: config.max_broadcast_size,
-            started: std::time::Instant::now(),
-        });
-    let proxy = centrifugo_proxy(&config, &centrifugo)?;
-    let serves_centrifugo = tokens.is_some() || proxy.is_some();
-    let centrifugo = serves_centrifugo.then(|| CentrifugoRoute {
-        services: Arc::new(crate::centrifugo::session::Services {
+    let (centrifugo, centrifugo_api) = super::centrifugo::routes(
+        &config,
+        centrifugo,
+        super::centrifugo::Parts {
             plumbing: Plumbing {
                 metrics: metrics.clone(),
                 limits: Limits::from(&config),
@@ -334,13 +312,9 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             presence: topics.presence.clone(),
             channel_presence: channel_presence.clone(),
             clients: centrifugo_clients,
-            tokens,
-            proxy,
-            config: centrifugo,
-            max_publish: config.max_broadcast_size,
-        }),
-        gate: gate(),
-    });
+            gate: gate(),
+        },
+    )?;
     let http = Arc::new(Http {
         cable: CableRoute {
             services,
@@ -391,61 +365,6 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
         accept,
         tasks,
     })
-}
-
-/// The Centrifugo configuration file named by `CABLE_CENTRIFUGO_CONFIG`, read and checked
-/// (its ignored keys named in one warning); an empty one without it.
-fn centrifugo_config(
-    config: &ServeConfig,
-) -> Result<crate::centrifugo::config::CentrifugoConfig, StartError> {
-    let Some(path) = &config.centrifugo_config else {
-        return Ok(Default::default());
-    };
-    let problem = |problem: String| StartError::CentrifugoConfig {
-        path: path.display().to_string(),
-        problem,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
-    let parsed = crate::centrifugo::config::CentrifugoConfig::parse(&text)
-        .map_err(|e| problem(e.to_string()))?;
-    if !parsed.ignored.is_empty() {
-        tracing::warn!(
-            file = %path.display(),
-            ignored = parsed.ignored.join(", "),
-            "CABLE_CENTRIFUGO_CONFIG: these keys are not read by the gateway"
-        );
-    }
-    Ok(parsed)
-}
-
-/// The connect proxy: `CABLE_CENTRIFUGO_CONNECT_PROXY_URL`, else the file's (its timeout
-/// either way when the file gives one).
-fn centrifugo_proxy(
-    config: &ServeConfig,
-    file: &crate::centrifugo::config::CentrifugoConfig,
-) -> Result<Option<crate::centrifugo::proxy::ConnectProxy>, StartError> {
-    use crate::centrifugo::{config::DEFAULT_PROXY_TIMEOUT, proxy::ConnectProxy};
-    let timeout = file
-        .connect_proxy
-        .as_ref()
-        .map_or(DEFAULT_PROXY_TIMEOUT, |proxy| proxy.timeout);
-    let endpoint = config
-        .centrifugo_connect_proxy_url
-        .clone()
-        .filter(|url| !url.is_empty())
-        .or_else(|| {
-            file.connect_proxy
-                .as_ref()
-                .map(|proxy| proxy.endpoint.clone())
-        });
-    endpoint
-        .map(|endpoint| {
-            ConnectProxy::new(&endpoint, timeout).map_err(|e| StartError::CentrifugoConfig {
-                path: "CABLE_CENTRIFUGO_CONNECT_PROXY_URL or client.proxy.connect.endpoint".into(),
-                problem: e.to_string(),
-            })
-        })
-        .transpose()
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -16,7 +16,7 @@ use crate::actioncable::protocol::{BadInput, Command, HistoryRequest, Verdict};
 use crate::auth::jwt::ConnectionIdentity;
 use crate::auth::Principal;
 use crate::config::tuning::{HARD_LIMIT_FACTOR, HISTORY_RATE};
-use crate::connection::frame::{Messages, Next};
+use crate::connection::messages::{Messages, Next};
 use crate::connection::rate::RateLimit;
 use crate::delivery::{CloseReason, Outbound, Positions, SessionHandle, Subscription};
 use crate::router::Keep;
