@@ -1,8 +1,9 @@
 // Centrifugo's own SDK (centrifuge 5.x) and server-API client (cent.js), unchanged, against
 // two gateway processes of one database (docs/reference.md §11): server-side channels from the
 // token, client subscriptions, the built-in account:<A> channel, publications from cent.js
-// and from the outbox reaching every process, a token refreshed after error 109, refusals as
-// the SDK reports them, and shutdown (3001), after which the SDK reconnects by itself.
+// and from the outbox reaching every process, presence and join/leave, the connect proxy, every
+// server-API error, a token refreshed after error 109, refusals as the SDK reports them, and
+// shutdown (3001), after which the SDK reconnects by itself.
 //
 // Run from the repository root:   node --test tests/js/
 // Environment: CABLE_PG_ADMIN_URL (required), CABLE_GATEWAY_BIN.
@@ -156,6 +157,90 @@ describe("Centrifugo's SDK and cent.js, unchanged", { timeout: 120_000 }, () => 
     bobOnline.unsubscribe();
     const left = await seenAlice.find("Bob's leave", (s) => s.event === "leave" && s.ctx.info.user === "2");
     assert.equal(left.ctx.info.client, joined.ctx.info.client);
+  });
+
+  test("the connect proxy decides for the SDK: connect, refuse, disconnect", async () => {
+    const http = await import("node:http");
+    const asked = [];
+    const proxy = http.createServer((request, response) => {
+      let body = "";
+      request.on("data", (chunk) => (body += chunk));
+      request.on("end", () => {
+        const connect = JSON.parse(body);
+        asked.push(connect);
+        const answer =
+          connect.data?.as === "agent"
+            ? { result: { user: "2", channels: ["voice:calls"], info: { name: "Bob" }, data: { hello: "Bob" } } }
+            : connect.data?.as === "banned"
+              ? { disconnect: { code: 4501, reason: "banned" } }
+              : { error: { code: 4000, message: "not today" } };
+        response.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(answer));
+      });
+    });
+    await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+    const proxied = await spawnGateway(db.url, {
+      CABLE_CENTRIFUGO_CONFIG: configFile,
+      CABLE_CENTRIFUGO_CONNECT_PROXY_URL: `http://127.0.0.1:${proxy.address().port}/centrifugo/connect`,
+    });
+    try {
+      const client = connect(proxied.port, { data: { as: "agent" } });
+      const seen = recorder(client);
+      client.connect();
+      const connected = await seen.find("connected through the proxy", (s) => s.event === "connected");
+      assert.deepEqual(connected.ctx.data, { hello: "Bob" });
+      await seen.find("the proxy's channel", (s) => s.on === "client" && s.event === "subscribed" && s.ctx.channel === "voice:calls");
+      assert.equal(asked[0].client, connected.ctx.client);
+      assert.deepEqual([asked[0].transport, asked[0].protocol, asked[0].encoding], ["websocket", "json", "json"]);
+      await api(proxied.port).publish({ channel: "voice:calls", data: { via: "proxy" } });
+      await seen.find("a publication on it", (s) => s.on === "client" && s.event === "publication" && s.ctx.data.via === "proxy");
+
+      const banned = connect(proxied.port, { data: { as: "banned" } });
+      const bannedSeen = recorder(banned);
+      banned.connect();
+      const gone = await bannedSeen.find("disconnected by the proxy", (s) => s.event === "disconnected");
+      assert.deepEqual([gone.ctx.code, gone.ctx.reason], [4501, "banned"]);
+
+      const refused = connect(proxied.port, { data: { as: "nobody" }, maxReconnectDelay: 200 });
+      const refusedSeen = recorder(refused);
+      refused.connect();
+      // A permanent error of the connect (not temporary, 100 or more): the SDK gives up.
+      const error = await refusedSeen.find("the proxy's error", (s) => s.event === "disconnected");
+      assert.deepEqual([error.ctx.code, error.ctx.reason], [4000, "not today"]);
+    } finally {
+      await proxied.kill("SIGTERM");
+      proxy.close();
+    }
+  });
+
+  test("every server-API error: cent.js rejects, and the answer is Centrifugo's", async () => {
+    const [a] = gateways;
+    const post = async (method, body, key = API_KEY) => {
+      const response = await fetch(`http://127.0.0.1:${a.port}/api/${method}`, {
+        method: "POST",
+        headers: { "X-API-Key": key, "content-type": "application/json" },
+        body,
+      });
+      const text = await response.text();
+      let json = null;
+      try {
+        json = JSON.parse(text);
+      } catch {}
+      return [response.status, json];
+    };
+    const wrongKey = new CentClient({ url: `http://127.0.0.1:${a.port}/api`, apiKey: "wrong" });
+    await assert.rejects(wrongKey.publish({ channel: "tickets:1", data: {} }));
+    assert.equal((await post("publish", "{}", "wrong"))[0], 401);
+    await assert.rejects(api(a.port).publish({ channel: "", data: { x: 1 } }));
+    assert.deepEqual(await post("publish", JSON.stringify({ channel: "", data: 1 })), [200, { error: { code: 107, message: "bad request" } }]);
+    assert.deepEqual(await post("broadcast", JSON.stringify({ channels: [], data: 1 })), [200, { error: { code: 107, message: "bad request" } }]);
+    await assert.rejects(api(a.port).getPresence({ channel: "tickets:1" }));
+    assert.equal((await post("presence", JSON.stringify({ channel: "tickets:1" })))[1].error.code, 108);
+    assert.equal((await post("presence", JSON.stringify({ channel: "nowhere:1" })))[1].error.code, 102);
+    assert.equal((await post("history", JSON.stringify({ channel: "tickets:1" })))[1].error.code, 108);
+    assert.equal((await post("publish", "{nope"))[0], 400);
+    assert.equal((await post("teleport", "{}"))[0], 404);
+    const rows = await db.sql("SELECT count(*) FROM cable_events WHERE payload IS NOT NULL AND stream IN ('', 'tickets:1')");
+    assert.match(rows, /\b0\b/, "nothing was published by a refused request");
   });
 
   test("an expired token gets error 109, and the SDK connects with the one getToken gives", async () => {
