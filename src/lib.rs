@@ -3,7 +3,9 @@
 //! A WebSocket gateway that speaks the Rails ActionCable protocol on `/cable` the way
 //! Chatwoot-style support platforms use it: agent dashboards subscribe with *user* pubsub
 //! tokens, chat widgets and mobile SDKs with *contact* pubsub tokens, and a backend publishes
-//! events by inserting rows into the `cable_events` outbox in PostgreSQL.
+//! events by inserting rows into the `cable_events` outbox in PostgreSQL. The same core serves
+//! Centrifugo's SDK and server API (`/connection/websocket`, `/api/`) and plain topic
+//! WebSockets for integrations (`/ws?token=`).
 //!
 //! # Layout
 //! Leaves first: each module imports only modules listed above it, and `tests/layering.rs`
@@ -63,8 +65,11 @@
 //!   protocol on the core: topics and their index, the client's commands, the event
 //!   envelope, one router subscription per account of the user that frames each message
 //!   itself ([`delivery::Reframe`]), and its connections.
-//! - [`centrifugo`]: Centrifugo's client protocol and configuration (issue 27, in progress;
-//!   nothing served yet).
+//! - [`centrifugo`]: Centrifugo's clients and backends (`/connection/websocket`, `/api/`,
+//!   docs/reference.md §11), the third wire protocol on the core: its frames, tokens and
+//!   configuration file, channels as router channel subscriptions
+//!   ([`router::Router::register_channel`]), presence of channels on every process, the connect
+//!   proxy, the server API, and its connections.
 //! - [`server`]: builds every component, starts and stops every task, serves HTTP.
 //!
 //! # Adding a wire protocol

@@ -564,6 +564,14 @@ async fn account_channels_carry_what_the_users_dashboard_would() {
     let (_, presence) = bob.publication().await;
     assert_eq!(presence["event"], "presence.update");
     assert_eq!(presence["data"]["users"]["2"], "online");
+    // And the channel keeps Centrifugo's presence of its subscribers.
+    let who = bob
+        .call("presence_stats", json!({"channel": "account:1"}))
+        .await;
+    assert_eq!(
+        who["presence_stats"],
+        json!({"num_clients": 1, "num_users": 1})
+    );
     // Frank (4) is not in account 1; "x" is no user id.
     for sub in ["4", "x"] {
         let (mut other, _) = Centrifugo::connected(gw.addr, json!({"sub": sub})).await;

@@ -36,6 +36,23 @@ impl ChannelOptions {
     }
 }
 
+/// The options of the built-in `account:<A>` channels: presence for their subscribers, joins
+/// and leaves to those who ask. Who may subscribe is the account's membership, not an option.
+pub const ACCOUNT_CHANNELS: ChannelOptions = ChannelOptions {
+    allow_subscribe_for_client: false,
+    allow_publish_for_subscriber: false,
+    allow_publish_for_client: false,
+    allow_presence_for_subscriber: true,
+    allow_history_for_subscriber: false,
+    presence: true,
+    join_leave: true,
+    force_push_join_leave: false,
+    history_size: 0,
+    history_ttl: Duration::ZERO,
+    force_recovery: false,
+    allow_user_limited_channels: false,
+};
+
 /// The connect proxy: where a connect without a token is sent, and how long it may take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectProxy {
@@ -331,10 +348,14 @@ impl CentrifugoConfig {
     }
 
     /// The options of `channel`'s namespace (the part before its first `:`), or `None` when
-    /// that namespace is not configured.
+    /// that namespace is not configured. The built-in `account:<A>` channels, unless the file
+    /// configures an `account` namespace, keep presence ([`ACCOUNT_CHANNELS`]).
     pub fn options(&self, channel: &str) -> Option<&ChannelOptions> {
         match channel.split_once(':') {
-            Some((namespace, _)) => self.namespaces.get(namespace),
+            Some((namespace, _)) => self
+                .namespaces
+                .get(namespace)
+                .or((namespace == "account").then_some(&ACCOUNT_CHANNELS)),
             None => Some(&self.without_namespace),
         }
     }

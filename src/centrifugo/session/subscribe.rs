@@ -1,6 +1,8 @@
 //! `subscribe`: who may subscribe to what, and how a subscription goes live (a channel in
 //! the router, or `account:<A>` as the user); `unsubscribe` and `sub_refresh`.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use tokio::io::AsyncRead;
@@ -46,6 +48,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 .register(sub.clone(), principal, token.into(), confirm, lease, false);
             self.subs.insert(channel.to_string(), sub.clone());
             self.known(channel, &sub);
+            self.join_presence(channel, &sub, join_leave).await;
             services.presence.answer(sub);
             return Ok(());
         }
@@ -60,22 +63,36 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             .register_channel(sub.clone(), channel.into(), confirm, lease);
         self.subs.insert(channel.to_string(), sub.clone());
         self.known(channel, &sub);
-        if let Some(options) = services.config.options(channel).filter(|o| o.presence) {
-            let client = self.client.as_ref().expect("subscribed after connect");
-            let member = Member {
-                channel: channel.to_string(),
-                client: client.id.clone(),
-                user: client.user.clone(),
-                conn_info: client.info.clone(),
-            };
-            let pushes = options.join_leave && (options.force_push_join_leave || join_leave);
-            self.present.insert(channel.to_string());
-            if let Err(e) = services.channel_presence.join(member, &sub, pushes).await {
-                // Its row is written by the next refresh.
-                tracing::warn!(error = %e, channel, "channel presence: join not written");
-            }
-        }
+        self.join_presence(channel, &sub, join_leave).await;
         Ok(())
+    }
+
+    /// `sub` joins `channel`'s presence, where its namespace keeps presence (and every
+    /// `account:<A>`); it hears joins and leaves if the namespace sends them and it asked
+    /// (`join_leave`) or the namespace forces them.
+    pub(super) async fn join_presence(
+        &mut self,
+        channel: &str,
+        sub: &Arc<Subscription>,
+        join_leave: bool,
+    ) {
+        let services = self.services.clone();
+        let Some(options) = services.config.options(channel).filter(|o| o.presence) else {
+            return;
+        };
+        let client = self.client.as_ref().expect("subscribed after connect");
+        let member = Member {
+            channel: channel.to_string(),
+            client: client.id.clone(),
+            user: client.user.clone(),
+            conn_info: client.info.clone(),
+        };
+        let pushes = options.join_leave && (options.force_push_join_leave || join_leave);
+        self.present.insert(channel.to_string());
+        if let Err(e) = services.channel_presence.join(member, sub, pushes).await {
+            // Its row is written by the next refresh.
+            tracing::warn!(error = %e, channel, "channel presence: join not written");
+        }
     }
 
     /// Tells the server API's orders of `sub`.
