@@ -47,25 +47,32 @@ pub trait Replies: Send + Sync {
 }
 
 /// One confirmed subscription, as the session's writer sees it.
+///
+/// `repr(C)`, hot fields first: what a delivery reads (prefix, session, positions, whether it
+/// is active, how its protocol frames) lies within the two cache lines
+/// [`Subscription::prefetch`] asks for, counted from the `Arc`'s header; the compiler's own
+/// order had put `positions` and `active` in a third line (10k fan-out: 1.09-1.23x the floor
+/// instead of 0.97-1.07x).
+#[repr(C)]
 pub struct Subscription {
-    pub id: u64,
     /// What its wire protocol puts before a message's body, e.g. ActionCable's
     /// `{"identifier":"<escaped raw id>","message":`.
     pub prefix: Bytes,
-    /// What its wire protocol puts after a message's body (and position), e.g. `}`.
-    pub suffix: &'static [u8],
-    /// What its wire protocol answers for the core.
-    pub replies: &'static dyn Replies,
-    /// Set when its wire protocol frames each message itself ([`Reframe`]).
-    pub reframe: Option<Box<dyn Reframe>>,
-    pub identifier: Arc<str>,
     pub session: SessionHandle,
-    /// Whose presence this subscription keeps alive.
-    pub presence: PresenceKey,
     /// Extended protocol only: where its streams stand, and live frames held during a replay.
     pub positions: Option<Box<Positions>>,
     /// Cleared on unsubscribe or revocation: frames still queued for it are dropped.
     active: AtomicBool,
+    /// Set when its wire protocol frames each message itself ([`Reframe`]).
+    pub reframe: Option<Box<dyn Reframe>>,
+    /// What its wire protocol puts after a message's body (and position), e.g. `}`.
+    pub suffix: &'static [u8],
+    /// What its wire protocol answers for the core.
+    pub replies: &'static dyn Replies,
+    pub id: u64,
+    pub identifier: Arc<str>,
+    /// Whose presence this subscription keeps alive.
+    pub presence: PresenceKey,
 }
 
 impl Subscription {
