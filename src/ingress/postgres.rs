@@ -101,6 +101,18 @@ impl PgAdapter {
         })
     }
 
+    /// What a subscription keeps while it lives when the adapter is on (`adapter`): the lease
+    /// of its `streams`, acquired ([`PgAdapter::acquire`]); nothing when it is off.
+    pub async fn lease_for(
+        adapter: Option<&Arc<Self>>,
+        streams: Vec<String>,
+    ) -> Option<crate::router::Keep> {
+        match adapter {
+            Some(adapter) => Some(Box::new(adapter.acquire(streams).await)),
+            None => None,
+        }
+    }
+
     /// LISTENs on the channels of `streams` (those not listened to yet) and resolves once
     /// they are in place, or at once while the LISTEN connection is down (they are listened
     /// to when it is back).

@@ -21,7 +21,7 @@ use crate::connection::{writer, Ended, Plumbing};
 use crate::delivery::{CloseReason, DisconnectReason, Outbound, SessionHandle, Subscription};
 use crate::ingress::postgres::PgAdapter;
 use crate::presence::Presence;
-use crate::router::{Keep, Router};
+use crate::router::Router;
 
 /// Exactly what a topic connection needs of the process.
 pub struct Services {
@@ -157,13 +157,8 @@ pub async fn serve(
             user_id,
             membership,
         };
-        let lease: Option<Keep> = match &services.rails_postgres {
-            Some(adapter) => {
-                let streams = crate::routing::streams(&principal, &token);
-                Some(Box::new(adapter.acquire(streams).await))
-            }
-            None => None,
-        };
+        let streams = crate::routing::streams(&principal, &token);
+        let lease = PgAdapter::lease_for(services.rails_postgres.as_ref(), streams).await;
         let sub = Subscription::new(
             format!("topics:{account_id}").into(),
             Feed::framing(connection.clone(), account_id),

@@ -14,7 +14,7 @@ use crate::centrifugo::protocol::{self, Disconnect, Error, Method};
 use crate::centrifugo::token::Refused;
 use crate::centrifugo::wire;
 use crate::delivery::Subscription;
-use crate::router::Keep;
+use crate::ingress::postgres::PgAdapter;
 
 impl<R: AsyncRead + Unpin> Reader<R> {
     /// Makes a subscription to `channel` live; `confirm` is queued before its first
@@ -29,13 +29,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         if let Some(account) = channel.strip_prefix("account:") {
             let principal = self.account_principal(account).await?;
             let (principal, token) = principal;
-            let lease: Option<Keep> = match &services.rails_postgres {
-                Some(adapter) => {
-                    let streams = crate::routing::streams(&principal, &token);
-                    Some(Box::new(adapter.acquire(streams).await))
-                }
-                None => None,
-            };
+            let streams = crate::routing::streams(&principal, &token);
+            let lease = PgAdapter::lease_for(services.rails_postgres.as_ref(), streams).await;
             let sub = Subscription::new(
                 channel.into(),
                 wire::framing(channel),
@@ -52,10 +47,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             services.presence.answer(sub);
             return Ok(());
         }
-        let lease: Option<Keep> = match &services.rails_postgres {
-            Some(adapter) => Some(Box::new(adapter.acquire(vec![channel.to_string()]).await)),
-            None => None,
-        };
+        let streams = vec![channel.to_string()];
+        let lease = PgAdapter::lease_for(services.rails_postgres.as_ref(), streams).await;
         let sub =
             Subscription::channel(channel.into(), wire::framing(channel), self.session.clone());
         services

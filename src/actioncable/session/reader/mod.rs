@@ -19,7 +19,7 @@ use crate::config::tuning::{HARD_LIMIT_FACTOR, HISTORY_RATE};
 use crate::connection::messages::{Messages, Next};
 use crate::connection::rate::RateLimit;
 use crate::delivery::{CloseReason, Outbound, Positions, SessionHandle, Subscription};
-use crate::router::Keep;
+use crate::ingress::postgres::PgAdapter;
 
 pub struct Reader<R> {
     messages: Messages<R>,
@@ -250,13 +250,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         subs: &mut SessionSubscriptions,
     ) -> Arc<Subscription> {
         let services = self.services.clone();
-        let lease: Option<Keep> = match &services.rails_postgres {
-            Some(adapter) => {
-                let streams = crate::routing::streams(&principal, &token);
-                Some(Box::new(adapter.acquire(streams).await))
-            }
-            None => None,
-        };
+        let streams = crate::routing::streams(&principal, &token);
+        let lease = PgAdapter::lease_for(services.rails_postgres.as_ref(), streams).await;
         let positions = self.sid.as_ref().map(|_| {
             Positions::new(
                 &super::actioncable::EXT_POSITIONS,
