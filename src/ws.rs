@@ -1,6 +1,6 @@
 //! The WebSocket layer's one set of opcodes (RFC 6455 §5.2): what the frame reader
-//! ([`crate::actioncable::session::frame`]) tells apart and what the encoders ([`crate::delivery`], the
-//! session's writer) write.
+//! ([`crate::connection::frame`]) tells apart and what the encoders ([`crate::delivery`],
+//! the connection's writer) write.
 
 /// A frame's opcode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
