@@ -48,6 +48,15 @@ pub fn account_stream(account_id: i64) -> String {
     format!("account_{account_id}")
 }
 
+/// The account whose stream `stream` is (`account_<id>`, exactly as [`account_stream`]
+/// spells it), if it is one.
+pub fn account_of_stream(stream: &str) -> Option<i64> {
+    stream
+        .strip_prefix("account_")
+        .and_then(|n| n.parse::<i64>().ok())
+        .filter(|id| account_stream(*id) == stream)
+}
+
 /// The streams a subscription streams: its own token, and for a user `account_<id>`.
 pub fn streams(principal: &Principal, token: &str) -> Vec<String> {
     let mut streams = vec![token.to_string()];

@@ -21,7 +21,7 @@ const CONFIG: &str = r#"{
   "client": {"token": {"hmac_secret_key": "not-this-one"}},
   "http_api": {"key": "not-this-one-either"},
   "channel": {
-    "without_namespace": {"allow_publish_for_subscriber": true},
+    "without_namespace": {"allow_publish_for_subscriber": true, "allow_subscribe_for_client": true},
     "namespaces": [
       {"name": "tickets", "allow_subscribe_for_client": true, "allow_publish_for_client": true},
       {"name": "user", "allow_user_limited_channels": true},
@@ -1016,7 +1016,9 @@ async fn the_apis_unsubscribe_and_disconnect_reach_the_users_clients_on_every_pr
     let (mut on_a, _) = Centrifugo::connected(a.addr, json!({"sub": "7"})).await;
     let (mut on_b, _) = Centrifugo::connected(b.addr, json!({"sub": "7"})).await;
     let (mut other, _) = Centrifugo::connected(b.addr, json!({"sub": "8"})).await;
-    for client in [&mut on_a, &mut on_b, &mut other] {
+    // A witness on A: once it has a publication, A has dispatched it.
+    let (mut witness, _) = Centrifugo::connected(a.addr, json!({"sub": "9"})).await;
+    for client in [&mut on_a, &mut on_b, &mut other, &mut witness] {
         client
             .call("subscribe", json!({"channel": "tickets:1"}))
             .await;
@@ -1045,6 +1047,7 @@ async fn the_apis_unsubscribe_and_disconnect_reach_the_users_clients_on_every_pr
     )
     .await;
     assert_eq!(other.publication().await.1, json!(1));
+    assert_eq!(witness.publication().await.1, json!(1));
     // User 7 may subscribe again, and then gets publications again.
     on_a.call("subscribe", json!({"channel": "tickets:1"}))
         .await;
@@ -1084,4 +1087,46 @@ async fn the_apis_unsubscribe_and_disconnect_reach_the_users_clients_on_every_pr
             107
         );
     }
+}
+
+#[tokio::test]
+async fn an_accounts_stream_is_no_public_channel() {
+    let db = TestDb::new().await;
+    let gw = gateway(&db).await;
+    let (mut client, _) = Centrifugo::connected(gw.addr, json!({"sub": "7"})).await;
+    // Channels without a namespace are open to clients here, but not `account_1`: it is the
+    // stream every user subscription of account 1 hears.
+    assert_eq!(
+        client.call("subscribe", json!({"channel": "news"})).await["subscribe"],
+        json!({})
+    );
+    assert_eq!(
+        client
+            .call("subscribe", json!({"channel": "account_1"}))
+            .await["error"]["code"],
+        103
+    );
+    // A backend may open it with a subscription token; publishing into it stays refused.
+    let token = mint(json!({"sub": "7", "channel": "account_1"}));
+    assert_eq!(
+        client
+            .call("subscribe", json!({"channel": "account_1", "token": token}))
+            .await["subscribe"],
+        json!({})
+    );
+    assert_eq!(
+        client
+            .call(
+                "publish",
+                json!({"channel": "account_1", "data": {"event": "x", "data": {}}})
+            )
+            .await["error"]["code"],
+        103
+    );
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cable_events WHERE stream = 'account_1'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, 0);
 }

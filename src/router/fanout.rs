@@ -7,7 +7,7 @@ use super::index::Registry;
 use crate::config::tuning::{PREFETCH_AHEAD, SPLIT_AUDIENCE_AT};
 use crate::delivery::{tallied, Message, Subscription};
 use crate::metrics::Metrics;
-use crate::routing::account_stream;
+use crate::routing::account_of_stream;
 
 /// The subscriptions streaming `stream` into `out` (its token's, and the user subscriptions
 /// of `account_<id>`), sorted; whether there is any.
@@ -16,11 +16,7 @@ pub(super) fn stream_audience(registry: &Registry, stream: &str, out: &mut Vec<u
     if let Some(ids) = registry.by_token.get(stream) {
         out.extend(ids.iter());
     }
-    let account = stream
-        .strip_prefix("account_")
-        .and_then(|n| n.parse::<i64>().ok())
-        .filter(|id| account_stream(*id) == stream);
-    if let Some(index) = account.and_then(|id| registry.accounts.get(&id)) {
+    if let Some(index) = account_of_stream(stream).and_then(|id| registry.accounts.get(&id)) {
         out.extend(&index.users);
         out.sort_unstable();
         out.dedup();

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use super::Keep;
 use crate::auth::Principal;
 use crate::delivery::{Event, Subscription};
-use crate::routing::account_stream;
+use crate::routing::{account_of_stream, account_stream};
 
 /// A live subscription with what the router knows about it.
 pub(super) struct Entry {
@@ -240,10 +240,7 @@ impl Registry {
 
     pub(super) fn streams(&self, stream: &str) -> bool {
         self.by_token.contains_key(stream)
-            || stream
-                .strip_prefix("account_")
-                .and_then(|n| n.parse::<i64>().ok())
-                .filter(|id| account_stream(*id) == stream)
+            || account_of_stream(stream)
                 .and_then(|id| self.accounts.get(&id))
                 .is_some_and(|index| !index.users.is_empty())
     }

@@ -62,7 +62,10 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             return Ok(());
         };
         let subscribed = self.subs.get(channel).is_some_and(|sub| sub.is_active());
+        // Never into an account's own feeds: `account:<A>`, or the stream `account_<A>` that
+        // every user subscription of A hears.
         let allowed = !channel.starts_with("account:")
+            && crate::routing::account_of_stream(channel).is_none()
             && (options.allow_publish_for_client
                 || (options.allow_publish_for_subscriber && subscribed));
         if !allowed {

@@ -236,6 +236,11 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 Err(Refused::Expired) => Ok(Err(protocol::TOKEN_EXPIRED)),
             };
         }
+        if crate::routing::account_of_stream(channel).is_some() {
+            // The stream of an account's users (`account_<A>`): only a subscription token, a
+            // backend's word, opens it; a namespace's options never do.
+            return Ok(Err(protocol::PERMISSION_DENIED));
+        }
         if options.allow_user_limited_channels {
             if let Some((_, users)) = channel.rsplit_once('#') {
                 if users.split(',').any(|u| u == user) {
