@@ -7,8 +7,8 @@
 //! statement announcing the change on [`CHANNEL`] (`pg_notify`, sent at commit), so every
 //! process hears every join and leave once, in commit order, and pushes it to its own
 //! subscribers of the channel. Each process refreshes `seen_at` of its clients' rows every
-//! third of `CABLE_PRESENCE_TTL`; any process sweeps the rows past it (a process that died),
-//! and the sweep announces their leave.
+//! third of `CABLE_PRESENCE_TTL`; any process serving Centrifugo sweeps the rows past it (a
+//! process that died), and the sweep announces their leave.
 
 use std::collections::HashMap;
 use std::sync::Arc;

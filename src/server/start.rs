@@ -241,7 +241,6 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
     let disconnects = Arc::new(DisconnectLog::default());
     let pings = Arc::new(crate::connection::pings::Pings::default());
     tasks.push(tokio::spawn(pings.clone().run()));
-    tasks.push(tokio::spawn(channel_presence.clone().run()));
     let inspector = nonempty(&config.admin_token).map(|token| {
         let inspector = Inspector::new(inspect::Sources {
             metrics: metrics.clone(),
@@ -315,6 +314,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, StartError> {
             gate: gate(),
         },
     )?;
+    if centrifugo.is_some() {
+        // Its refresh and sweep queries only where Centrifugo's clients are served: the
+        // processes that serve them sweep what a dead one left.
+        tasks.push(tokio::spawn(channel_presence.clone().run()));
+    }
     let http = Arc::new(Http {
         cable: CableRoute {
             services,
